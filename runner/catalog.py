@@ -1,0 +1,94 @@
+"""The definitions folder as a catalog: every file loaded, valid or not.
+
+A file that fails to load stays in the catalog carrying its problems, so it can be
+shown; it never stops the others from loading. Names must be unique across the
+folder: two files with one name are both reported. Updates build a new mapping
+and swap it in one assignment, so readers never see a half-reloaded catalog.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import Problem
+from .loader import Definition, load_file
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def is_definition_file(path: Path, root: Path) -> bool:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    return path.suffix in SUFFIXES and not any(part.startswith(".") for part in rel.parts)
+
+
+def find_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_definition_file(p, root))
+
+
+class Catalog:
+    def __init__(self, root: Path):
+        self.root = root
+        self._by_path: dict[str, Definition] = {}  # as loaded, before name checks
+        self._view: dict[str, Definition] = {}  # path -> definition with name problems added
+        self._by_name: dict[str, Definition] = {}
+        self.generation = 0
+
+    def load_all(self) -> None:
+        loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
+        self._swap(loaded)
+
+    def reload(self, paths: Iterable[Path]) -> list[str]:
+        """Reload changed files (removed ones leave); returns the relative paths touched."""
+        loaded = dict(self._by_path)
+        touched = []
+        for path in paths:
+            if path.is_dir() or (not path.exists() and path.suffix not in SUFFIXES):
+                self.load_all()  # a folder came or went: rescan, it is cheap enough
+                return ["*"]
+            if not is_definition_file(path, self.root):
+                continue
+            rel = self._rel(path)
+            touched.append(rel)
+            if path.is_file():
+                loaded[rel] = load_file(path, rel)
+            else:
+                loaded.pop(rel, None)
+        if touched:
+            self._swap(loaded)
+        return touched
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _swap(self, loaded: dict[str, Definition]) -> None:
+        counts = Counter(d.name for d in loaded.values())
+        view: dict[str, Definition] = {}
+        for rel, definition in loaded.items():
+            if counts[definition.name] > 1:
+                others = sorted(r for r, d in loaded.items() if d.name == definition.name and r != rel)
+                problem = Problem(rel, 1, 1, f"workflow name '{definition.name}' is also used by {', '.join(others)}; names must be unique (rename a file or set `name:`)")
+                definition = replace(definition, problems=[*definition.problems, problem], spec=None, dag=None)
+            view[rel] = definition
+        self._by_path = loaded
+        self._view, self._by_name = view, {d.name: d for d in view.values()}
+        self.generation += 1
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, name: str) -> Definition | None:
+        return self._by_name.get(name)
+
+    def names(self) -> list[str]:
+        return sorted({d.name for d in self._view.values()})
+
+    def entries(self) -> list[Definition]:
+        return sorted(self._view.values(), key=lambda d: (d.name, d.path))
+
+    def problems(self) -> list[Problem]:
+        return [p for d in self.entries() for p in d.problems]

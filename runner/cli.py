@@ -1,0 +1,277 @@
+"""The `treadle` command line (SPEC §3).
+
+`serve` lives in the `web` package and is found through the `treadle.commands`
+entry point group, so the engine never imports the web layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .catalog import Catalog
+from .durations import format_duration
+from .errors import Problem, TreadleError
+from .executor import Engine
+from .loader import Definition, load_file
+from .report import run_document
+from .store import DEFAULT_DB, Store
+
+
+def _defaults() -> dict[str, str]:
+    return {
+        "definitions": os.environ.get("TREADLE_DEFINITIONS", "definitions"),
+        "db": os.environ.get("TREADLE_DB", DEFAULT_DB),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = _defaults()
+    parser = argparse.ArgumentParser(prog="treadle", description="Declarative workflow runner.")
+    parser.add_argument("--version", action="version", version=f"treadle {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check definition files; one path:line:column line per problem")
+    p.add_argument("paths", nargs="*", help=f"files or folders (default: {d['definitions']})")
+    p.add_argument("--format", choices=["text", "github", "json"], default="text",
+                   help="github: GitHub Actions annotations")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run one workflow here, with live progress")
+    p.add_argument("name", help="workflow name, or the path of a definition file")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    _common(p, d)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="run history, newest first")
+    p.add_argument("--workflow")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="one run and its step traces")
+    p.add_argument("run_id")
+    p.add_argument("--logs", action="store_true", help="also print every step's log")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
+    p.set_defaults(func=cmd_show)
+
+    for ep in entry_points(group="treadle.commands"):
+        ep.load()(sub, d)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser, d: dict[str, str]) -> None:
+    p.add_argument("--definitions", default=d["definitions"], help="definitions folder (env TREADLE_DEFINITIONS)")
+    p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TreadleError as exc:
+        print(f"treadle: {exc}", file=sys.stderr)
+        return exc.cli_exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- validate --------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in (args.paths or [_defaults()["definitions"]])]
+    problems: list[Problem] = []
+    count = 0
+    for path in paths:
+        if path.is_dir():
+            catalog = Catalog(path)
+            catalog.load_all()
+            count += len(catalog.entries())
+            problems += [Problem(str(path / p.path), p.line, p.column, p.message) for p in catalog.problems()]
+        elif path.exists():
+            count += 1
+            problems += load_file(path).problems
+        else:
+            problems.append(Problem(str(path), 1, 1, "no such file or folder"))
+    for p in problems:
+        if args.format == "github":
+            print(f"::error file={p.path},line={p.line},col={p.column}::{_gh_escape(p.message)}")
+        elif args.format == "json":
+            continue
+        else:
+            print(p)
+    if args.format == "json":
+        print(json.dumps([{"path": p.path, "line": p.line, "column": p.column, "message": p.message} for p in problems], indent=2))
+    elif args.format == "text":
+        files = {p.path for p in problems}
+        summary = f"{count} file{'s' if count != 1 else ''} checked: "
+        summary += f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''}" if problems else "all valid"
+        print(summary, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _gh_escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+# -- run -------------------------------------------------------------------------
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TreadleError(f"-p {pair!r}: write params as -p key=value")
+        out[key.strip()] = value
+    return out
+
+
+def _find_definition(name: str, definitions: Path) -> tuple[Definition, Catalog]:
+    catalog = Catalog(definitions)
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        root = definitions if definitions.is_dir() and candidate.resolve().is_relative_to(definitions.resolve()) else candidate.parent
+        catalog = Catalog(root)
+        catalog.load_all()
+        definition = catalog.get(load_file(candidate).name) or load_file(candidate)
+        return definition, catalog
+    catalog.load_all()
+    definition = catalog.get(name)
+    if definition is None:
+        from .errors import WorkflowNotFound
+
+        raise WorkflowNotFound(name, catalog.names())
+    return definition, catalog
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    definition, catalog = _find_definition(args.name, Path(args.definitions))
+    params = _parse_params(args.param)
+    return asyncio.run(_run(definition, catalog, params, args))
+
+
+async def _run(definition: Definition, catalog: Catalog, params: dict[str, str], args: argparse.Namespace) -> int:
+    quiet = args.json
+    async with Store(args.db) as store:
+        engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root)
+        try:
+            exe = await engine.start(definition, params, from_text=True, trigger="cli")
+            if not quiet:
+                print(f"run {exe.id} of {definition.name} (version {definition.version})", file=sys.stderr)
+            async with store.broker.subscribe(f"run:{exe.id}") as events:
+                printer = asyncio.create_task(_print_progress(events, exe.id, quiet))
+                try:
+                    await exe.wait()
+                except asyncio.CancelledError:  # Ctrl-C: cancel the run, record it
+                    exe.cancel(reason="cancelled from the terminal")
+                    await exe.wait()
+                await store.flush()
+                await asyncio.sleep(0)
+                printer.cancel()
+        finally:
+            await engine.close()
+        doc = await run_document(store, exe.id)
+    assert doc is not None
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        line = f"run {exe.id} {doc['status']} in {format_duration((doc['duration_ms'] or 0) / 1000)}"
+        print(line + (f": {doc['error']}" if doc["error"] else ""), file=sys.stderr)
+    return 0 if doc["status"] == "succeeded" else 1
+
+
+_MARK = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "-", "upstream_failed": "↑",
+         "cancelled": "⊘", "pending": "·"}
+
+
+async def _print_progress(events: asyncio.Queue, run_id: str, quiet: bool) -> None:
+    while True:
+        event = await events.get()
+        if quiet or event["type"] != "step" or event.get("run_id") != run_id:
+            continue
+        status = event["status"]
+        label = event["step_id"] + (f"[{event['item']}]" if event["item"] >= 0 else "")
+        detail = ""
+        if event["attempt"] > 1:
+            detail += f" (attempt {event['attempt']})"
+        if status in ("succeeded", "failed") and event.get("started_at") and event.get("finished_at"):
+            detail += f" in {format_duration(event['finished_at'] - event['started_at'])}"
+        if event.get("error") and status == "failed":
+            detail += f": {event['error']}"
+        print(f"  {_MARK.get(status, '?')} {label} {status}{detail}", file=sys.stderr, flush=True)
+
+
+# -- runs / show ---------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    async def go() -> list[dict[str, Any]]:
+        async with Store(args.db) as store:
+            rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
+            return rows
+
+    from .report import run_summary
+
+    rows = [run_summary(r) for r in asyncio.run(go())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs yet", file=sys.stderr)
+        return 0
+    print(f"{'RUN':<20} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<25} DURATION")
+    for r in rows:
+        took = format_duration(r["duration_ms"] / 1000) if r["duration_ms"] is not None else "-"
+        print(f"{r['id']:<20} {r['workflow']:<24} {r['status']:<10} {r['created_at']:<25} {took}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def go() -> tuple[dict[str, Any] | None, dict[str, str]]:
+        async with Store(args.db) as store:
+            doc = await run_document(store, args.run_id)
+            logs = {}
+            if doc and args.logs:
+                for step in doc["steps"]:
+                    logs[step["id"]] = "".join(c["text"] for c in await store.logs(args.run_id, step["id"]))
+            return doc, logs
+
+    doc, logs = asyncio.run(go())
+    if doc is None:
+        from .errors import RunNotFound
+
+        raise RunNotFound(args.run_id)
+    if args.json:
+        print(json.dumps({**doc, **({"logs": logs} if args.logs else {})}, indent=2, default=str))
+        return 0
+    took = format_duration(doc["duration_ms"] / 1000) if doc["duration_ms"] is not None else "-"
+    print(f"run {doc['id']}  {doc['workflow']}  {doc['status']}  version {doc['version']}  {took}")
+    print(f"started {doc['started_at']}  trigger {doc['trigger']}  params {json.dumps(doc['params'])}")
+    if doc["error"]:
+        print(f"error: {doc['error']}")
+    print()
+    print(f"{'STEP':<24} {'STATUS':<16} {'TRIES':>5} {'DURATION':>9} {'CODE':>5}  OUTPUT / ERROR")
+    for s in doc["steps"]:
+        took = format_duration(s["duration_ms"] / 1000) if s["duration_ms"] is not None else "-"
+        code = s["exit_code"] if s["exit_code"] is not None else (s["http_status"] if s["http_status"] is not None else "")
+        detail = s["error"] if s["error"] else json.dumps(s["output"], default=str)
+        if len(detail) > 70:
+            detail = detail[:67] + "..."
+        print(f"{s['id']:<24} {s['status']:<16} {s['attempts']:>5} {took:>9} {code!s:>5}  {detail}")
+        if args.logs and logs.get(s["id"]):
+            for line in logs[s["id"]].rstrip("\n").splitlines():
+                print(f"    | {line}")
+    return 0

@@ -1,0 +1,125 @@
+"""Workflow steps -> a networkx DiGraph, with the chain default and cycle reports.
+
+A step without `needs` follows the step above it in the file (the "chain");
+`needs: []` makes a root. Edges go from a dependency to the step that needs it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
+
+import networkx as nx
+
+if TYPE_CHECKING:
+    from .definition import WorkflowSpec
+    from .yaml_source import Source
+
+
+class _Sink(Protocol):
+    def add(self, line: int, column: int, message: str) -> None: ...
+
+
+@dataclass
+class Dag:
+    graph: nx.DiGraph
+    deps: dict[str, tuple[str, ...]]  # step -> steps it waits for, in file order
+    dependents: dict[str, tuple[str, ...]]
+    order: tuple[str, ...]  # a topological order, ties broken by file order
+    _ancestors: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+
+    def ancestors(self, step_id: str) -> frozenset[str]:
+        if step_id not in self._ancestors:
+            self._ancestors[step_id] = frozenset(nx.ancestors(self.graph, step_id))
+        return self._ancestors[step_id]
+
+    @cached_property
+    def generations(self) -> list[list[str]]:
+        """Layers for drawing: each step one layer below its deepest dependency."""
+        return [sorted(g, key=self.order.index) for g in nx.topological_generations(self.graph)]
+
+    @cached_property
+    def leaves(self) -> tuple[str, ...]:
+        return tuple(s for s in self.order if not self.dependents[s])
+
+    def roots(self) -> list[str]:
+        return [s for s in self.order if not self.deps[s]]
+
+    def descendants(self, step_id: str) -> set[str]:
+        return set(nx.descendants(self.graph, step_id))
+
+
+StepLinks = list[tuple[str, list[str] | None]]  # (id, needs) in file order
+
+
+def steps_of(spec: WorkflowSpec) -> StepLinks:
+    return [(s.id, s.needs) for s in spec.steps]
+
+
+def resolve_needs(steps: StepLinks) -> dict[str, tuple[str, ...]]:
+    deps: dict[str, tuple[str, ...]] = {}
+    previous: str | None = None
+    for sid, needs in steps:
+        if needs is None:
+            deps[sid] = (previous,) if previous is not None else ()
+        else:
+            deps[sid] = tuple(dict.fromkeys(needs))
+        previous = sid
+    return deps
+
+
+def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | None = None) -> Dag | None:
+    """Build the graph; report duplicate ids, missing `needs` and cycles to `problems`.
+
+    `steps` is (id, needs) per step in file order. Returns None when the graph
+    cannot be built (problems were reported).
+    """
+    where = src.where if src is not None else (lambda path, key=False: (1, 1))
+    ok = True
+
+    def report(path: tuple, message: str) -> None:
+        nonlocal ok
+        ok = False
+        if problems is not None:
+            problems.add(*where(path), message)
+
+    first_index: dict[str, int] = {}
+    for i, (sid, _) in enumerate(steps):
+        if sid in first_index:
+            report(("steps", i, "id"), f"steps[{i}].id: duplicate step id '{sid}' (first used by steps[{first_index[sid]}])")
+        else:
+            first_index[sid] = i
+    deps = resolve_needs(steps)
+    for i, (sid, needs) in enumerate(steps):
+        for j, need in enumerate(needs or []):
+            if need not in first_index:
+                close = difflib.get_close_matches(need, list(first_index), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                report(("steps", i, "needs", j), f"steps[{i}].needs: no step named '{need}'{hint}")
+            elif need == sid:
+                report(("steps", i, "needs", j), f"steps[{i}].needs: step '{need}' cannot need itself")
+    if not ok:
+        return None
+    graph = nx.DiGraph()
+    graph.add_nodes_from(first_index)
+    graph.add_edges_from((dep, sid) for sid, ds in deps.items() for dep in ds)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        names = [u for u, _ in cycle] + [cycle[0][0]]
+        first = min(names[:-1], key=first_index.__getitem__)
+        start = names.index(first)
+        ordered = names[start:-1] + names[:start] + [first]
+        i = first_index[first]
+        report(("steps", i, "needs"), f"steps[{i}].needs: cycle: {' -> '.join(ordered)}")
+        return None
+    order = tuple(nx.lexicographical_topological_sort(graph, key=first_index.__getitem__))
+    dependents: dict[str, list[str]] = {s: [] for s in order}
+    for sid, ds in deps.items():
+        for dep in ds:
+            dependents[dep].append(sid)
+    return Dag(graph=graph, deps=deps, dependents={k: tuple(v) for k, v in dependents.items()}, order=order)

@@ -1,0 +1,204 @@
+"""The definition file format as pydantic models (SPEC §1).
+
+The models mirror the YAML exactly (`extra="forbid"`), so an unknown key is an
+error, and they are the single source of the JSON Schema (`treadle schema`).
+Durations are stored as seconds. Shorthands (`retry: 3`, `needs: a`,
+`expect_status: 200`, `param: string`) are widened here so the engine sees one form.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .durations import parse_duration
+
+KINDS = ("run", "http", "python", "set", "wait", "log", "workflow")
+TRIGGER_RULES = ("all_succeeded", "all_done", "any_succeeded", "any_failed")
+PARAM_TYPES = ("string", "number", "integer", "boolean", "array", "object")
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class RetrySpec(_Model):
+    limit: int = Field(0, ge=0, le=1000, description="retries after the first attempt")
+    backoff: Literal["none", "fixed", "linear", "exponential"] = "fixed"
+    delay: Duration = Field(1.0, description="base delay between attempts")
+    max_delay: Duration = Field(300.0, description="upper bound of any one delay")
+    on: list[int] | None = Field(
+        None, description="retry only for these exit codes or HTTP statuses"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"limit": value}
+        return value
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _on_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    def delay_before(self, retry_number: int) -> float:
+        """Seconds to wait before retry number `retry_number` (1 = first retry)."""
+        if self.backoff == "none":
+            return 0.0
+        factor = {"fixed": 1, "linear": retry_number, "exponential": 2 ** (retry_number - 1)}
+        return min(self.delay * factor[self.backoff], self.max_delay)
+
+
+class ParamSpec(_Model):
+    type: Literal["string", "number", "integer", "boolean", "array", "object"] = "string"
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+    enum: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
+class HttpSpec(_Model):
+    method: str = "GET"
+    url: str
+    headers: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="query string")
+    json_body: Any = Field(None, alias="json")
+    body: str | None = None
+    form: dict[str, Any] | None = None
+    expect_status: list[int] | None = Field(None, description="default: any 2xx")
+    timeout: Duration | None = None
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _status_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        method = value.upper()
+        if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}:
+            raise ValueError(f"unknown HTTP method '{value}'")
+        return method
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpSpec:
+        given = [k for k in ("json", "body", "form") if self.model_fields_set & {_F[k]}]
+        if len(given) > 1:
+            raise ValueError(f"give only one of json, body, form (got {', '.join(given)})")
+        return self
+
+
+_F = {"json": "json_body", "body": "body", "form": "form"}
+
+
+class StepSpec(_Model):
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    needs: list[str] | None = Field(
+        None, description="steps this one waits for; left out: the step above it"
+    )
+    when: str | bool | None = None
+    trigger_rule: Literal["all_succeeded", "all_done", "any_succeeded", "any_failed"] = (
+        "all_succeeded"
+    )
+    continue_on_failure: bool = False
+    retry: RetrySpec | None = None
+    timeout: Duration | None = None
+    foreach: str | list[Any] | None = None
+    env: dict[str, Any] = Field(default_factory=dict)
+    cwd: str | None = None
+    # the kinds: exactly one of these is given
+    run: str | list[str] | None = None
+    http: HttpSpec | None = None
+    python: str | None = None
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    set: dict[str, Any] | None = None
+    wait: Duration | None = None
+    log: str | None = None
+    workflow: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _needs_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("python")
+    @classmethod
+    def _python_target(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+            raise ValueError(f"'{value}' is not 'package.module:function'")
+        return value
+
+    @field_validator("run")
+    @classmethod
+    def _run_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None and not value:
+            raise ValueError("the command is empty")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepSpec:
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            got = f"got {', '.join(kinds)}" if kinds else "got none"
+            raise ValueError(f"give exactly one step kind of: {', '.join(KINDS)} ({got})")
+        kind = kinds[0]
+        for extra, owner in (("cwd", "run"), ("env", "run"), ("with", "python"), ("params", "workflow")):
+            field = "with_" if extra == "with" else extra
+            if field in self.model_fields_set and kind != owner:
+                raise ValueError(f"'{extra}' only applies to '{owner}' steps, not '{kind}'")
+        return self
+
+
+class DefaultsSpec(_Model):
+    retry: RetrySpec | None = None
+    timeout: Duration | None = None
+
+
+class WorkflowSpec(_Model):
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: the file name")
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    env: dict[str, Any] = Field(default_factory=dict)
+    secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(default_factory=list)
+    max_parallel: int = Field(16, ge=1, le=1024)
+    timeout: Duration | None = None
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    steps: list[StepSpec] = Field(min_length=1)
+    outputs: dict[str, Any] | None = Field(
+        None, description="templates for the run's outputs; default: the outputs of the last steps"
+    )
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    """The keys a mapping of this model may have, as written in files."""
+    return [f.alias or name for name, f in model.model_fields.items()]

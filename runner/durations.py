@@ -1,0 +1,43 @@
+"""Durations as written in definition files: `45s`, `10m`, `1h30m`, `500ms`, or seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds for a duration value; raise ValueError with a fix otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}; use e.g. 45s, 10m, 1h30m or a number of seconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration {value} is negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+        if _WHOLE.match(text):
+            return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    raise ValueError(
+        f"invalid duration {value!r}; use e.g. 45s, 10m, 1h30m, 500ms or a number of seconds"
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    """Short human form: 850ms, 12.3s, 4m05s, 2h10m."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        m, s = divmod(int(seconds), 60)
+        return f"{m}m{s:02d}s"
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m"

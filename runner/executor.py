@@ -1,0 +1,197 @@
+"""The engine: starts runs and drives each one through its DAG on asyncio.
+
+A run keeps the Definition object it started with, so a reload of the file never
+changes a run in flight. Steps start as soon as their dependencies are done, at
+most `max_parallel` executing at once per run (foreach items included). Every
+state change is handed to the store's single writer; the store is the truth the
+dashboard reads, the in-memory state here only drives the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets as pysecrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import (
+    ParamError,
+    RunNotFound,
+    SecretMissing,
+    TreadleError,
+    WorkflowInvalid,
+    WorkflowNotFound,
+)
+from .loader import Definition, load_text
+from .models import RunStatus, StepStatus
+from .params import validate_params
+from .run_execution import RunExecution
+from .store import Store
+
+log = logging.getLogger("treadle.engine")
+MAX_CHILD_DEPTH = 10
+
+
+def new_run_id() -> str:
+    """Opaque, unique, and sorts by creation time (ms) as a bonus."""
+    return f"{int(time.time() * 1000):011x}{pysecrets.token_hex(4)}"
+
+
+class Engine:
+    """Starts, cancels and retries runs. One per process; use `async with`.
+
+    Args:
+        store: where every state change is recorded.
+        lookup: finds the current Definition of a workflow by name (child runs, retries).
+        definitions_dir: the definitions folder; put on sys.path for `python` steps.
+        environ: where secrets are read from (default: the process environment).
+    """
+
+    def __init__(
+        self, store: Store, *, lookup: Callable[[str], Definition | None] | None = None,
+        definitions_dir: Path | None = None, environ: dict[str, str] | None = None,
+        http: httpx.AsyncClient | None = None,
+    ):
+        self.store = store
+        self.lookup = lookup or (lambda name: None)
+        self.definitions_dir = definitions_dir
+        self.environ = environ if environ is not None else os.environ
+        self.http = http or httpx.AsyncClient(follow_redirects=True)
+        self._own_http = http is None
+        self.runs: dict[str, RunExecution] = {}
+        self._versions_written: set[str] = set()
+        if definitions_dir is not None and str(definitions_dir.resolve()) not in sys.path:
+            sys.path.insert(0, str(definitions_dir.resolve()))
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, reason: str = "interrupted: Treadle stopped while the run was in progress") -> None:
+        for exe in list(self.runs.values()):
+            exe.cancel(reason=reason, status=RunStatus.FAILED)
+        await asyncio.gather(*(exe.wait() for exe in list(self.runs.values())), return_exceptions=True)
+        if self._own_http:
+            await self.http.aclose()
+        await self.store.flush()
+
+    def prepare(self, definition: Definition, params: dict[str, Any] | None, *, from_text: bool = False) -> tuple[dict, dict]:
+        """Check that a run can start: valid definition, params, secrets. Returns (params, secrets)."""
+        if not definition.valid:
+            raise WorkflowInvalid(definition.name, definition.problems)
+        spec = definition.spec
+        assert spec is not None
+        checked = validate_params(spec.params, params, from_text=from_text)
+        missing = [n for n in spec.secrets if not self.environ.get(n)]
+        if missing:
+            raise SecretMissing(missing)
+        return checked, {n: self.environ[n] for n in spec.secrets}
+
+    async def start(
+        self, definition: Definition, params: dict[str, Any] | None = None, *, from_text: bool = False,
+        trigger: str = "manual", parent_run_id: str | None = None, parent_step_id: str | None = None,
+        retry_of: str | None = None, retry_from: str | None = None,
+        reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
+    ) -> RunExecution:
+        """Validate and start a run; returns at once with the running execution."""
+        checked, secret_values = self.prepare(definition, params, from_text=from_text)
+        run_id = new_run_id()
+        now = time.time()
+        if definition.version not in self._versions_written:
+            self.store.put_version({
+                "version": definition.version, "workflow": definition.name, "path": definition.path,
+                "source": definition.source, "created_at": now,
+            })
+            self._versions_written.add(definition.version)
+        self.store.put_run({
+            "id": run_id, "workflow": definition.name, "version": definition.version,
+            "status": RunStatus.RUNNING.value, "params": checked, "trigger": trigger,
+            "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
+            "retry_of": retry_of, "retry_from": retry_from, "created_at": now, "started_at": now,
+        })
+        exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth)
+        self.runs[run_id] = exe
+        exe.start()
+        exe.on_done(lambda: self.runs.pop(run_id, None))
+        return exe
+
+    async def run(self, definition: Definition, params: dict[str, Any] | None = None, **kw: Any) -> RunExecution:
+        """Start a run and wait for it to end."""
+        exe = await self.start(definition, params, **kw)
+        await exe.wait()
+        return exe
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run of this engine; False if it is not running here."""
+        exe = self.runs.get(run_id)
+        if exe is None:
+            return False
+        exe.cancel()
+        return True
+
+    async def run_child(self, name: str, params: dict[str, Any], *, parent_run_id: str, parent_step_id: str) -> RunExecution:
+        parent = self.runs.get(parent_run_id)
+        depth = parent.depth + 1 if parent else 1
+        if depth > MAX_CHILD_DEPTH:
+            raise TreadleError(f"workflows nested more than {MAX_CHILD_DEPTH} deep; does '{name}' call itself?")
+        definition = self.lookup(name)
+        if definition is None:
+            raise WorkflowNotFound(name)
+        exe = await self.start(definition, params, trigger="workflow", parent_run_id=parent_run_id,
+                               parent_step_id=parent_step_id, depth=depth)
+        try:
+            await exe.wait()
+        except asyncio.CancelledError:
+            exe.cancel()
+            await asyncio.shield(exe.wait())
+            raise
+        return exe
+
+    async def retry(self, run_id: str, from_step: str | None = None, *, version: str = "current") -> RunExecution:
+        """Start a new run that reuses the outputs of what already succeeded upstream.
+
+        `from_step`: run this step and everything after it again; without it, the
+        steps that did not succeed and everything after them. `version`: "current"
+        runs the workflow's current definition when it is valid (so a fix just saved
+        is used), "same" the exact version the old run used.
+        """
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        definition = self.lookup(run["workflow"]) if version == "current" else None
+        if definition is None or not definition.valid:
+            stored = await self.store.get_version(run["version"])
+            if stored is None:  # pragma: no cover - versions are written with runs
+                raise RunNotFound(run_id)
+            base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()
+            definition = load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
+        if not definition.valid:
+            raise WorkflowInvalid(definition.name, definition.problems)
+        dag = definition.dag
+        assert dag is not None
+        final = {row["step_id"]: row for row in await self.store.step_states(run_id)}
+        if from_step is not None:
+            if from_step not in dag.dependents:
+                raise ParamError({"from": f"no step '{from_step}' in workflow '{definition.name}'"})
+            redo = {from_step} | dag.descendants(from_step)
+        else:
+            redo = set()
+            for sid in dag.order:
+                if final.get(sid, {}).get("status") != StepStatus.SUCCEEDED:
+                    redo |= {sid} | dag.descendants(sid)
+        reuse = {
+            sid: {"output": row["output"], "exit_code": row["exit_code"], "run_id": run_id}
+            for sid, row in final.items()
+            if row["status"] == StepStatus.SUCCEEDED and sid not in redo and sid in dag.dependents
+        }
+        return await self.start(definition, run["params"], trigger="retry", retry_of=run_id,
+                                retry_from=from_step, reuse=reuse)

@@ -1,0 +1,96 @@
+"""A step's log: streamed to the store in small batches, bounded with a clear marker.
+
+Text arrives as the step produces it and is written every `interval` seconds (so a
+chatty command makes a few rows, not one per line, and a reader following the log
+sees it within a fraction of a second). Past `limit` bytes per step the middle is
+dropped: the head and the last `tail` bytes are kept, with a marker saying how much
+was left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_LIMIT = 1_000_000
+
+
+class LogSink:
+    def __init__(
+        self, emit: Callable[[dict[str, Any]], None], key: dict[str, Any],
+        mask: Callable[[str], str], *, limit: int = DEFAULT_LIMIT, tail: int = 64_000,
+        interval: float = 0.05,
+    ):
+        self._emit, self._key, self._mask = emit, key, mask
+        self._limit, self._tail_limit, self._interval = limit, tail, interval
+        self._pending: list[tuple[str, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.written = 0
+        self.dropped = 0
+        self._tail: deque[tuple[str, str]] = deque()
+        self._tail_bytes = 0
+
+    def set_attempt(self, attempt: int) -> None:
+        self.flush()
+        self._key = {**self._key, "attempt": attempt}
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        size = len(text.encode("utf-8", "replace"))
+        if self.written + size > self._limit:
+            room = self._limit - self.written
+            if room > 0:
+                self._add(stream, text[:room])
+                self.written = self._limit
+                text = text[room:]
+                size = len(text.encode("utf-8", "replace"))
+            self._keep_tail(stream, text, size)
+            return
+        self.written += size
+        self._add(stream, text)
+
+    def _add(self, stream: str, text: str) -> None:
+        if self._pending and self._pending[-1][0] == stream:
+            self._pending[-1] = (stream, self._pending[-1][1] + text)
+        else:
+            self._pending.append((stream, text))
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
+            except RuntimeError:  # no loop (a sync python step's thread): write at close
+                pass
+
+    def _keep_tail(self, stream: str, text: str, size: int) -> None:
+        self.dropped += size
+        self._tail.append((stream, text))
+        self._tail_bytes += size
+        while self._tail_bytes > self._tail_limit and len(self._tail) > 1:
+            old = self._tail.popleft()
+            self._tail_bytes -= len(old[1].encode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for stream, text in self._pending:
+            self._emit({**self._key, "stream": stream, "text": self._mask(text), "at": time.time()})
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Write what is pending, and the marker and tail if the limit was reached."""
+        if self._tail:
+            kept = sum(len(t.encode("utf-8", "replace")) for _, t in self._tail)
+            self._pending.append((
+                "treadle",
+                f"\n[treadle: log truncated: the limit is {self._limit} bytes per step; "
+                f"{self.dropped - kept} bytes left out; the last {kept} bytes follow]\n",
+            ))
+            self._pending.extend(self._tail)
+            self._tail.clear()
+            self._tail_bytes = 0
+            self.dropped = 0
+        self.flush()

@@ -1,0 +1,394 @@
+"""One run in flight: the ready-step loop, trigger rules, retries, foreach, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .definition import RetrySpec, StepSpec
+from .durations import format_duration
+from .errors import StepFailed
+from .logsink import LogSink
+from .models import RunStatus, StepStatus
+from .steps import REGISTRY, StepContext, StepOutcome
+from .templates import Masker, TemplateFailed, render, truthy
+
+if TYPE_CHECKING:
+    from .executor import Engine
+    from .loader import Definition
+
+log = logging.getLogger("treadle.run")
+NO_RETRY = RetrySpec()
+_FIELD_ATTR = {"with": "with_", "json": "json_body"}
+
+
+class _Failed(Exception):
+    """A step failed for good (after its retries); its rows are already recorded."""
+
+    def __init__(self, error: StepFailed):
+        super().__init__(str(error))
+        self.error = error
+
+
+def raw_inputs(definition: Definition, step: StepSpec) -> dict[str, Any]:
+    """The step's kind fields as written (templates not rendered), cached per definition."""
+    cache = definition.__dict__.setdefault("_raw_inputs", {})
+    if step.id not in cache:
+        kind = REGISTRY[step.kind]
+        names = {_FIELD_ATTR.get(f, f) for f in kind.fields}
+        cache[step.id] = step.model_dump(by_alias=True, include=names, exclude_none=True)
+    return cache[step.id]
+
+
+class RunExecution:
+    def __init__(
+        self, engine: Engine, run_id: str, definition: Definition, params: dict[str, Any],
+        secrets: dict[str, str], reuse: dict[str, dict[str, Any]], *, depth: int = 0,
+    ):
+        assert definition.spec is not None and definition.dag is not None
+        self.engine, self.store = engine, engine.store
+        self.id, self.definition, self.params, self.depth = run_id, definition, params, depth
+        self.spec, self.dag = definition.spec, definition.dag
+        self.steps = {s.id: s for s in self.spec.steps}
+        self.reuse = reuse
+        self.secrets = secrets
+        self.mask = Masker(list(secrets.values()))
+        self.status = RunStatus.RUNNING
+        self.error: str | None = None
+        self.outputs: Any = None
+        self.state: dict[str, StepStatus] = {}
+        self.results: dict[str, dict[str, Any]] = {}  # what templates see as steps.<id>
+        self._remaining = {sid: len(deps) for sid, deps in self.dag.deps.items()}
+        self._sem = asyncio.Semaphore(self.spec.max_parallel)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._all_done: asyncio.Future | None = None
+        self._stopping: StepStatus | None = None
+        self._root_failure: tuple[str, str] | None = None
+        self._cancel_request: tuple[str, RunStatus] | None = None
+        self._task: asyncio.Task | None = None
+        self._done = asyncio.Event()
+        self._done_callbacks: list[Callable[[], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._main(), name=f"run-{self.id}")
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        self._done_callbacks.append(callback)
+
+    async def wait(self) -> RunStatus:
+        await self._done.wait()
+        return self.status
+
+    def cancel(self, reason: str = "cancelled by request", status: RunStatus = RunStatus.CANCELLED) -> None:
+        if self._task is not None and not self._task.done() and self._cancel_request is None:
+            self._cancel_request = (reason, status)
+            self._task.cancel()
+
+    async def _main(self) -> None:
+        status, error = RunStatus.SUCCEEDED, None
+        try:
+            self.context = self._base_context()
+            async with asyncio.timeout(self.spec.timeout):
+                await self._execute_graph()
+        except TimeoutError:
+            status, error = RunStatus.FAILED, f"run timed out after {format_duration(self.spec.timeout)}"
+            await self._stop_all()
+        except asyncio.CancelledError:
+            reason, status = self._cancel_request or ("cancelled", RunStatus.CANCELLED)
+            error = reason
+            await self._stop_all()
+        except TemplateFailed as exc:
+            status, error = RunStatus.FAILED, f"env: {exc}"
+            await self._stop_all()
+        except Exception as exc:  # a bug in Treadle: record it rather than leave the run running
+            log.exception("run %s crashed", self.id)
+            status, error = RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+            await self._stop_all()
+        if status == RunStatus.SUCCEEDED and self._root_failure:
+            sid, message = self._root_failure
+            status, error = RunStatus.FAILED, f"step '{sid}' failed: {message}"
+        outputs = self._outputs() if status == RunStatus.SUCCEEDED else None
+        if isinstance(outputs, _OutputsFailed):
+            status, error, outputs = RunStatus.FAILED, str(outputs), None
+        self.status, self.error, self.outputs = status, error, outputs
+        self.store.update_run({
+            "id": self.id, "status": status.value, "error": self.mask.text(error) if error else None,
+            "outputs": self.mask.data(outputs), "finished_at": time.time(),
+        })
+        self._done.set()
+        for callback in self._done_callbacks:
+            callback()
+
+    def _base_context(self) -> dict[str, Any]:
+        run = {"id": self.id, "workflow": self.definition.name, "version": self.definition.version}
+        ctx: dict[str, Any] = {
+            "params": self.params, "trigger": self.params, "secrets": self.secrets, "run": run,
+            "steps": self.results, "env": {},
+        }
+        ctx["env"] = {k: _env_text(render(v, ctx)) for k, v in self.spec.env.items()}
+        return ctx
+
+    async def _execute_graph(self) -> None:
+        self._all_done = asyncio.get_running_loop().create_future()
+        for sid in self.dag.roots():
+            self._ready(sid)
+        if len(self.state) < len(self.dag.order):
+            await self._all_done
+
+    async def _stop_all(self) -> None:
+        """Cancel running steps; mark everything not yet finished `cancelled`."""
+        self._stopping = StepStatus.CANCELLED
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sid in self.dag.order:
+            if sid not in self.state and self._remaining[sid] == 0 and sid not in self._tasks:
+                self._ready(sid)
+        for sid in self.dag.order:  # steps whose dependencies never finished
+            if sid not in self.state:
+                self._record_not_run(sid, StepStatus.CANCELLED)
+                self.state[sid] = StepStatus.CANCELLED
+
+    def _outputs(self) -> Any:
+        if self.spec.outputs is None:
+            return {sid: self.results[sid].get("output") for sid in self.dag.leaves
+                    if self.state.get(sid) == StepStatus.SUCCEEDED}
+        try:
+            return render(self.spec.outputs, self.context)
+        except TemplateFailed as exc:
+            return _OutputsFailed(f"outputs: {exc}")
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _ready(self, first: str) -> None:
+        """Start `first` (all its dependencies are done) and settle what follows without running."""
+        work = [first]
+        while work:
+            sid = work.pop()
+            verdict = self._decide(sid)
+            if verdict is None and sid in self.reuse:
+                reused = self.reuse[sid]
+                self._record_not_run(sid, StepStatus.SUCCEEDED, output=reused["output"],
+                                     note={"reused_from": reused["run_id"]}, exit_code=reused.get("exit_code"))
+                work.extend(self._complete(sid, StepStatus.SUCCEEDED, {"output": reused["output"], "exit_code": reused.get("exit_code")}))
+            elif verdict is None:
+                self._tasks[sid] = asyncio.create_task(self._step(sid), name=f"{self.id}:{sid}")
+            else:
+                self._record_not_run(sid, verdict)
+                work.extend(self._complete(sid, verdict, {}))
+
+    def _decide(self, sid: str) -> StepStatus | None:
+        """None: run the step. Otherwise the state it ends in without running."""
+        if self._stopping is not None:
+            return self._stopping
+        step = self.steps[sid]
+        ups = [(d, self.state[d]) for d in self.dag.deps[sid]]
+        if not ups:
+            return None
+        blocked = any(s == StepStatus.UPSTREAM_FAILED or (s == StepStatus.FAILED and not self.steps[d].continue_on_failure) for d, s in ups)
+        rule = step.trigger_rule
+        if rule == "all_done":
+            return None
+        if rule == "any_failed":
+            return None if any(s in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED) for _, s in ups) else StepStatus.SKIPPED
+        if rule == "any_succeeded":
+            if any(s == StepStatus.SUCCEEDED for _, s in ups):
+                return None
+            return StepStatus.UPSTREAM_FAILED if blocked else StepStatus.SKIPPED
+        if blocked:
+            return StepStatus.UPSTREAM_FAILED
+        if any(s == StepStatus.CANCELLED for _, s in ups):
+            return StepStatus.CANCELLED
+        return None
+
+    def _complete(self, sid: str, status: StepStatus, result: dict[str, Any]) -> list[str]:
+        """Record the end of a step; return the dependents that became ready."""
+        self.state[sid] = status
+        self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
+        if status == StepStatus.FAILED and not self.steps[sid].continue_on_failure and self._root_failure is None:
+            self._root_failure = (sid, result.get("error") or "failed")
+        ready = []
+        for dep in self.dag.dependents[sid]:
+            self._remaining[dep] -= 1
+            if self._remaining[dep] == 0:
+                ready.append(dep)
+        if len(self.state) == len(self.dag.order) and self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
+        return ready
+
+    def _record_not_run(self, sid: str, status: StepStatus, *, output: Any = None,
+                        note: Any = None, exit_code: int | None = None) -> None:
+        now = time.time()
+        self.store.put_step({
+            "run_id": self.id, "step_id": sid, "item": -1, "attempt": 0, "status": status.value,
+            "started_at": None, "finished_at": now, "input": note, "output": self.mask.data(output),
+            "exit_code": exit_code,
+        })
+
+    # -- one step ----------------------------------------------------------------
+
+    async def _step(self, sid: str) -> None:
+        step = self.steps[sid]
+        try:
+            if step.when is not None and not truthy(render(step.when, self.context)):
+                self._record_not_run(sid, StepStatus.SKIPPED)
+                status, result = StepStatus.SKIPPED, {}
+            elif step.foreach is not None:
+                output = await self._foreach(step)
+                status, result = StepStatus.SUCCEEDED, {"output": output}
+            else:
+                outcome = await self._attempts(step, self.context, item=-1)
+                status = StepStatus.SUCCEEDED
+                result = {"output": outcome.output, "exit_code": outcome.exit_code, **outcome.extra}
+        except _Failed as exc:
+            err = exc.error
+            status, result = StepStatus.FAILED, {"output": err.output, "exit_code": err.exit_code, "error": str(err)}
+        except TemplateFailed as exc:
+            error = f"when: {exc}" if step.when is not None else str(exc)
+            self._record_failure_row(sid, -1, error)
+            status, result = StepStatus.FAILED, {"error": error}
+        except asyncio.CancelledError:
+            # attempt 0 only shows when no attempt started (it waited for a slot)
+            self._record_not_run(sid, StepStatus.CANCELLED)
+            self.state[sid] = StepStatus.CANCELLED
+            self.results[sid] = {"status": "cancelled", "output": None}
+            raise
+        for dep in self._complete(sid, status, result):
+            self._ready(dep)
+
+    def _record_failure_row(self, sid: str, item: int, error: str) -> None:
+        now = time.time()
+        self.store.put_step({
+            "run_id": self.id, "step_id": sid, "item": item, "attempt": 1, "status": StepStatus.FAILED.value,
+            "started_at": now, "finished_at": now, "error": self.mask.text(error),
+        })
+
+    async def _foreach(self, step: StepSpec) -> list[Any]:
+        items = render(step.foreach, self.context)
+        if isinstance(items, str):
+            try:
+                items = json.loads(items)
+            except ValueError:
+                pass
+        if isinstance(items, dict):
+            items = [{"key": k, "value": v} for k, v in items.items()]
+        if not isinstance(items, list):
+            raise _Failed(self._fail_parent(step.id, f"foreach: expected a list, got {type(items).__name__}"))
+        started = time.time()
+        parent = {"run_id": self.id, "step_id": step.id, "item": -1, "attempt": 1,
+                  "status": StepStatus.RUNNING.value, "started_at": started, "input": self.mask.data({"items": len(items)})}
+        self.store.put_step(parent)
+        results: list[Any] = [None] * len(items)
+        failures: list[tuple[int, str]] = []
+
+        async def one(index: int, item: Any) -> None:
+            ctx = {**self.context, "item": item, "index": index}
+            try:
+                results[index] = (await self._attempts(step, ctx, item=index)).output
+            except _Failed as exc:
+                failures.append((index, str(exc)))
+
+        try:
+            await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        except asyncio.CancelledError:
+            self.store.put_step({**parent, "status": StepStatus.CANCELLED.value, "finished_at": time.time()})
+            raise
+        if failures:
+            failures.sort()
+            index, message = failures[0]
+            error = f"{len(failures)} of {len(items)} items failed; item {index}: {message}"
+            self.store.put_step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
+                                 "error": self.mask.text(error), "output": self.mask.data(results)})
+            raise _Failed(StepFailed(error, output=results))
+        self.store.put_step({**parent, "status": StepStatus.SUCCEEDED.value, "finished_at": time.time(),
+                             "output": self.mask.data(results)})
+        return results
+
+    def _fail_parent(self, sid: str, error: str) -> StepFailed:
+        self._record_failure_row(sid, -1, error)
+        return StepFailed(error, retryable=False)
+
+    async def _attempts(self, step: StepSpec, ctx: dict[str, Any], *, item: int) -> StepOutcome:
+        """Run one step (or one foreach item) with its retries; raise _Failed at the end."""
+        defaults = self.spec.defaults
+        retry = step.retry or defaults.retry or NO_RETRY
+        timeout = step.timeout if step.timeout is not None else defaults.timeout
+        kind = REGISTRY[step.kind]
+        raw = raw_inputs(self.definition, step)
+        key = {"run_id": self.id, "step_id": step.id, "item": item}
+        logs = LogSink(self.store.put_log, {**key, "attempt": 1}, self.mask.text)
+        attempt = 1
+        try:
+            while True:
+                try:
+                    inp = render(raw, ctx)
+                except TemplateFailed as exc:
+                    self._record_failure_row(step.id, item, f"input: {exc}")
+                    raise _Failed(StepFailed(f"input: {exc}", retryable=False)) from None
+                logs.set_attempt(attempt)
+                async with self._sem:
+                    row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
+                           "started_at": time.time(), "input": self.mask.data(inp)}
+                    self.store.put_step(row)
+                    sctx = StepContext(
+                        run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
+                        workflow=self.definition.name, base_dir=self.definition.base_dir,
+                        env=self.context["env"], http=self.engine.http, engine=self.engine, logs=logs,
+                        timeout=timeout,
+                    )
+                    try:
+                        async with asyncio.timeout(timeout):
+                            outcome = await kind.execute(sctx, inp)
+                        error = None
+                    except StepFailed as exc:
+                        error = exc
+                    except TimeoutError:
+                        error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                    except asyncio.CancelledError:
+                        why = "cancelled"
+                        self.store.put_step({**row, "status": StepStatus.CANCELLED.value,
+                                             "finished_at": time.time(), "error": why})
+                        raise
+                    except Exception as exc:
+                        log.exception("step %s of run %s", step.id, self.id)
+                        error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
+                finished = time.time()
+                if error is None:
+                    self.store.put_step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
+                                         "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
+                                         "http_status": outcome.http_status})
+                    return outcome
+                self.store.put_step({**row, "status": StepStatus.FAILED.value, "finished_at": finished,
+                                     "error": self.mask.text(str(error)), "output": self.mask.data(error.output),
+                                     "exit_code": error.exit_code, "http_status": error.http_status})
+                if not (attempt <= retry.limit and error.retryable and (retry.on is None or error.code in retry.on)):
+                    raise _Failed(error)
+                delay = retry.delay_before(attempt)
+                logs.write("treadle", f"[treadle: attempt {attempt} failed: {self.mask.text(str(error))}; "
+                                      f"retry {attempt} of {retry.limit} in {format_duration(delay)}]\n")
+                attempt += 1
+                pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
+                self.store.put_step(pending)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    self.store.put_step({**pending, "status": StepStatus.CANCELLED.value,
+                                         "finished_at": time.time(), "error": "cancelled"})
+                    raise
+        finally:
+            logs.close()
+
+
+class _OutputsFailed(str):
+    pass
+
+
+def _env_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)

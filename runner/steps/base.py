@@ -1,0 +1,54 @@
+"""What a step kind receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..executor import Engine
+    from ..logsink import LogSink
+
+
+@dataclass
+class StepContext:
+    """One attempt of one step (or foreach item) as a kind sees it."""
+
+    run_id: str
+    step_id: str
+    index: int | None  # foreach index, None outside foreach
+    attempt: int
+    workflow: str
+    base_dir: Path  # the definition file's folder: default cwd of `run` steps
+    env: dict[str, str]  # workflow env, rendered
+    http: httpx.AsyncClient
+    engine: Engine
+    logs: LogSink
+    timeout: float | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and restarts: run, step and foreach index."""
+        suffix = f"-{self.index}" if self.index is not None else ""
+        return f"{self.run_id}-{self.step_id}{suffix}"
+
+    def log(self, text: str, stream: str = "log") -> None:
+        self.logs.write(stream, text)
+
+
+@dataclass
+class StepOutcome:
+    output: Any = None
+    exit_code: int | None = None
+    http_status: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more names for templates (stdout, ...)
+
+
+class StepKind(Protocol):
+    name: str
+    fields: tuple[str, ...]  # step keys that form this kind's input
+
+    async def execute(self, ctx: StepContext, inp: dict[str, Any]) -> StepOutcome: ...

@@ -1,0 +1,298 @@
+"""The database: one writer task that batches commits, and the read queries.
+
+Everything the engine records goes through `Store.put_*` onto one queue. The
+writer takes whatever has queued up, writes it in one transaction and commits,
+then publishes the events on the Broker. Batches are committed in queue order,
+so a `kill -9` can lose only the last moments, never reorder them; each commit
+leaves a state from which a run can be resumed (finished steps with outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, select, update
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+
+from .events import Broker
+from .models import LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
+
+log = logging.getLogger("treadle.store")
+
+DEFAULT_DB = "sqlite:///.treadle/treadle.db"
+_MAX_BATCH = 20_000
+_STEP_KEY = ("run_id", "step_id", "item", "attempt")
+
+
+def async_url(url: str) -> str:
+    """`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`, creating the folder of the file."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return "sqlite+aiosqlite:///" + path
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, never corrupt
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    """Owns the engine, the writer task and the broker. Use `async with Store(url)`."""
+
+    def __init__(self, url: str = DEFAULT_DB, broker: Broker | None = None):
+        self.url = url
+        self.broker = broker or Broker()
+        self.engine: AsyncEngine = create_async_engine(async_url(url))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        self.write_errors = 0
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+        self._writer = asyncio.create_task(self._write_loop(), name="treadle-store-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self.flush()
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+        await self.engine.dispose()
+
+    # -- writing -----------------------------------------------------------------
+
+    def put_version(self, row: dict[str, Any]) -> None:
+        self._queue.put_nowait(("version", row))
+
+    def put_run(self, row: dict[str, Any]) -> None:
+        """Insert a new run (every required column)."""
+        self._queue.put_nowait(("run", row))
+
+    def update_run(self, row: dict[str, Any]) -> None:
+        """Update some columns of a run; `row` holds `id` and the columns to set."""
+        self._queue.put_nowait(("run_update", row))
+
+    def put_step(self, row: dict[str, Any]) -> None:
+        """Insert or replace one step attempt, keyed by run, step, item and attempt."""
+        self._queue.put_nowait(("step", row))
+
+    def put_log(self, row: dict[str, Any]) -> None:
+        self._queue.put_nowait(("log", row))
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed."""
+        if self._writer is None or self._writer.done():
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("flush", done))
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
+        versions: dict[str, dict] = {}
+        runs: dict[str, dict] = {}
+        updates: dict[str, dict] = {}
+        steps: dict[tuple, dict] = {}
+        logs: list[dict] = []
+        for kind, row in batch:
+            if kind == "step":
+                steps[tuple(row[k] for k in _STEP_KEY)] = row
+            elif kind == "log":
+                logs.append(row)
+            elif kind == "run":
+                runs[row["id"]] = row
+            elif kind == "run_update":
+                if row["id"] in runs:
+                    runs[row["id"]] = {**runs[row["id"]], **row}
+                else:
+                    updates[row["id"]] = {**updates.get(row["id"], {}), **row}
+            elif kind == "version":
+                versions[row["version"]] = row
+        statements = self._statements(versions, runs, updates, steps, logs)
+        for attempt in range(1, 11):
+            try:
+                async with self.engine.begin() as conn:
+                    for stmt, params in statements:
+                        await conn.execute(stmt, params)
+                break
+            except OperationalError as exc:  # locked, busy, I/O: worth another try
+                self.write_errors += 1
+                log.error("store: write of %d records failed (try %d of 10): %s", len(batch), attempt, exc)
+                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            except Exception:
+                # a record the database refuses: write the others one by one, so
+                # one bad record never costs the rest of the batch
+                self.write_errors += 1
+                log.exception("store: a batch of %d records was refused; writing them one by one", len(batch))
+                await self._write_one_by_one(statements)
+                break
+        self._publish(batch)
+
+    @staticmethod
+    def _statements(versions: dict, runs: dict, updates: dict, steps: dict, logs: list) -> list[tuple[Any, Any]]:
+        out: list[tuple[Any, Any]] = []
+        if versions:
+            out.append((insert(WorkflowVersion).on_conflict_do_nothing(), list(versions.values())))
+        for row in runs.values():
+            out.append((insert(Run).values(**row).on_conflict_do_nothing(), None))
+        for row in updates.values():
+            out.append((update(Run).where(Run.id == row["id"]).values(**{k: v for k, v in row.items() if k != "id"}), None))
+        if steps:
+            stmt = insert(StepAttempt)
+            cols = [c.name for c in StepAttempt.__table__.columns if c.name not in ("id", *_STEP_KEY)]
+            stmt = stmt.on_conflict_do_update(index_elements=list(_STEP_KEY), set_={c: stmt.excluded[c] for c in cols})
+            out.append((stmt, [_full_step(r) for r in steps.values()]))
+        if logs:
+            out.append((insert(LogChunk), logs))
+        return out
+
+    async def _write_one_by_one(self, statements: list[tuple[Any, Any]]) -> None:
+        for stmt, params in statements:
+            for one in (params if isinstance(params, list) else [params]):
+                try:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(stmt, one)
+                except Exception as exc:
+                    log.error("store: record dropped: %s: %s", type(exc).__name__, str(exc)[:500])
+
+    def _publish(self, batch: list[tuple[str, Any]]) -> None:
+        broker = self.broker
+        for kind, row in batch:
+            if kind == "flush":
+                if not row.done():
+                    row.set_result(None)
+            elif kind in ("step", "log"):
+                topic = f"run:{row['run_id']}"
+                if broker.has_subscribers(topic):
+                    broker.publish(topic, {"type": kind, **row})
+            elif kind in ("run", "run_update"):
+                event_ = {"type": "run", **row}
+                broker.publish(f"run:{row['id']}", event_)
+                broker.publish("runs", event_)
+
+    # -- reading -----------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(Run).where(Run.id == run_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def step_attempts(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(StepAttempt).where(StepAttempt.run_id == run_id)
+                .order_by(StepAttempt.id)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    async def step_states(self, run_id: str) -> list[dict[str, Any]]:
+        """One row per step: its latest attempt (attempt 0 = it never started)."""
+        best: dict[str, dict[str, Any]] = {}
+        for row in await self.step_attempts(run_id):
+            if row["item"] == -1:
+                old = best.get(row["step_id"])
+                if old is None or row["attempt"] >= old["attempt"]:
+                    best[row["step_id"]] = row
+        return list(best.values())
+
+    async def list_runs(
+        self, *, workflow: str | None = None, status: str | None = None,
+        parent: str | None = None, offset: int = 0, limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], int]:
+        query = select(Run)
+        count = select(func.count()).select_from(Run)
+        for cond in (
+            Run.workflow == workflow if workflow else None,
+            Run.status == status if status else None,
+            Run.parent_run_id == parent if parent else None,
+        ):
+            if cond is not None:
+                query, count = query.where(cond), count.where(cond)
+        query = query.order_by(Run.created_at.desc(), Run.id.desc()).offset(offset).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+            total = (await conn.execute(count)).scalar_one()
+        return rows, total
+
+    async def last_runs(self) -> dict[str, dict[str, Any]]:
+        """The newest run of each workflow."""
+        newest = select(Run.workflow, func.max(Run.created_at).label("at")).group_by(Run.workflow).subquery()
+        query = select(Run).join(newest, (Run.workflow == newest.c.workflow) & (Run.created_at == newest.c.at))
+        async with self.engine.connect() as conn:
+            return {r["workflow"]: dict(r) for r in (await conn.execute(query)).mappings()}
+
+    async def logs(self, run_id: str, step_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+        query = (
+            select(LogChunk)
+            .where(LogChunk.run_id == run_id, LogChunk.step_id == step_id, LogChunk.id > after_id)
+            .order_by(LogChunk.id)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def get_version(self, version: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(WorkflowVersion).where(WorkflowVersion.version == version))).mappings().first()
+        return dict(row) if row else None
+
+    async def counts(self, since: float) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            active = (await conn.execute(
+                select(func.count()).select_from(Run).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+            )).scalar_one()
+            rows = await conn.execute(
+                select(Run.status, func.count()).where(Run.created_at >= since).group_by(Run.status)
+            )
+            recent = {status: n for status, n in rows}
+        return {"active": active, **{f"last_24h_{k}": v for k, v in recent.items()}}
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(Run).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])))
+            return [dict(r) for r in rows.mappings()]
+
+
+_STEP_DEFAULTS = {c.name: None for c in StepAttempt.__table__.columns if c.name != "id"}
+
+
+def _full_step(row: dict[str, Any]) -> dict[str, Any]:
+    return {**_STEP_DEFAULTS, **row}
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,125 @@
+"""Jinja2 templates in a sandbox, strict about undefined names.
+
+A value that is exactly one `{{ expression }}` keeps the expression's type (a number
+stays a number in a JSON body); anything else renders to a string. Compiled
+templates are cached, since the same step text is rendered for every run and item.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+_WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
+
+
+def _tojson(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env.filters["tojson"] = _tojson
+_env.filters["fromjson"] = json.loads
+
+
+class TemplateSyntax(Exception):
+    def __init__(self, message: str, lineno: int):
+        super().__init__(message)
+        self.message, self.lineno = message, lineno
+
+
+class TemplateFailed(Exception):
+    """Rendering failed at run time (undefined name, sandbox violation, error in a filter)."""
+
+
+def _whole_expression(text: str) -> str | None:
+    m = _WHOLE.match(text)
+    if m and "{{" not in m.group("expr") and "}}" not in m.group("expr"):
+        return m.group("expr")
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _compile(text: str) -> Any:
+    expr = _whole_expression(text)
+    if expr is not None:
+        return ("expr", _env.compile_expression(expr, undefined_to_none=False))
+    return ("text", _env.from_string(text))
+
+
+def check_template(text: str) -> None:
+    """Raise TemplateSyntax if `text` does not compile."""
+    try:
+        _compile(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateSyntax(exc.message or str(exc), exc.lineno or 1) from None
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def render(value: Any, context: dict[str, Any]) -> Any:
+    """Render strings (recursively through lists and dicts); other values pass through."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return value
+        try:
+            how, compiled = _compile(value)
+            if how == "expr":
+                result = compiled(**context)
+                if isinstance(result, StrictUndefined):
+                    str(result)  # raises UndefinedError with the name
+                return result
+            return compiled.render(context)
+        except UndefinedError as exc:
+            raise TemplateFailed(f"{exc.message} in template {value!r}") from None
+        except SecurityError as exc:
+            raise TemplateFailed(f"not allowed in a template: {exc}") from None
+        except TemplateSyntaxError as exc:
+            raise TemplateFailed(f"template error: {exc.message}") from None
+        except Exception as exc:  # a filter or expression raised
+            raise TemplateFailed(f"{type(exc).__name__}: {exc} in template {value!r}") from None
+    if isinstance(value, dict):
+        return {k: render(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context) for v in value]
+    return value
+
+
+def truthy(value: Any) -> bool:
+    """`when` semantics: strings 'false', 'no', '0', '' and 'none' are false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in {"", "false", "no", "0", "none", "null", "off"}
+    return bool(value)
+
+
+class Masker:
+    """Replaces secret values with *** in anything about to be recorded or shown."""
+
+    def __init__(self, secrets: list[str] | None = None):
+        values = {s for s in (secrets or []) if s}
+        self._values = sorted(values, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in self._values)) if values else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def text(self, text: str) -> str:
+        return self._pattern.sub("***", text) if self._pattern else text
+
+    def data(self, value: Any) -> Any:
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.data(v) for v in value]
+        return value

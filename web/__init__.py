@@ -1,0 +1,1 @@
+"""Treadle's web layer: the Litestar app, JSON API and HTMX dashboard."""
