@@ -1,0 +1,34 @@
+"""`treadle serve`: registered into the CLI through the `treadle.commands` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
+    p = sub.add_parser("serve", help="dashboard + API + watcher + executor")
+    p.add_argument("--definitions", default=defaults["definitions"], help="definitions folder (env TREADLE_DEFINITIONS)")
+    p.add_argument("--db", default=defaults["db"], help="database URL (env TREADLE_DB)")
+    p.add_argument("--host", default=os.environ.get("TREADLE_HOST", "127.0.0.1"), help="env TREADLE_HOST")
+    p.add_argument("--port", type=int, default=int(os.environ.get("TREADLE_PORT", "8080")), help="env TREADLE_PORT")
+    p.add_argument("--no-watch", action="store_true", help="do not reload definitions when files change")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .services import Settings
+
+    settings = Settings(definitions=Path(args.definitions), db=args.db, host=args.host, port=args.port,
+                        watch=not args.no_watch)
+    app = create_app(settings)
+    print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
+          file=sys.stderr, flush=True)
+    # open SSE streams must not hold a shutdown: give them 2 s, then close them
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    return 0
