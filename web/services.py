@@ -35,6 +35,7 @@ class Services:
     engine: Engine
     broker: Broker
     started_at: float = field(default_factory=time.time)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -50,6 +51,7 @@ class Services:
             try:
                 yield services
             finally:
+                services.stopping.set()
                 stop.set()
                 if watcher is not None:
                     watcher.cancel()
