@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.catalog import Catalog
+from runner.errors import RunNotFound, WorkflowNotFound
 from runner.events import Broker
 from runner.executor import Engine
+from runner.run_execution import RunExecution
 from runner.store import DEFAULT_DB, Store
 from runner.watcher import watch
 
@@ -58,3 +60,35 @@ class Services:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await watcher
                 await engine.close()
+
+
+# -- actions shared by the JSON API and the dashboard forms ------------------------
+
+
+async def start_run(services: Services, name: str, params: dict | None, *, from_text: bool = False,
+                    trigger: str = "api") -> RunExecution:
+    """Start a run of the current version of `name`; raises TreadleError subclasses.
+
+    Returns once the run row is committed, so a client that reads it next finds it.
+    """
+    definition = services.catalog.get(name)
+    if definition is None:
+        raise WorkflowNotFound(name, services.catalog.names())
+    exe = await services.engine.start(definition, params, from_text=from_text, trigger=trigger)
+    await services.store.flush()
+    return exe
+
+
+async def cancel_run(services: Services, run_id: str) -> bool:
+    """Cancel a run; False when it had already finished. Raises RunNotFound."""
+    if services.engine.cancel(run_id):
+        return True
+    if await services.store.get_run(run_id) is None:
+        raise RunNotFound(run_id)
+    return False
+
+
+async def retry_run(services: Services, run_id: str, from_step: str | None) -> RunExecution:
+    exe = await services.engine.retry(run_id, from_step)
+    await services.store.flush()
+    return exe

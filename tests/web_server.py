@@ -1,0 +1,53 @@
+"""A real uvicorn serving `create_app` on 127.0.0.1, in a thread, for API and browser tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from web.app import create_app
+from web.services import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(definitions: Path, db: str, *, watch: bool = True) -> Iterator[str]:
+    """Start the app; yield its base URL (http://127.0.0.1:PORT); stop it afterwards."""
+    port = free_port()
+    app = create_app(Settings(definitions=definitions, db=db, port=port, watch=watch))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=1, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if server.started:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                pass
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn exited during startup")
+        time.sleep(0.02)
+    else:
+        raise RuntimeError("uvicorn did not start within 15 s")
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
