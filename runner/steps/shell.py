@@ -12,6 +12,7 @@ import codecs
 import json
 import os
 import signal
+import subprocess
 from typing import Any
 
 from ..errors import StepFailed
@@ -40,20 +41,34 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-async def _pump(stream: asyncio.StreamReader, name_: str, ctx: StepContext, keep: list[bytes]) -> None:
-    kept = 0
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # never split a character
-    while chunk := await stream.read(65536):
-        if kept < OUTPUT_LIMIT:
-            keep.append(chunk[: OUTPUT_LIMIT - kept])
-            kept += len(keep[-1])
-        ctx.logs.write(name_, decoder.decode(chunk))
-    ctx.logs.write(name_, decoder.decode(b"", final=True))
+class _Capture(asyncio.SubprocessProtocol):
+    """Streams the pipes into the step's log from the loop's callbacks (no reader tasks)."""
+
+    def __init__(self, ctx: StepContext):
+        self.ctx = ctx
+        self.kept = {1: bytearray(), 2: bytearray()}
+        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
+        self.done = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        kept = self.kept[fd]
+        if len(kept) < OUTPUT_LIMIT:
+            kept += data[: OUTPUT_LIMIT - len(kept)]
+        self.ctx.logs.write(_STREAMS[fd], self.decoders[fd].decode(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:  # process gone and pipes closed
+        for fd, decoder in self.decoders.items():
+            self.ctx.logs.write(_STREAMS[fd], decoder.decode(b"", final=True))
+        if not self.done.done():
+            self.done.set_result(None)
 
 
-def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+
+def _kill_group(pid: int, sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -63,39 +78,36 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     cwd = ctx.base_dir / inp["cwd"] if inp.get("cwd") else ctx.base_dir
     if not cwd.is_dir():
         raise StepFailed(f"cwd '{cwd}' is not a folder", retryable=False)
-    common = dict(
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=str(cwd), env=_environment(ctx, inp.get("env")),
-        start_new_session=True,
-    )
+    argv = [_text(a) for a in command] if isinstance(command, list) else ["/bin/sh", "-c", str(command)]
+    loop = asyncio.get_running_loop()
     try:
-        if isinstance(command, list):
-            argv = [_text(a) for a in command]
-            proc = await asyncio.create_subprocess_exec(*argv, **common)
-        else:
-            proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", str(command), **common)
+        transport, capture = await loop.subprocess_exec(
+            lambda: _Capture(ctx), *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=str(cwd), env=_environment(ctx, inp.get("env")),
+            start_new_session=True,
+        )
     except FileNotFoundError:
         raise StepFailed(
-            f"command not found: '{command[0]}' (is it installed and on PATH?)", exit_code=127, retryable=False
+            f"command not found: '{argv[0]}' (is it installed and on PATH?)", exit_code=127, retryable=False
         ) from None
     except PermissionError:
-        raise StepFailed(f"permission denied running '{command[0]}' (is it executable?)", exit_code=126, retryable=False) from None
-    out: list[bytes] = []
-    err: list[bytes] = []
+        raise StepFailed(f"permission denied running '{argv[0]}' (is it executable?)", exit_code=126, retryable=False) from None
+    pid = transport.get_pid()
     try:
-        await asyncio.gather(_pump(proc.stdout, "stdout", ctx, out), _pump(proc.stderr, "stderr", ctx, err))
-        code = await proc.wait()
+        await asyncio.shield(capture.done)
     except asyncio.CancelledError:
-        _kill_group(proc, signal.SIGTERM)
+        _kill_group(pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE)
+            await asyncio.wait_for(asyncio.shield(capture.done), KILL_GRACE)
         except (TimeoutError, asyncio.CancelledError):
-            _kill_group(proc, signal.SIGKILL)
+            _kill_group(pid, signal.SIGKILL)
         raise
     finally:
-        _kill_group(proc, signal.SIGKILL)  # and whatever the command left running in its group
-    stdout = b"".join(out).decode("utf-8", "replace")
-    stderr = b"".join(err).decode("utf-8", "replace")
+        _kill_group(pid, signal.SIGKILL)  # and whatever the command left running in its group
+        transport.close()
+    code = transport.get_returncode()
+    stdout = capture.kept[1].decode("utf-8", "replace")
+    stderr = capture.kept[2].decode("utf-8", "replace")
     output = _parse(stdout)
     extra = {"stdout": stdout, "stderr": stderr}
     if code != 0:
