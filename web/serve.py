@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
     p.add_argument("--definitions", default=defaults["definitions"], help="definitions folder (env TREADLE_DEFINITIONS)")
     p.add_argument("--db", default=defaults["db"], help="database URL (env TREADLE_DB)")
     p.add_argument("--host", default=os.environ.get("TREADLE_HOST", "127.0.0.1"), help="env TREADLE_HOST")
-    p.add_argument("--port", type=int, default=int(os.environ.get("TREADLE_PORT", "8080")), help="env TREADLE_PORT")
+    # a string default is converted by `type` only when used, so a bad TREADLE_PORT
+    # is reported by `serve` as a usage error instead of breaking every command
+    p.add_argument("--port", type=int, default=os.environ.get("TREADLE_PORT", "8080"), help="env TREADLE_PORT")
     p.add_argument("--no-watch", action="store_true", help="do not reload definitions when files change")
     p.set_defaults(func=serve)
 
