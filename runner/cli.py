@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__
 from .catalog import Catalog
 from .durations import format_duration
-from .errors import Problem, TreadleError
+from .errors import ParamError, Problem, TreadleError
 from .executor import Engine
 from .loader import Definition, load_file
 from .report import run_document
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "github", "json"], default="text",
                    help="github: GitHub Actions annotations")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of definition files (for editors)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("run", help="run one workflow here, with live progress")
     p.add_argument("name", help="workflow name, or the path of a definition file")
@@ -126,6 +129,13 @@ def _gh_escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .definition import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 # -- run -------------------------------------------------------------------------
 
 
@@ -134,7 +144,7 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise TreadleError(f"-p {pair!r}: write params as -p key=value")
+            raise ParamError({key or pair: f"-p {pair!r}: write params as -p key=value"})
         out[key.strip()] = value
     return out
 
