@@ -1,9 +1,346 @@
-"""Dashboard pages (SPEC §5). Placeholder: filled in by the web issue."""
+"""Dashboard pages (SPEC §5): server-rendered Jinja2, made live with htmx over SSE.
+
+Every page and fragment is rendered from the database (and the catalog for
+definitions); the page streams in `live.py` only say when to fetch again. Forms post
+to the same origin only (see `same_origin`) and redirect (303) after success.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode, urlsplit
 
 from jinja2 import Environment
+from litestar import Request, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Redirect, ServerSentEvent, Template
+from markupsafe import Markup
 
-PAGE_ROUTES: list = []
+from runner.durations import format_duration
+from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
+from runner.loader import Definition
+
+from . import live
+from .dag_svg import STATES, layout_for, render_svg, state_class
+from .forms import form_fields, posted_params
+from .run_view import (
+    RunView,
+    load_run_view,
+    load_step_detail,
+    log_chunks,
+    show_value,
+    state_filter,
+)
+from .services import Services, cancel_run, retry_run, start_run
+from .sse import sse_response
+
+RUNS_PER_PAGE = 25
+HISTORY_PER_PAGE = 10
+RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+StateQuery = Annotated[str | None, QueryParameter(name="state")]  # `state` is reserved by Litestar
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _page_number(value: int | None) -> int:
+    return max(1, value or 1)
+
+
+def same_origin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Refuse form posts from other sites: a foreign Origin (or Referer) means 403.
+
+    A request with neither header (curl, scripts) is not a browser form sent from
+    another site, so it passes; browsers always send Origin on a cross-site POST.
+    """
+    host = connection.headers.get("host", "")
+    origin = connection.headers.get("origin") or connection.headers.get("referer")
+    if connection.headers.get("sec-fetch-site") == "cross-site":
+        raise PermissionDeniedException("cross-site form posts are refused")
+    if origin is None:
+        return
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        raise PermissionDeniedException("form posts must come from this dashboard (Origin does not match Host)")
+
+
+def error_page(status: int, title: str, message: str) -> Template:
+    return Template("error.html", context={"title": title, "message": message}, status_code=status)
+
+
+def no_workflow(name: str) -> Template:
+    return error_page(404, "No such workflow", f"There is no workflow named '{name}' in the definitions folder.")
+
+
+def no_run(run_id: str) -> Template:
+    return error_page(404, "No such run", f"There is no run with id '{run_id}'.")
+
+
+# -- workflows -----------------------------------------------------------------------
+
+
+def namespace(definition: Definition) -> str:
+    folder = definition.path.rpartition("/")[0]
+    return folder + "/" if folder else ""
+
+
+@get("/", name="page-workflows", include_in_schema=False)
+async def workflows_page(request: Request) -> Template:
+    services = _services(request)
+    entries = services.catalog.entries()
+    last = await services.store.last_runs()
+    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
+    broken = [d for d in entries if not d.valid]
+    return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows"})
+
+
+def _graph(definition: Definition | None, **kw: Any) -> Markup | None:
+    if definition is None or definition.dag is None:
+        return None
+    return render_svg(layout_for(definition.version, definition.dag), **kw)
+
+
+async def _workflow_context(services: Services, definition: Definition, page: int) -> dict[str, Any]:
+    runs, total = await services.store.list_runs(workflow=definition.name, offset=(page - 1) * HISTORY_PER_PAGE,
+                                                 limit=HISTORY_PER_PAGE)
+    bad_lines = {p.line for p in definition.problems}
+    return {
+        "d": definition, "ns": namespace(definition), "graph": _graph(definition), "runs": runs,
+        "page": page, "pages": max(1, -(-total // HISTORY_PER_PAGE)), "total": total, "nav": "workflows",
+        "lines": definition.source.splitlines(), "bad_lines": bad_lines,
+        "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
+        "form_error": None,
+    }
+
+
+@get("/workflows/{name:str}", name="page-workflow", include_in_schema=False)
+async def workflow_page(request: Request, name: FromPath[str], page: FromQuery[int | None] = None) -> Template:
+    services = _services(request)
+    definition = services.catalog.get(name)
+    if definition is None:
+        return no_workflow(name)
+    return Template("workflow.html", context=await _workflow_context(services, definition, _page_number(page)))
+
+
+@post("/workflows/{name:str}/runs", name="page-start-run", include_in_schema=False, guards=[same_origin])
+async def start_from_form(request: Request, name: FromPath[str]) -> Template | Redirect:
+    services = _services(request)
+    definition = services.catalog.get(name)
+    if definition is None:
+        return no_workflow(name)
+    context = await _workflow_context(services, definition, 1)
+    if definition.spec is None or not definition.valid:
+        context["form_error"] = "This workflow's file has problems; fix them before starting a run."
+        return Template("workflow.html", context=context, status_code=409)
+    form = await request.form()
+    values = posted_params(definition.spec.params, form)
+    params: dict[str, Any] = {}
+    for field in form_fields(definition.spec.params, values):
+        if field.name not in values:
+            continue
+        if values[field.name] == "" and (field.required or field.options):
+            continue  # an empty required field, or the empty choice of a select: not given
+        params[field.name] = values[field.name]
+    try:
+        exe = await start_run(services, name, params, from_text=True, trigger="dashboard")
+    except ParamError as exc:
+        context["fields"] = form_fields(definition.spec.params, values, exc.errors)
+        context["form_error"] = "Some values are not right; see the marked fields."
+        return Template("workflow.html", context=context, status_code=400)
+    except TreadleError as exc:  # invalid file, missing secret: the server's setup (409)
+        context["fields"] = form_fields(definition.spec.params, values)
+        context["form_error"] = str(exc)
+        status = 409 if isinstance(exc, WorkflowInvalid | SecretMissing) else 400
+        return Template("workflow.html", context=context, status_code=status)
+    return Redirect(f"/runs/{quote(exe.id, safe='')}", status_code=303)
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+@get("/runs", name="page-runs", include_in_schema=False)
+async def runs_page(request: Request, workflow: FromQuery[str | None] = None, state_q: StateQuery = None,
+                    page: FromQuery[int | None] = None) -> Template:
+    services = _services(request)
+    page = _page_number(page)
+    status = state_q if state_q in RUN_STATES else None
+    runs, total = await services.store.list_runs(workflow=workflow or None, status=status,
+                                                 offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
+    context = {
+        "runs": runs, "total": total, "page": page, "pages": max(1, -(-total // RUNS_PER_PAGE)),
+        "workflow": workflow or "", "state": status or "", "names": services.catalog.names(), "nav": "runs",
+        "run_states": RUN_STATES,
+    }
+    return Template("runs.html", context=context)
+
+
+@get("/runs/stream", name="page-runs-stream", include_in_schema=False)
+async def runs_stream(request: Request) -> ServerSentEvent:
+    return sse_response(live.runs_stream(_services(request)))
+
+
+def _run_context(view: RunView, page: int | None, state: str | None, step: str | None) -> dict[str, Any]:
+    run_id = view.run["id"]
+    rows, page, pages = view.page(page or (view.page_of(step, state) if step else 1), state)
+    titles = {s.id: f"{s.items.get('succeeded', 0)}/{s.item_total} items succeeded"
+              for s in view.steps if s.items}
+    graph = _graph(view.definition, states=view.states, titles=titles,
+                   href=lambda sid: f"/runs/{quote(run_id, safe='')}?{urlencode({'step': sid})}#step-detail")
+    return {"view": view, "run": view.run, "rows": rows, "page": page, "pages": pages, "state": state or "",
+            "step": step or "", "graph": graph, "live": not view.finished, "nav": "runs"}
+
+
+async def _detail_context(services: Services, run: dict[str, Any], step: str | None) -> dict[str, Any]:
+    if not step:
+        return {"detail": None, "chunks": [], "cut": False, "after": 0}
+    detail = await load_step_detail(services, run, step)
+    chunks, cut = await log_chunks(services, run["id"], step) if detail else ([], False)
+    return {"detail": detail, "chunks": chunks, "cut": cut, "after": chunks[-1]["id"] if chunks else 0}
+
+
+@get("/runs/{run_id:str}", name="page-run", include_in_schema=False)
+async def run_page(request: Request, run_id: FromPath[str], step: FromQuery[str | None] = None,
+                   page: FromQuery[int | None] = None, state_q: StateQuery = None) -> Template:
+    services = _services(request)
+    view = await load_run_view(services, run_id)
+    if view is None:
+        return no_run(run_id)
+    if not step and view.failures:
+        step = view.failures[0]["step"]  # open the root cause of a failed run
+    context = _run_context(view, page, state_filter(state_q), step)
+    context.update(await _detail_context(services, view.run, step))
+    return Template("run.html", context=context)
+
+
+@get("/runs/{run_id:str}/live", name="page-run-live", include_in_schema=False)
+async def run_live(request: Request, run_id: FromPath[str], step: FromQuery[str | None] = None,
+                   page: FromQuery[int | None] = None, state_q: StateQuery = None) -> Template:
+    """Every live part of the run page at once, as out-of-band swaps (one read per refresh)."""
+    services = _services(request)
+    view = await load_run_view(services, run_id)
+    if view is None:
+        return no_run(run_id)
+    context = _run_context(view, page, state_filter(state_q), step)
+    context["detail"] = await load_step_detail(services, view.run, step) if step else None
+    return Template("_run_live.html", context={**context, "oob": True})
+
+
+@get("/runs/{run_id:str}/steps-table", name="page-run-steps", include_in_schema=False)
+async def run_steps_part(request: Request, run_id: FromPath[str], page: FromQuery[int | None] = None,
+                         state_q: StateQuery = None) -> Template:
+    services = _services(request)
+    view = await load_run_view(services, run_id)
+    if view is None:
+        return no_run(run_id)
+    return Template("_run_steps.html", context=_run_context(view, page, state_filter(state_q), None))
+
+
+@get("/runs/{run_id:str}/stream", name="page-run-stream", include_in_schema=False)
+async def run_stream(request: Request, run_id: FromPath[str]) -> ServerSentEvent:
+    return sse_response(live.run_stream(_services(request), run_id))
+
+
+@get("/runs/{run_id:str}/steps/{step_id:str}", name="page-step", include_in_schema=False)
+async def step_part(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> Template | Redirect:
+    """The step panel (htmx); a plain visit goes to the run page with the step open."""
+    if request.headers.get("hx-request") != "true":
+        return Redirect(f"/runs/{quote(run_id, safe='')}?{urlencode({'step': step_id})}", status_code=303)
+    services = _services(request)
+    run = await services.store.get_run(run_id)
+    if run is None:
+        return no_run(run_id)
+    context = await _detail_context(services, run, step_id)
+    return Template("_step_detail.html", context={**context, "run": run, "step": step_id,
+                                                  "live": run["status"] not in live.FINISHED})
+
+
+@get("/runs/{run_id:str}/steps/{step_id:str}/log", name="page-step-log", include_in_schema=False)
+async def step_log_part(request: Request, run_id: FromPath[str], step_id: FromPath[str],
+                        after: FromQuery[int] = 0) -> Template:
+    """Log chunks after id `after`, to append; plus the new `after` (out of band)."""
+    chunks, _ = await log_chunks(_services(request), run_id, step_id, after)
+    return Template("_log_chunks.html", context={"chunks": chunks, "after": chunks[-1]["id"] if chunks else after,
+                                                 "step": step_id, "oob": True})
+
+
+@post("/runs/{run_id:str}/cancel", name="page-cancel", include_in_schema=False, guards=[same_origin])
+async def cancel_from_form(request: Request, run_id: FromPath[str]) -> Template | Redirect:
+    try:
+        await cancel_run(_services(request), run_id)
+    except RunNotFound:
+        return no_run(run_id)
+    return Redirect(f"/runs/{quote(run_id, safe='')}", status_code=303)
+
+
+@post("/runs/{run_id:str}/retry", name="page-retry", include_in_schema=False, guards=[same_origin])
+async def retry_from_form(request: Request, run_id: FromPath[str]) -> Template | Redirect:
+    form = await request.form()
+    from_step = form.get("from") or None
+    try:
+        exe = await retry_run(_services(request), run_id, from_step)
+    except RunNotFound:
+        return no_run(run_id)
+    except TreadleError as exc:  # invalid file, run still going (409); no such step (400)
+        conflict = isinstance(exc, WorkflowInvalid) or exc.error_code in ("RUN_ACTIVE", "RUN_CONFLICT")
+        return error_page(409 if conflict else 400, "Cannot retry", str(exc))
+    return Redirect(f"/runs/{quote(exe.id, safe='')}", status_code=303)
+
+
+PAGE_ROUTES: list = [
+    workflows_page, workflow_page, start_from_form, runs_page, runs_stream, run_page, run_live,
+    run_steps_part, run_stream, step_part, step_log_part, cancel_from_form, retry_from_form,
+]
+
+
+# -- template helpers ----------------------------------------------------------------
+
+
+def _clock(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else ""
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    delta = max(0.0, time.time() - ts)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if delta >= size:
+            return f"{int(delta // size)} {unit} ago"
+    return f"{int(delta)} s ago"
+
+
+def _duration(start: float | None, end: float | None = None) -> str:
+    if start is None:
+        return "-"
+    return format_duration(max(0.0, (end if end is not None else time.time()) - start))
+
+
+def _seconds(value: float | None) -> str:
+    return format_duration(value) if value is not None else "-"
+
+
+def _query(**values: Any) -> str:
+    """A query string of the non-empty values (for links that keep filters)."""
+    return urlencode({k: v for k, v in values.items() if v not in (None, "", 0)})
 
 
 def register_template_helpers(env: Environment) -> None:
     """Filters and globals the page templates use."""
+    env.filters.update({
+        "clock": _clock, "iso": _iso, "ago": _ago, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
+        "show": show_value,
+    })
+    env.globals.update({"duration": _duration, "query": _query, "STATES": STATES, "sc": state_class})
+    env.trim_blocks = True
+    env.lstrip_blocks = True

@@ -1,0 +1,177 @@
+"""The dashboard in a real browser: Playwright's sync API driving Debian's Chromium.
+
+Skipped with a reason when /usr/bin/chromium (or playwright) is missing, unless
+TREADLE_REQUIRE_BROWSER=1, where a missing browser fails instead (CI sets it).
+Never run `playwright install`: the browser is Debian's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from .web_server import running_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+WAIT_MS = 20_000  # an upper bound for things that take well under a second
+
+DEFINITIONS = {
+    "relay.yaml": """
+        description: Waits for a gate, then a step that fails the first time.
+        tags: [demo]
+        params:
+          gate: {type: string, required: true, description: a file that lets the run go on}
+          marker: {type: string, required: true}
+        defaults: {timeout: 60s}
+        steps:
+          - id: prepare
+            run: 'echo preparing; while [ ! -f "{{ params.gate }}" ]; do sleep 0.05; done; echo gate open'
+          - id: work
+            run: echo working
+          - id: flaky
+            run: 'if [ -f "{{ params.marker }}" ]; then echo recovered; else touch "{{ params.marker }}"; echo "first try fails" >&2; exit 1; fi'
+          - id: report
+            log: "flaky said {{ steps.flaky.output }}"
+    """,
+    "ops/broken.yaml": """
+        steps:
+          - id: a
+            depend: [b]
+            run: echo
+    """,
+}
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright python package is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("TREADLE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"TREADLE_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(f"browser tests need Chromium: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    root = tmp_path_factory.mktemp("browser")
+    defs = root / "definitions"
+    for name, text in DEFINITIONS.items():
+        path = defs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    with running_server(defs, f"sqlite:///{root / 'treadle.db'}") as base:
+        yield SimpleNamespace(base=base, root=root)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.errors = []  # uncaught script errors on the page
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def test_workflows_page_shows_workflows_and_a_broken_file(page: Any, server: SimpleNamespace) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(server.base + "/")
+    expect(page.locator("table.workflows")).to_contain_text("relay")
+    expect(page.locator("table.workflows")).to_contain_text("Waits for a gate")
+    problems = page.locator(".problems")
+    expect(problems).to_be_visible()
+    expect(problems).to_contain_text("ops/broken.yaml:3:5: steps[0].depend: unknown key 'depend'; did you mean 'needs'?")
+    assert page.errors == []
+
+
+def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server: SimpleNamespace,
+                                                              tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    gate, marker = tmp_path / "gate", tmp_path / "marker"
+    page.goto(server.base + "/workflows/relay")
+    page.fill("#param-gate", str(gate))
+    page.fill("#param-marker", str(marker))
+    page.click("form.start-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/runs/[0-9a-z]+$"))
+    run_url = page.url
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    def node(step: str) -> Any:
+        return page.locator(f'svg.dag g.node[data-step="{step}"]')
+
+    # the gate is shut: the first step runs, the rest wait
+    expect(node("prepare")).to_have_class("node s-running")
+    expect(node("work")).to_have_class("node s-pending")
+    expect(page.locator("#run-head")).to_contain_text("Cancel run")
+    gate.touch()
+    # ...and now the page follows the run by itself
+    expect(node("prepare")).to_have_class("node s-succeeded")
+    expect(node("work")).to_have_class("node s-succeeded")
+    expect(node("flaky")).to_have_class("node s-failed")
+    expect(node("report")).to_have_class("node s-upstream_failed")
+    expect(page.locator("#run-head .badge").first).to_have_text("failed")
+    expect(page.locator("#run-head .root-cause")).to_contain_text("flaky")
+    expect(page.locator(".steps-table .bar.s-succeeded")).to_have_count(2)  # the timeline
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    assert page.url == run_url
+
+    # open the failed step: its error and its log
+    page.click('.steps-table .step-id a:text-is("flaky")')
+    expect(page.locator("#step-info h2")).to_contain_text("flaky")
+    expect(page.locator("#step-info .error-box")).to_contain_text("exit code 1")
+    expect(page.locator("#log-pre")).to_contain_text("first try fails")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "run_page.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "run_page_390.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page is wider than a phone"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # retry from the failed step: a new run that reuses what succeeded and now passes
+    page.click('#step-info button:has-text("Retry from this step")')
+    page.wait_for_url(lambda url: url != run_url and re.search(r"/runs/[0-9a-z]+$", url) is not None)
+    expect(page.locator("#run-head .badge").first).to_have_text("succeeded")
+    expect(page.locator("#run-head")).to_contain_text("Retry of")
+    expect(node("flaky")).to_have_class("node s-succeeded")
+    expect(node("report")).to_have_class("node s-succeeded")
+    prepare_row = page.locator(".steps-table tr", has=page.locator('.step-id a:text-is("prepare")'))
+    expect(prepare_row).to_contain_text("reused")
+    page.click('.steps-table .step-id a:text-is("report")')
+    expect(page.locator("#log-pre")).to_contain_text("flaky said recovered")
+    assert page.errors == []

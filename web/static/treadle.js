@@ -1,0 +1,30 @@
+// Treadle dashboard: the few behaviours htmx does not cover. No build step; plain ES5.
+// - a followed log stays pinned to its end while new chunks arrive (unless you scrolled up)
+// - the picked step is marked in the step table at once
+(function () {
+  "use strict";
+  function atEnd(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 24; }
+  function pinLog() {
+    var log = document.getElementById("log-pre");
+    if (log) { log.scrollTop = log.scrollHeight; }
+  }
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var t = e.detail.target;
+    if (t && t.id === "log-pre") { t.setAttribute("data-pinned", atEnd(t) ? "1" : ""); }
+  });
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var t = e.detail.target;
+    if (t && t.id === "log-pre" && t.getAttribute("data-pinned")) { pinLog(); }
+  });
+  document.addEventListener("htmx:load", function (e) {
+    if (e.detail.elt && e.detail.elt.id === "step-detail") { pinLog(); }
+  });
+  document.addEventListener("DOMContentLoaded", pinLog);
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest(".steps-table .step-id a") : null;
+    if (!a) { return; }
+    var rows = document.querySelectorAll(".steps-table tr.selected");
+    for (var i = 0; i < rows.length; i++) { rows[i].classList.remove("selected"); }
+    a.closest("tr").classList.add("selected");
+  });
+})();
