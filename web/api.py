@@ -1,13 +1,451 @@
-"""JSON API (SPEC §4). Placeholder: filled in by the web issue."""
+"""The JSON API (SPEC §4): workflows, runs, logs, live events and health.
 
-from litestar import get
+Handlers stay thin: they read from the catalog and the store, and call the actions
+in `services` (shared with the dashboard's forms). Errors are raised, never built
+here: `app.py` turns them into the SPEC's JSON error form.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, Any, NotRequired, TypedDict
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.enums import MediaType
+from litestar.exceptions import NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from sqlalchemy import text
 
 from runner import __version__
+from runner.errors import RunNotFound, WorkflowNotFound
+from runner.loader import Definition
+from runner.models import RunStatus
+from runner.report import iso, run_document, run_summary
+from runner.run_execution import raw_inputs
+
+from .run_view import definition_of
+from .services import Services, cancel_conflict, cancel_run, plan_run, retry_run, start_run
+from .sse import broker_messages, sse_response
+
+Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="items per page (1-500)")]
+_ERROR_TEXT = {400: "bad request: parameters, body or step", 404: "no such workflow, run or step",
+               409: "the workflow or run does not allow this now"}
 
 
-@get("/health", sync_to_thread=False)
-def health() -> dict:
-    return {"status": "ok", "version": __version__}
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    return {c: ResponseSpec(ErrorBody, description=_ERROR_TEXT[c]) for c in codes}
 
 
-API_ROUTES = [health]
+class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/workflows/{name}/runs and /dry-run."""
+
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RetryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/runs/{id}/retry; without `from`, what did not succeed runs again."""
+
+    from_: str | None = msgspec.field(name="from", default=None)
+
+
+# -- response shapes (TypedDicts: no conversion cost, and they document /schema) ----
+
+
+class ErrorBody(TypedDict):
+    detail: str
+    error_code: str
+    path: str
+    timestamp: str
+    errors: NotRequired[Any]  # per-param messages (400) or the file's problems (409)
+
+
+class RunSummary(TypedDict):
+    id: str
+    workflow: str
+    version: str
+    status: str
+    params: dict[str, Any]
+    trigger: str
+    error: str | None
+    outputs: Any
+    parent_run_id: str | None
+    parent_step_id: str | None
+    retry_of: str | None
+    retry_from: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+
+
+class _Trace(TypedDict):
+    status: str
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+    input: Any
+    output: Any
+    exit_code: int | None
+    http_status: int | None
+    error: str | None
+
+
+class Attempt(_Trace):
+    attempt: int
+    item: int | None  # the foreach index; None for the step as a whole
+
+
+class StepDoc(_Trace):
+    id: str
+    attempts: int  # attempts that ran; 0 for a step reused by a retry
+    needs: NotRequired[list[str]]
+    attempt_list: NotRequired[list[Attempt]]
+    items: NotRequired[list[Attempt]]  # foreach steps: every attempt of every item
+
+
+class RunDoc(RunSummary):
+    steps: list[StepDoc]
+
+
+class RunPage(TypedDict):
+    items: list[RunSummary]
+    total: int
+    page: int
+    limit: int
+
+
+class WorkflowItem(TypedDict):
+    name: str
+    path: str
+    version: str
+    description: str | None
+    tags: list[str]
+    valid: bool
+    errors: list[str]  # `path:line:column: message`
+    last_run: RunSummary | None
+
+
+class WorkflowPage(TypedDict):
+    items: list[WorkflowItem]
+    total: int
+    page: int
+    limit: int
+
+
+class WorkflowDetail(WorkflowItem):
+    source: str
+    params: dict[str, Any]
+    env: dict[str, Any]
+    secrets: list[str]
+    max_parallel: int | None
+    timeout: float | None
+    steps: list[dict[str, Any]]
+    graph: dict[str, list[dict[str, Any]]]  # nodes [{id, kind, layer}], edges [{from, to}]
+
+
+class RunAccepted(TypedDict):
+    run_id: str
+    status: str
+    workflow: str
+    url: str
+    retry_of: NotRequired[str]
+    retry_from: NotRequired[str | None]
+
+
+class Health(TypedDict):
+    status: str  # ok | degraded
+    version: str
+    uptime_s: float
+    database: dict[str, Any]
+    runs: dict[str, Any]
+    workflows: dict[str, int]
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+# -- workflows -------------------------------------------------------------------
+
+
+def _workflow_item(definition: Definition, last: dict[str, Any] | None) -> WorkflowItem:
+    spec = definition.spec
+    return {
+        "name": definition.name, "path": definition.path, "version": definition.version,
+        "description": spec.description if spec else None, "tags": list(spec.tags) if spec else [],
+        "valid": definition.valid, "errors": [str(p) for p in definition.problems],
+        "last_run": run_summary(last) if last else None,
+    }
+
+
+def _matches(definition: Definition, tag: str | None, q: str | None) -> bool:
+    spec = definition.spec
+    if tag is not None and (spec is None or tag not in spec.tags):
+        return False
+    if q:
+        hay = " ".join([definition.name, definition.path, (spec.description or "") if spec else ""])
+        return q.lower() in hay.lower()
+    return True
+
+
+@get("/api/workflows", tags=["workflows"], responses=_errors(400))
+async def list_workflows(
+    request: Request, tag: FromQuery[str | None] = None, q: FromQuery[str | None] = None,
+    page: Page = 1, limit: Limit = 50,
+) -> WorkflowPage:
+    """Every definition file, broken ones included (with their `errors`), by name.
+
+    `tag` keeps the workflows carrying that tag; `q` searches name, path and description.
+    """
+    services = _services(request)
+    found = [d for d in services.catalog.entries() if _matches(d, tag, q)]
+    last = await services.store.last_runs()
+    start = (page - 1) * limit
+    items = [_workflow_item(d, last.get(d.name)) for d in found[start:start + limit]]
+    return {"items": items, "total": len(found), "page": page, "limit": limit}
+
+
+def _definition(services: Services, name: str) -> Definition:
+    definition = services.catalog.get(name)
+    if definition is None:
+        raise WorkflowNotFound(name, services.catalog.names())
+    return definition
+
+
+def _steps(definition: Definition) -> list[dict[str, Any]]:
+    spec, dag = definition.spec, definition.dag
+    if spec is None or dag is None:
+        return []
+    return [{
+        "id": s.id, "kind": s.kind, "needs": list(dag.deps[s.id]), "when": s.when,
+        "trigger_rule": s.trigger_rule, "continue_on_failure": s.continue_on_failure,
+        "retry": s.retry.model_dump() if s.retry else None, "timeout": s.timeout, "foreach": s.foreach,
+        "input": raw_inputs(definition, s),
+    } for s in spec.steps]
+
+
+@get("/api/workflows/{name:str}", tags=["workflows"], responses=_errors(404))
+async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
+    """One workflow: its steps as written, the graph, the source and any errors."""
+    services = _services(request)
+    definition = _definition(services, name)
+    spec = definition.spec
+    last = (await services.store.list_runs(workflow=name, limit=1))[0]
+    return {
+        **_workflow_item(definition, last[0] if last else None),
+        "source": definition.source,
+        "params": {k: p.model_dump() for k, p in spec.params.items()} if spec else {},
+        "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
+        "max_parallel": spec.max_parallel if spec else None, "timeout": spec.timeout if spec else None,
+        "steps": _steps(definition), "graph": _graph(definition),
+    }
+
+
+def _graph(definition: Definition) -> dict[str, list[dict[str, Any]]]:
+    """Nodes with their layer (depth in the DAG, for drawing) and dependency edges."""
+    spec, dag = definition.spec, definition.dag
+    if spec is None or dag is None:
+        return {"nodes": [], "edges": []}
+    kinds = {s.id: s.kind for s in spec.steps}
+    nodes = [{"id": sid, "kind": kinds[sid], "layer": layer}
+             for layer, generation in enumerate(dag.generations) for sid in generation]
+    return {"nodes": nodes, "edges": [{"from": u, "to": v} for u, v in dag.graph.edges]}
+
+
+@post("/api/workflows/{name:str}/runs", status_code=202, tags=["runs"], responses=_errors(400, 404, 409))
+async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> Response[RunAccepted]:
+    """Start a run of the workflow's current version; returns once the run is recorded."""
+    exe = await start_run(_services(request), name, data.params if data else {})
+    return _accepted(exe.id, exe.status.value, name)
+
+
+def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response[RunAccepted]:
+    body: RunAccepted = {"run_id": run_id, "status": status, "workflow": workflow,
+                         "url": f"/api/runs/{run_id}", **extra}  # type: ignore[typeddict-item]
+    return Response(body, status_code=202, headers={"Location": body["url"]})
+
+
+@post("/api/workflows/{name:str}/dry-run", status_code=200, tags=["workflows"], responses=_errors(400, 404),
+      sync_to_thread=True)  # rendering thousands of templates must not stall the event loop
+def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> dict[str, Any]:
+    """The plan of a run without running anything: order, inputs rendered where known, problems."""
+    definition = _definition(_services(request), name)
+    return plan_run(definition, data.params if data else {}, os.environ)
+
+
+# -- runs --------------------------------------------------------------------------
+
+
+@get("/api/runs", tags=["runs"], responses=_errors(400))
+async def list_runs(
+    request: Request, workflow: FromQuery[str | None] = None, status: FromQuery[RunStatus | None] = None,
+    parent: FromQuery[str | None] = None, page: Page = 1, limit: Limit = 50,
+) -> RunPage:
+    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps."""
+    rows, total = await _services(request).store.list_runs(
+        workflow=workflow, status=status.value if status else None, parent=parent,
+        offset=(page - 1) * limit, limit=limit)
+    return {"items": [run_summary(r) for r in rows], "total": total, "page": page, "limit": limit}
+
+
+@get("/api/runs/{run_id:str}", tags=["runs"], responses=_errors(404))
+async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[bool] = True) -> RunDoc:
+    """The run and its steps in DAG order (steps that have not started are `pending`).
+
+    Each step carries `attempt_list` (and `items` for a foreach) unless `attempts=false`.
+    """
+    doc = await run_document(_services(request).store, run_id, with_attempts=attempts)
+    if doc is None:
+        raise RunNotFound(run_id)
+    return doc  # type: ignore[return-value]
+
+
+@get("/api/runs/{run_id:str}/steps/{step_id:str}/logs", media_type=MediaType.TEXT, tags=["runs"],
+     responses=_errors(404))
+async def step_logs(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> str:
+    """The step's log as text: stdout, stderr and Treadle's notes, every attempt and item.
+
+    When there is more than one attempt (or foreach item), each starts with a
+    `--- attempt N ---` (or `--- item I, attempt N ---`) line.
+    """
+    services = _services(request)
+    store = services.store
+    run = await store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    chunks = await store.logs(run_id, step_id)
+    if not chunks and not any(r["step_id"] == step_id for r in await store.step_states(run_id)):
+        # not started yet, or no such step: the run's own version of the file decides
+        definition = await definition_of(services, run)
+        if definition is None or definition.dag is None or step_id not in definition.dag.deps:
+            raise NotFoundException(f"run '{run_id}' has no step '{step_id}'")
+    chunks.sort(key=lambda c: (c["item"], c["attempt"], c["id"]))
+    groups = {(c["item"], c["attempt"]) for c in chunks}
+    out: list[str] = []
+    current = None
+    for chunk in chunks:
+        key = (chunk["item"], chunk["attempt"])
+        if len(groups) > 1 and key != current:
+            if out and not out[-1].endswith("\n"):
+                out.append("\n")
+            label = f"item {key[0]}, attempt {key[1]}" if key[0] >= 0 else f"attempt {key[1]}"
+            out.append(f"--- {label} ---\n")
+            current = key
+        out.append(chunk["text"])
+    return "".join(out)
+
+
+_TIMES = ("created_at", "started_at", "finished_at", "at")
+
+
+def _event_message(event: dict[str, Any]) -> ServerSentEventMessage:
+    data = {k: (iso(v) if k in _TIMES and isinstance(v, int | float) else v) for k, v in event.items() if k != "type"}
+    if event["type"] == "run":
+        data["run_id"] = data.pop("id")
+    return ServerSentEventMessage(data=msgspec.json.encode(data).decode(), event=event["type"])
+
+
+def _run_over(event: dict[str, Any]) -> bool:
+    return event["type"] == "run" and RunStatus(event.get("status", "running")).finished
+
+
+@get("/api/runs/{run_id:str}/events", tags=["runs"], responses=_errors(404))
+async def run_events(request: Request, run_id: FromPath[str], logs: FromQuery[bool] = True) -> ServerSentEvent:
+    """Server-sent events `run`, `step` and `log` (unless `logs=false`), one per change.
+
+    The stream opens with the state as it is: a `step` event for each step that
+    has started, then a `run` event. It ends after the `run` event of a finished
+    run (so at once, after that state, for a run that has already finished).
+    """
+    services = _services(request)
+    store = services.store
+    if await store.get_run(run_id) is None:
+        raise RunNotFound(run_id)
+
+    async def snapshot() -> list[dict[str, Any]]:  # read after subscribing: no change is lost
+        run = await store.get_run(run_id)
+        steps = sorted(await store.step_states(run_id), key=lambda r: r["id"])
+        return [{"type": "step", **{k: v for k, v in row.items() if k != "id"}} for row in steps] + (
+            [{"type": "run", **{k: run[k] for k in _RUN_EVENT_KEYS}}] if run else [])
+
+    seen: set[tuple] = set()  # a change committed while the snapshot was read comes twice: send it once
+
+    def render(event: dict[str, Any]) -> ServerSentEventMessage | None:
+        kind = event["type"]
+        if kind == "log":
+            return _event_message(event) if logs else None
+        key = (kind, event.get("step_id"), event.get("item"), event.get("attempt"), event.get("status"))
+        if key in seen:
+            return None
+        seen.add(key)
+        return _event_message(event)
+
+    return sse_response(broker_messages(services.broker, [f"run:{run_id}"], services.stopping,
+                                        render=render, until=_run_over, first=snapshot))
+
+
+_RUN_EVENT_KEYS = ("id", "workflow", "version", "status", "error", "outputs", "created_at", "started_at",
+                   "finished_at", "retry_of", "parent_run_id")
+
+
+@post("/api/runs/{run_id:str}/cancel", status_code=202, tags=["runs"], responses=_errors(404, 409))
+async def cancel(request: Request, run_id: FromPath[str]) -> Response[RunAccepted]:
+    """Ask a run to stop: running steps are stopped (their process group is killed)."""
+    services = _services(request)
+    if not await cancel_run(services, run_id):
+        raise await cancel_conflict(services, run_id)
+    run = await services.store.get_run(run_id)
+    return _accepted(run_id, "cancelling", run["workflow"] if run else "")
+
+
+@post("/api/runs/{run_id:str}/retry", status_code=202, tags=["runs"], responses=_errors(400, 404, 409))
+async def retry(request: Request, run_id: FromPath[str], data: JSONBody[RetryRequest | None] = None) -> Response[RunAccepted]:
+    """A new run reusing the outputs of what succeeded upstream.
+
+    With `from`, that step and everything after it run again; without it, the
+    steps that did not succeed and everything after them.
+    """
+    from_step = data.from_ if data else None
+    exe = await retry_run(_services(request), run_id, from_step)
+    return _accepted(exe.id, exe.status.value, exe.definition.name, retry_of=run_id, retry_from=from_step)
+
+
+# -- health ------------------------------------------------------------------------
+
+
+@get("/health", tags=["health"], responses={503: ResponseSpec(Health, description="the database does not answer")})
+async def health(request: Request) -> Response[Health]:
+    """Liveness and a summary: version, database, active runs, the last 24 h, workflows."""
+    services = _services(request)
+    store = services.store
+    database: dict[str, Any] = {"status": "ok", "url": store.engine.url.render_as_string(hide_password=True),
+                                "write_errors": store.write_errors}
+    runs: dict[str, Any] = {"active": None, "last_24h": {}}
+    started = time.perf_counter()
+    try:
+        async with store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        database["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        counts = await store.counts(time.time() - 86_400)
+        runs["active"] = counts.pop("active")
+        runs["last_24h"] = {k.removeprefix("last_24h_"): v for k, v in counts.items()}
+    except Exception as exc:  # the point of a health check: say so, do not fail
+        database.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+    entries = services.catalog.entries()
+    broken = sum(not d.valid for d in entries)
+    ok = database["status"] == "ok"
+    body: Health = {
+        "status": "ok" if ok else "degraded", "version": __version__,
+        "uptime_s": round(time.time() - services.started_at, 1), "database": database, "runs": runs,
+        "workflows": {"total": len(entries), "valid": len(entries) - broken, "broken": broken},
+    }
+    return Response(body, status_code=200 if ok else 503)
+
+
+API_ROUTES = [list_workflows, get_workflow, create_run, dry_run, list_runs, get_run, step_logs, run_events,
+              cancel, retry, health]

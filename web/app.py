@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,29 +11,41 @@ from pathlib import Path
 from jinja2 import FileSystemLoader
 from jinja2.sandbox import SandboxedEnvironment
 from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from runner import __version__
-from runner.errors import ParamError, RunNotFound, TreadleError, WorkflowInvalid, WorkflowNotFound
+from runner.errors import (
+    ParamError,
+    RunNotFound,
+    SecretMissing,
+    TreadleError,
+    WorkflowInvalid,
+    WorkflowNotFound,
+)
 
 from .api import API_ROUTES
 from .pages import PAGE_ROUTES, register_template_helpers
-from .services import Services, Settings
+from .services import RunConflict, Services, Settings
 
 HERE = Path(__file__).parent
-_STATUS = {WorkflowNotFound: 404, RunNotFound: 404, WorkflowInvalid: 409, ParamError: 400}
+log = logging.getLogger("treadle.web")
+# a missing secret is the server's setup, not the request: like an invalid file, 409
+_STATUS = {WorkflowNotFound: 404, RunNotFound: 404, WorkflowInvalid: 409, SecretMissing: 409,
+           RunConflict: 409, ParamError: 400}
 
 
-def error_response(request: Request, status: int, detail: str, code: str, extra: dict | None = None) -> Response:
+def error_response(request: Request, status: int, detail: str, code: str, extra: dict | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
     """The SPEC's JSON error form."""
     body = {"detail": detail, "error_code": code, "path": request.url.path,
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _treadle_error(request: Request, exc: TreadleError) -> Response:
@@ -49,9 +62,19 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     code = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
             413: "TOO_LARGE", 422: "UNPROCESSABLE", 429: "TOO_MANY_REQUESTS"}.get(exc.status_code, "HTTP_ERROR")
     extra = {"errors": exc.extra} if isinstance(exc, ValidationException) and exc.extra else None
-    if isinstance(exc, NotFoundException) and not request.url.path.startswith("/api"):
-        code = "NOT_FOUND"
-    return error_response(request, exc.status_code, str(exc.detail), code, extra)
+    detail = str(exc.detail)
+    if isinstance(exc, ValidationException):
+        code = "VALIDATION_ERROR"
+    elif isinstance(exc.__cause__, SerializationException):
+        # msgspec's decode errors ("Input data was truncated") say nothing about JSON
+        code, detail = "MALFORMED_BODY", f"the body is not valid JSON: {detail}"
+    return error_response(request, exc.status_code, detail, code, extra, exc.headers)  # e.g. Allow on 405
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, f"internal error ({type(exc).__name__}); see the server log",
+                          "INTERNAL_ERROR")
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -70,8 +93,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),
-        openapi_config=OpenAPIConfig(title="Treadle", version=__version__, path="/schema"),
-        exception_handlers={TreadleError: _treadle_error, HTTPException: _http_error},
+        # /schema is the OpenAPI document itself (JSON); /schema/swagger a browsable view
+        openapi_config=OpenAPIConfig(title="Treadle", version=__version__, path="/schema",
+                                     render_plugins=[JsonRenderPlugin(path="/"), SwaggerRenderPlugin()]),
+        exception_handlers={TreadleError: _treadle_error, HTTPException: _http_error, Exception: _internal_error},
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),
         debug=False,
     )

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, TemplateSyntaxError, meta
 
 from runner.catalog import Catalog
-from runner.errors import RunNotFound, WorkflowNotFound
+from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowNotFound
 from runner.events import Broker
 from runner.executor import Engine
-from runner.run_execution import RunExecution
+from runner.loader import Definition
+from runner.models import RunStatus
+from runner.params import validate_params
+from runner.run_execution import RunExecution, raw_inputs
 from runner.store import DEFAULT_DB, Store
+from runner.templates import TemplateFailed, is_template, render, truthy
 from runner.watcher import watch
+
+
+class RunConflict(TreadleError):
+    """The run is not in a state that allows the action (HTTP 409)."""
+
+    def __init__(self, message: str, code: str = "RUN_CONFLICT"):
+        super().__init__(message)
+        self.error_code = code
 
 
 @dataclass
@@ -88,7 +105,125 @@ async def cancel_run(services: Services, run_id: str) -> bool:
     return False
 
 
+async def cancel_conflict(services: Services, run_id: str) -> RunConflict:
+    """Why a run that `cancel_run` did not cancel cannot be cancelled."""
+    run = await services.store.get_run(run_id)
+    status = run["status"] if run else "unknown"
+    if RunStatus(status).finished:
+        return RunConflict(f"run '{run_id}' already finished ({status}); nothing to cancel", "RUN_FINISHED")
+    # recorded as active, but no executor of this server holds it: `treadle run` in
+    # another process, or a server that stopped before the run could be marked
+    return RunConflict(f"run '{run_id}' is {status} but not executing in this server "
+                       "(started by `treadle run` in another process?); cancel it there", "RUN_NOT_HERE")
+
+
 async def retry_run(services: Services, run_id: str, from_step: str | None) -> RunExecution:
+    """Start a new run reusing what succeeded upstream of `from_step` (or of the failures).
+
+    Raises RunNotFound, RunConflict (the run is still going), ParamError (no such step).
+    """
+    if run_id in services.engine.runs:
+        raise RunConflict(f"run '{run_id}' is still running; cancel it or wait for it to end, "
+                          "then retry", "RUN_ACTIVE")
     exe = await services.engine.retry(run_id, from_step)
     await services.store.flush()
     return exe
+
+
+# -- dry run -------------------------------------------------------------------------
+
+_NEVER_KNOWN = frozenset({"steps"})  # step results exist only once the run is going
+_PER_ITEM = frozenset({"item", "index"})
+
+
+@lru_cache(maxsize=4096)
+def _names(template: str) -> frozenset[str]:
+    """The top-level names a template reads (`params`, `steps`, ...)."""
+    try:
+        return frozenset(meta.find_undeclared_variables(_PARSER.parse(template)))
+    except TemplateSyntaxError:
+        return frozenset()
+
+
+_PARSER = Environment()
+
+
+class _Renderer:
+    """Renders what is known before a run starts; leaves the rest as written."""
+
+    def __init__(self, context: dict[str, Any], unknown: frozenset[str]):
+        self.context, self.unknown = context, unknown
+        self.problems: list[str] = []
+
+    def value(self, value: Any, where: str, pending: list[str], unknown: frozenset[str] = frozenset()) -> Any:
+        if isinstance(value, dict):
+            return {k: self.value(v, f"{where}.{k}", pending, unknown) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v, f"{where}[{i}]", pending, unknown) for i, v in enumerate(value)]
+        if not is_template(value):
+            return value
+        unknown = self.unknown | unknown
+        if any(name in value for name in unknown) and _names(value) & unknown:  # parse only when it may
+            pending.append(where)
+            return value
+        try:
+            return render(value, self.context)
+        except TemplateFailed as exc:
+            self.problems.append(f"{where}: {exc}")
+            pending.append(where)
+            return value
+
+
+def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """What a run of `definition` with `params` would do, without doing any of it.
+
+    Steps come in the order the engine would start them on one worker. Inputs are
+    rendered where they depend only on params, env and the run; what reads
+    `steps.*` (or `item`/`index` of a foreach) is left as written and its field
+    listed under `pending`. Secrets show as `***`.
+    """
+    plan: dict[str, Any] = {"workflow": definition.name, "version": definition.version, "path": definition.path,
+                            "valid": definition.valid, "params": None, "param_errors": {}, "order": [],
+                            "steps": [], "problems": [str(p) for p in definition.problems]}
+    spec, dag = definition.spec, definition.dag
+    if not definition.valid or spec is None or dag is None:
+        return plan
+    unknown = set(_NEVER_KNOWN)
+    try:
+        plan["params"] = validate_params(spec.params, params)
+    except ParamError as exc:
+        plan["param_errors"] = exc.errors
+        plan["problems"] += [f"param '{k}': {v}" for k, v in exc.errors.items()]
+        unknown |= {"params", "trigger"}
+    missing = [n for n in spec.secrets if not environ.get(n)]
+    if missing:
+        plan["problems"].append(str(SecretMissing(missing)))
+    run = {"id": "(dry-run)", "workflow": definition.name, "version": definition.version}
+    context = {"params": plan["params"], "trigger": plan["params"], "run": run, "env": {},
+               "secrets": {n: "***" for n in spec.secrets}, "steps": {}}
+    renderer = _Renderer(context, frozenset(unknown))
+    env_pending: list[str] = []
+    env = renderer.value(dict(spec.env), "env", env_pending)
+    context["env"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
+    if env_pending:
+        renderer.unknown |= {"env"}
+    plan["env"] = context["env"]
+    plan["order"] = list(dag.order)
+    steps = {s.id: s for s in spec.steps}
+    for sid in dag.order:
+        step = steps[sid]
+        pending: list[str] = []
+        where = f"steps.{sid}"
+        when = renderer.value(step.when, f"{where}.when", pending)
+        foreach = renderer.value(step.foreach, f"{where}.foreach", pending)
+        per_item = _PER_ITEM if step.foreach is not None else frozenset()
+        inputs = renderer.value(raw_inputs(definition, step), where, pending, per_item)
+        known_when = step.when is None or f"{where}.when" not in pending
+        plan["steps"].append({
+            "id": sid, "kind": step.kind, "needs": list(dag.deps[sid]), "trigger_rule": step.trigger_rule,
+            "continue_on_failure": step.continue_on_failure, "when": when,
+            "runs": (step.when is None or truthy(when)) if known_when else None,
+            "foreach": foreach, "input": inputs, "pending": pending,
+        })
+    plan["problems"] += renderer.problems
+    return plan

@@ -8,8 +8,9 @@ every `heartbeat` seconds keeps proxies from closing an idle stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -21,33 +22,60 @@ async def broker_messages(
     broker: Broker, topics: list[str], stopping: asyncio.Event, *,
     render: Callable[[dict[str, Any]], ServerSentEventMessage | None] | None = None,
     heartbeat: float = 15.0, until: Callable[[dict[str, Any]], bool] | None = None,
+    first: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Yield one message per broker event on `topics` (default: the event as JSON).
 
     `render` may return None to skip an event; `until` ends the stream after the
-    event for which it returns True (e.g. the run finished).
+    event for which it returns True (e.g. the run finished). `first` gives events
+    to send before the live ones (the state as it is now); it is called once the
+    subscription is in place, so no change between the two is lost.
     """
+    render = render or _as_json
     async with broker.subscribe(*topics) as queue:
-        stop = asyncio.ensure_future(stopping.wait())
-        try:
-            while not stopping.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, stop}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    if stop in done:
-                        return
+        now = await first() if first is not None else []
+
+        async def events() -> AsyncIterator[dict[str, Any] | None]:
+            for event in now:
+                yield event
+            async for event in queue_events(queue, stopping, heartbeat):
+                yield event
+
+        async with contextlib.aclosing(events()) as stream:
+            async for event in stream:
+                if event is None:
                     yield ServerSentEventMessage(comment="keep-alive")
                     continue
-                event = getter.result()
-                message = render(event) if render else ServerSentEventMessage(
-                    data=json.dumps(event, default=str), event=event.get("type", "message"))
+                message = render(event)
                 if message is not None:
                     yield message
                 if until is not None and until(event):
                     return
-        finally:
-            stop.cancel()
+
+
+async def queue_events(queue: asyncio.Queue, stopping: asyncio.Event, heartbeat: float = 15.0,
+                       ) -> AsyncIterator[dict[str, Any] | None]:
+    """The events of a broker subscription as they come, and None after each
+    `heartbeat` seconds without one (time for a keep-alive); ends once `stopping` is set.
+    """
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        while not stopping.is_set():
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, stop}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            if stop in done:
+                return
+            yield None
+    finally:
+        stop.cancel()
+
+
+def _as_json(event: dict[str, Any]) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=json.dumps(event, default=str), event=event.get("type", "message"))
 
 
 def sse_response(messages: AsyncIterator[ServerSentEventMessage]) -> ServerSentEvent:
