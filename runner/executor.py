@@ -118,7 +118,8 @@ class Engine:
             "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
             "retry_of": retry_of, "retry_from": retry_from, "created_at": now, "started_at": now,
         })
-        exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth)
+        exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth,
+                           parent=self.runs.get(parent_run_id) if parent_run_id else None)
         self.runs[run_id] = exe
         exe.start()
         exe.on_done(lambda: self.runs.pop(run_id, None))
@@ -189,9 +190,24 @@ class Engine:
                 if final.get(sid, {}).get("status") != StepStatus.SUCCEEDED:
                     redo |= {sid} | dag.descendants(sid)
         reuse = {
-            sid: {"output": row["output"], "exit_code": row["exit_code"], "run_id": run_id}
+            sid: await self._reused(run_id, row, definition)
             for sid, row in final.items()
             if row["status"] == StepStatus.SUCCEEDED and sid not in redo and sid in dag.dependents
         }
         return await self.start(definition, run["params"], trigger="retry", retry_of=run_id,
                                 retry_from=from_step, reuse=reuse)
+
+    async def _reused(self, run_id: str, row: dict[str, Any], definition: Definition) -> dict[str, Any]:
+        """What a retry takes over from a succeeded step: output, exit code and, for a
+        `run` step, stdout/stderr (from the log of the run where the step really ran)."""
+        note = row["input"] if row["attempt"] == 0 and isinstance(row["input"], dict) else {}
+        origin = note.get("reused_from") or run_id
+        reused = {"output": row["output"], "exit_code": row["exit_code"], "run_id": origin}
+        step = next((s for s in definition.spec.steps if s.id == row["step_id"]), None) if definition.spec else None
+        if step is not None and step.kind == "run" and step.foreach is None:
+            attempt = row["attempt"]
+            if origin != run_id:
+                attempt = max((r["attempt"] for r in await self.store.step_states(origin) if r["step_id"] == row["step_id"]), default=0)
+            chunks = [c for c in await self.store.logs(origin, row["step_id"]) if c["item"] == -1 and c["attempt"] == attempt]
+            reused["extra"] = {stream: "".join(c["text"] for c in chunks if c["stream"] == stream) for stream in ("stdout", "stderr")}
+        return reused

@@ -43,12 +43,14 @@ class LogSink:
         size = len(text.encode("utf-8", "replace"))
         if self.written + size > self._limit:
             room = self._limit - self.written
-            if room > 0:
-                self._add(stream, text[:room])
+            if room > 0:  # fill up to the limit, counted in bytes, cut at a character
+                head = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                self._add(stream, head)
                 self.written = self._limit
-                text = text[room:]
+                text = text[len(head):]
                 size = len(text.encode("utf-8", "replace"))
-            self._keep_tail(stream, text, size)
+            if text:
+                self._keep_tail(stream, text, size)
             return
         self.written += size
         self._add(stream, text)
@@ -68,9 +70,17 @@ class LogSink:
         self.dropped += size
         self._tail.append((stream, text))
         self._tail_bytes += size
-        while self._tail_bytes > self._tail_limit and len(self._tail) > 1:
-            old = self._tail.popleft()
-            self._tail_bytes -= len(old[1].encode("utf-8", "replace"))
+        while self._tail_bytes > self._tail_limit:  # keep exactly the last `tail` bytes
+            first_stream, first = self._tail[0]
+            data = first.encode("utf-8", "replace")
+            excess = self._tail_bytes - self._tail_limit
+            if len(data) <= excess:
+                self._tail.popleft()
+                self._tail_bytes -= len(data)
+            else:
+                cut = data[excess:].decode("utf-8", "ignore")
+                self._tail[0] = (first_stream, cut)
+                self._tail_bytes -= len(data) - len(cut.encode("utf-8"))
 
     def flush(self) -> None:
         if self._timer is not None:

@@ -48,6 +48,7 @@ class RunExecution:
     def __init__(
         self, engine: Engine, run_id: str, definition: Definition, params: dict[str, Any],
         secrets: dict[str, str], reuse: dict[str, dict[str, Any]], *, depth: int = 0,
+        parent: RunExecution | None = None,
     ):
         assert definition.spec is not None and definition.dag is not None
         self.engine, self.store = engine, engine.store
@@ -56,7 +57,9 @@ class RunExecution:
         self.steps = {s.id: s for s in self.spec.steps}
         self.reuse = reuse
         self.secrets = secrets
-        self.mask = Masker(list(secrets.values()))
+        # a child run also masks its parent's secrets: they reach it through params
+        self.mask_values: list[str] = [*secrets.values(), *(parent.mask_values if parent else ())]
+        self.mask = Masker(self.mask_values)
         self.status = RunStatus.RUNNING
         self.error: str | None = None
         self.outputs: Any = None
@@ -70,6 +73,7 @@ class RunExecution:
         self._root_failure: tuple[str, str] | None = None
         self._cancel_request: tuple[str, RunStatus] | None = None
         self._task: asyncio.Task | None = None
+        self._started = False  # _main is running (a task cancelled before it starts never runs it)
         self._done = asyncio.Event()
         self._done_callbacks: list[Callable[[], None]] = []
 
@@ -86,13 +90,27 @@ class RunExecution:
         return self.status
 
     def cancel(self, reason: str = "cancelled by request", status: RunStatus = RunStatus.CANCELLED) -> None:
-        if self._task is not None and not self._task.done() and self._cancel_request is None:
-            self._cancel_request = (reason, status)
+        if self._task is None or self._task.done() or self._cancel_request is not None:
+            return
+        self._cancel_request = (reason, status)
+        # before _main starts it sees the request itself; once the run is stopping
+        # (timed out, ...) a cancel must not interrupt the stopping
+        if self._started and self._stopping is None:
             self._task.cancel()
 
     async def _main(self) -> None:
+        self._started = True
+        try:
+            await self._drive()
+        finally:
+            if not self._done.is_set():  # _drive was interrupted: never leave the run `running`
+                self._finish(RunStatus.FAILED, "internal error: the run was interrupted while stopping", None)
+
+    async def _drive(self) -> None:
         status, error = RunStatus.SUCCEEDED, None
         try:
+            if self._cancel_request is not None:  # cancelled before it began
+                raise asyncio.CancelledError
             self.context = self._base_context()
             async with asyncio.timeout(self.spec.timeout):
                 await self._execute_graph()
@@ -116,6 +134,9 @@ class RunExecution:
         outputs = self._outputs() if status == RunStatus.SUCCEEDED else None
         if isinstance(outputs, _OutputsFailed):
             status, error, outputs = RunStatus.FAILED, str(outputs), None
+        self._finish(status, error, outputs)
+
+    def _finish(self, status: RunStatus, error: str | None, outputs: Any) -> None:
         self.status, self.error, self.outputs = status, error, outputs
         self.store.update_run({
             "id": self.id, "status": status.value, "error": self.mask.text(error) if error else None,
@@ -177,7 +198,9 @@ class RunExecution:
                 reused = self.reuse[sid]
                 self._record_not_run(sid, StepStatus.SUCCEEDED, output=reused["output"],
                                      note={"reused_from": reused["run_id"]}, exit_code=reused.get("exit_code"))
-                work.extend(self._complete(sid, StepStatus.SUCCEEDED, {"output": reused["output"], "exit_code": reused.get("exit_code")}))
+                work.extend(self._complete(sid, StepStatus.SUCCEEDED, {
+                    "output": reused["output"], "exit_code": reused.get("exit_code"), **reused.get("extra", {}),
+                }))
             elif verdict is None:
                 self._tasks[sid] = asyncio.create_task(self._step(sid), name=f"{self.id}:{sid}")
             else:
@@ -252,6 +275,11 @@ class RunExecution:
             status, result = StepStatus.FAILED, {"output": err.output, "exit_code": err.exit_code, "error": str(err)}
         except TemplateFailed as exc:
             error = f"when: {exc}" if step.when is not None else str(exc)
+            self._record_failure_row(sid, -1, error)
+            status, result = StepStatus.FAILED, {"error": error}
+        except Exception as exc:  # a bug in Treadle: fail the step rather than leave the run hanging
+            log.exception("step %s of run %s", sid, self.id)
+            error = f"internal error: {type(exc).__name__}: {exc}"
             self._record_failure_row(sid, -1, error)
             status, result = StepStatus.FAILED, {"error": error}
         except asyncio.CancelledError:
@@ -343,14 +371,18 @@ class RunExecution:
                         env=self.context["env"], http=self.engine.http, engine=self.engine, logs=logs,
                         timeout=timeout,
                     )
+                    limit = asyncio.timeout(timeout)
                     try:
-                        async with asyncio.timeout(timeout):
+                        async with limit:
                             outcome = await kind.execute(sctx, inp)
                         error = None
                     except StepFailed as exc:
                         error = exc
-                    except TimeoutError:
-                        error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                    except TimeoutError as exc:
+                        if limit.expired():
+                            error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                        else:  # raised by the step itself
+                            error = StepFailed(f"TimeoutError: {exc}")
                     except asyncio.CancelledError:
                         why = "cancelled"
                         self.store.put_step({**row, "status": StepStatus.CANCELLED.value,

@@ -71,8 +71,14 @@ class Store:
         await self.close()
 
     async def open(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(SQLModel.metadata.create_all)
+        for attempt in range(1, 4):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(SQLModel.metadata.create_all)
+                break
+            except OperationalError as exc:  # another process created the tables at the same moment
+                if "already exists" not in str(exc) or attempt == 3:
+                    raise
         self._writer = asyncio.create_task(self._write_loop(), name="treadle-store-writer")
 
     async def close(self) -> None:

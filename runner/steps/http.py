@@ -24,17 +24,22 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     spec = inp["http"]
     method, url = spec.get("method", "GET"), str(spec["url"])
     headers = _strings(spec.get("headers"))
-    headers.setdefault("Idempotency-Key", ctx.idempotency_key)
+    if not any(k.lower() == "idempotency-key" for k in headers):
+        headers["Idempotency-Key"] = ctx.idempotency_key
+    query = _strings(spec.get("params"))
     timeout = spec.get("timeout") or ctx.timeout or DEFAULT_TIMEOUT
-    kwargs: dict[str, Any] = {"headers": headers, "params": _strings(spec.get("params")), "timeout": timeout}
+    kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout}
     if spec.get("json") is not None:
         kwargs["json"] = spec["json"]
     elif spec.get("body") is not None:
-        kwargs["content"] = str(spec["body"]).encode()
+        body = spec["body"]
+        kwargs["content"] = (body if isinstance(body, str) else json.dumps(body)).encode()
     elif spec.get("form") is not None:
         kwargs["data"] = _strings(spec["form"])
     try:
-        response = await ctx.http.request(method, url, **kwargs)
+        # `params` are added to the URL's own query string (httpx would replace it)
+        target = httpx.URL(url).copy_merge_params(query) if query else url
+        response = await ctx.http.request(method, target, **kwargs)
     except httpx.InvalidURL as exc:
         raise StepFailed(f"invalid URL '{url}': {exc}", retryable=False) from None
     except httpx.UnsupportedProtocol:
@@ -68,6 +73,10 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     return StepOutcome(output=output, http_status=response.status_code)
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return "connection refused" if "refused" in text.lower() else text
+def _reason(exc: BaseException) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:  # httpx wraps the OSError saying what really happened
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__

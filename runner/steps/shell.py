@@ -22,6 +22,7 @@ name = "run"
 fields = ("run", "cwd", "env")
 OUTPUT_LIMIT = 1_000_000  # bytes of stdout kept for the step's output
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
+DRAIN_GRACE = 2.0  # seconds to read the rest of the output once the command has ended
 
 
 def _environment(ctx: StepContext, step_env: dict[str, Any]) -> dict[str, str]:
@@ -48,7 +49,20 @@ class _Capture(asyncio.SubprocessProtocol):
         self.ctx = ctx
         self.kept = {1: bytearray(), 2: bytearray()}
         self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
-        self.done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.exited, self.done = loop.create_future(), loop.create_future()
+        self.pid: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.pid = transport.get_pid()  # type: ignore[attr-defined]
+
+    def process_exited(self) -> None:
+        # stop what the command left running in its group: it would hold the pipes
+        # open and keep the step running after the command itself has ended
+        if self.pid is not None:
+            _kill_group(self.pid, signal.SIGKILL)
+        if not self.exited.done():
+            self.exited.set_result(None)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         kept = self.kept[fd]
@@ -94,7 +108,11 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
         raise StepFailed(f"permission denied running '{argv[0]}' (is it executable?)", exit_code=126, retryable=False) from None
     pid = transport.get_pid()
     try:
-        await asyncio.shield(capture.done)
+        await asyncio.shield(capture.exited)
+        try:
+            await asyncio.wait_for(asyncio.shield(capture.done), DRAIN_GRACE)
+        except TimeoutError:  # a process that left the group still holds the pipes
+            ctx.logs.write("treadle", "[treadle: stopped reading output: a process the command started still holds it]\n")
     except asyncio.CancelledError:
         _kill_group(pid, signal.SIGTERM)
         try:
