@@ -8,6 +8,7 @@ and swap it in one assignment, so readers never see a half-reloaded catalog.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
@@ -19,16 +20,36 @@ from .loader import Definition, load_file
 SUFFIXES = (".yaml", ".yml")
 
 
+def relative_to_root(path: Path, root: Path) -> Path | None:
+    """`path` relative to `root`, also when one is absolute and the other not; None if outside.
+
+    watchfiles reports absolute paths while the root is often given relative (`definitions`).
+    """
+    for p, r in ((path, root), (path.absolute(), root.absolute()), (path.resolve(), root.resolve())):
+        try:
+            return p.relative_to(r)
+        except ValueError:
+            continue
+    return None
+
+
+def _visible(rel: Path) -> bool:
+    return not any(part.startswith(".") for part in rel.parts)
+
+
 def is_definition_file(path: Path, root: Path) -> bool:
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return False
-    return path.suffix in SUFFIXES and not any(part.startswith(".") for part in rel.parts)
+    rel = relative_to_root(path, root)
+    return rel is not None and path.suffix in SUFFIXES and _visible(rel)
 
 
 def find_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_definition_file(p, root))
+    """Definition files under `root`, never entering hidden folders (.git can be large)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(folder)
+        found += [base / f for f in files if Path(f).suffix in SUFFIXES and not f.startswith(".") and (base / f).is_file()]
+    return sorted(found)
 
 
 class Catalog:
@@ -48,12 +69,15 @@ class Catalog:
         loaded = dict(self._by_path)
         touched = []
         for path in paths:
+            relative = relative_to_root(path, self.root)
+            if relative is None or not _visible(relative):
+                continue  # outside the folder, or hidden (.git): never a definition
             if path.is_dir() or (not path.exists() and path.suffix not in SUFFIXES):
                 self.load_all()  # a folder came or went: rescan, it is cheap enough
                 return ["*"]
-            if not is_definition_file(path, self.root):
+            if path.suffix not in SUFFIXES:
                 continue
-            rel = self._rel(path)
+            rel = relative.as_posix()
             touched.append(rel)
             if path.is_file():
                 loaded[rel] = load_file(path, rel)
@@ -64,7 +88,7 @@ class Catalog:
         return touched
 
     def _rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        return path.relative_to(self.root).as_posix()  # paths found under the root itself
 
     def _swap(self, loaded: dict[str, Definition]) -> None:
         counts = Counter(d.name for d in loaded.values())
@@ -72,7 +96,7 @@ class Catalog:
         for rel, definition in loaded.items():
             if counts[definition.name] > 1:
                 others = sorted(r for r, d in loaded.items() if d.name == definition.name and r != rel)
-                problem = Problem(rel, 1, 1, f"workflow name '{definition.name}' is also used by {', '.join(others)}; names must be unique (rename a file or set `name:`)")
+                problem = Problem(rel, *definition.name_at, f"workflow name '{definition.name}' is also used by {', '.join(others)}; names must be unique (rename a file or set `name:`)")
                 definition = replace(definition, problems=[*definition.problems, problem], spec=None, dag=None)
             view[rel] = definition
         self._by_path = loaded

@@ -50,6 +50,10 @@ class Dag:
     def descendants(self, step_id: str) -> set[str]:
         return set(nx.descendants(self.graph, step_id))
 
+    def ready(self, finished: set[str] | frozenset[str]) -> list[str]:
+        """Steps not finished whose dependencies all are, in file order."""
+        return [s for s in self.order if s not in finished and all(d in finished for d in self.deps[s])]
+
 
 StepLinks = list[tuple[str, list[str] | None]]  # (id, needs) in file order
 
@@ -96,10 +100,10 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
         for j, need in enumerate(needs or []):
             if need not in first_index:
                 close = difflib.get_close_matches(need, list(first_index), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
+                hint = f"; did you mean '{close[0]}'?" if close else f" (steps: {', '.join(first_index)})"
                 report(("steps", i, "needs", j), f"steps[{i}].needs: no step named '{need}'{hint}")
             elif need == sid:
-                report(("steps", i, "needs", j), f"steps[{i}].needs: step '{need}' cannot need itself")
+                report(("steps", i, "needs", j), f"steps[{i}].needs: step '{need}' cannot need itself; remove it")
     if not ok:
         return None
     graph = nx.DiGraph()
@@ -110,12 +114,16 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
     except nx.NetworkXNoCycle:
         cycle = None
     if cycle:
-        names = [u for u, _ in cycle] + [cycle[0][0]]
-        first = min(names[:-1], key=first_index.__getitem__)
+        names = [u for u, _ in cycle]
+        first = min(names, key=first_index.__getitem__)
         start = names.index(first)
-        ordered = names[start:-1] + names[:start] + [first]
+        ordered = names[start:] + names[:start] + [first]
         i = first_index[first]
-        report(("steps", i, "needs"), f"steps[{i}].needs: cycle: {' -> '.join(ordered)}")
+        closing = ordered[-2]  # `first` waits for it: the link that closes the loop
+        written = steps[i][1]
+        at = ("steps", i, "needs", written.index(closing)) if written and closing in written else ("steps", i)
+        how = f"remove '{closing}' from its needs" if written and closing in written else f"give it needs without '{closing}'"
+        report(at, f"steps[{i}].needs: cycle: {' -> '.join(ordered)} (each step waits for the one before it); {how}")
         return None
     order = tuple(nx.lexicographical_topological_sort(graph, key=first_index.__getitem__))
     dependents: dict[str, list[str]] = {s: [] for s in order}

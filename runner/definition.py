@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .durations import parse_duration
 
@@ -23,6 +32,11 @@ STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _error_at(key: str, message: str) -> PydanticCustomError:
+    """A model-level error that the loader reports at `key` inside the model's mapping."""
+    return PydanticCustomError("misplaced", message, {"at": key})
 
 
 def _as_list(value: Any) -> Any:
@@ -63,16 +77,42 @@ class RetrySpec(_Model):
 
 
 class ParamSpec(_Model):
+    # `type` and `enum` come before `default`: validators of later fields see them
     type: Literal["string", "number", "integer", "boolean", "array", "object"] = "string"
     required: bool = False
-    default: Any = None
     description: str | None = None
     enum: list[Any] | None = None
+    default: Any = None
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("enum")
+    @classmethod
+    def _enum_typed(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if value is not None and "type" in info.data:
+            plain = ParamSpec.model_construct(type=info.data["type"])
+            value = [_coerce_default(plain, item, "enum value") for item in value]
+        return value
+
+    @field_validator("default")
+    @classmethod
+    def _default_typed(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or "type" not in info.data:
+            return value  # no default, or the type itself is wrong (reported there)
+        spec = ParamSpec.model_construct(type=info.data["type"], enum=info.data.get("enum"))
+        return _coerce_default(spec, value, "default")
+
+
+def _coerce_default(spec: ParamSpec, value: Any, what: str) -> Any:
+    from .params import coerce  # params imports this module
+
+    try:
+        return coerce("", spec, value, from_text=False)
+    except ValueError as exc:
+        raise ValueError(f"the {what} does not fit the param: {exc}") from None
 
 
 class HttpSpec(_Model):
@@ -103,7 +143,7 @@ class HttpSpec(_Model):
     def _one_body(self) -> HttpSpec:
         given = [k for k in ("json", "body", "form") if self.model_fields_set & {_F[k]}]
         if len(given) > 1:
-            raise ValueError(f"give only one of json, body, form (got {', '.join(given)})")
+            raise _error_at(given[1], f"give only one of json, body, form (got {', '.join(given)}); remove '{given[1]}'")
         return self
 
 
@@ -162,14 +202,15 @@ class StepSpec(_Model):
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            got = f"got {', '.join(kinds)}" if kinds else "got none"
-            raise ValueError(f"give exactly one step kind of: {', '.join(KINDS)} ({got})")
+        if not kinds:
+            raise ValueError(f"the step has no kind; give one of: {', '.join(KINDS)}")
+        if len(kinds) > 1:
+            raise _error_at(kinds[1], f"a step has exactly one kind, this one has {' and '.join(kinds)}; split it into {len(kinds)} steps (known kinds: {', '.join(KINDS)})")
         kind = kinds[0]
         for extra, owner in (("cwd", "run"), ("env", "run"), ("with", "python"), ("params", "workflow")):
             field = "with_" if extra == "with" else extra
             if field in self.model_fields_set and kind != owner:
-                raise ValueError(f"'{extra}' only applies to '{owner}' steps, not '{kind}'")
+                raise _error_at(extra, f"'{extra}' only applies to '{owner}' steps, not '{kind}'; remove it")
         return self
 
 
@@ -202,3 +243,30 @@ class WorkflowSpec(_Model):
 def field_names(model: type[BaseModel]) -> list[str]:
     """The keys a mapping of this model may have, as written in files."""
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a definition file, for editors (yaml-language-server) and CI."""
+    schema = WorkflowSpec.model_json_schema(by_alias=True, mode="validation")
+    defs = schema["$defs"]
+    # the shorthands the validators accept, which pydantic cannot see
+    duration = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"},
+                          {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h|d)?\s*)+$"}],
+                "description": "seconds, or 45s, 10m, 1h30m, 500ms"}
+    one_or_many = {"type": "string"}
+    for props in [schema["properties"], *(d["properties"] for d in defs.values())]:
+        for key in ("timeout", "delay", "max_delay", "wait"):
+            if key in props:
+                props[key] = {**duration, **({"default": props[key]["default"]} if "default" in props[key] else {})}
+        for key, item in (("needs", one_or_many), ("tags", one_or_many), ("on", {"type": "integer"}),
+                          ("expect_status", {"type": "integer"})):
+            if key in props:
+                props[key] = {"anyOf": [item, {"type": "array", "items": item}, {"type": "null"}]}
+        if "retry" in props:
+            props["retry"] = {"anyOf": [{"$ref": "#/$defs/RetrySpec"}, {"type": "integer", "minimum": 0}, {"type": "null"}]}
+    schema["properties"]["params"]["additionalProperties"] = {
+        "anyOf": [{"$ref": "#/$defs/ParamSpec"}, {"enum": list(PARAM_TYPES)}]
+    }
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Treadle workflow definition"
+    return schema

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from . import definition as d
 from .dag import Dag, build_dag
 from .errors import Problem
-from .templates import TemplateSyntax, check_template
+from .templates import TemplateSyntax, check_template, step_refs
 from .yaml_source import Source, YamlSyntaxError, parse
 
 MAX_FILE_BYTES = 1_000_000
@@ -38,6 +39,7 @@ class Definition:
     dag: Dag | None = None
     problems: list[Problem] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # cwd for `run` steps
+    name_at: tuple[int, int] = (1, 1)  # where the name is written (line, column), for name clashes
 
     @property
     def valid(self) -> bool:
@@ -53,10 +55,10 @@ def load_file(path: Path, shown_as: str | None = None) -> Definition:
     shown = shown_as or str(path)
     name = path.stem
     try:
-        raw = path.read_bytes()
-        if len(raw) > MAX_FILE_BYTES:
-            return _failed(name, shown, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")
-        text = raw.decode("utf-8")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return _failed(name, shown, "", f"file is {size} bytes; the limit is {MAX_FILE_BYTES} (split the workflow into smaller ones)")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         return _failed(name, shown, "", f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")
     except OSError as exc:
@@ -76,25 +78,27 @@ def load_text(text: str, path: str, *, name: str | None = None, base_dir: Path |
     except YamlSyntaxError as exc:
         result.problems = [Problem(path, exc.line, exc.column, exc.args[0])]
         return result
-    for dup_path, line, col in src.duplicates:
-        problems.add(line, col, f"{_dotted(dup_path)}: key written twice; the last one would win")
+    for dup_path, line, col, first in src.duplicates:
+        problems.add(line, col, f"{_dotted(dup_path)}: key '{dup_path[-1]}' written twice (first on line {first}); remove one, YAML would keep only the last")
     if not isinstance(src.data, dict):
-        what = "empty" if src.data is None else f"a {type(src.data).__name__}"
-        problems.add(1, 1, f"the file is {what}; a workflow is a mapping with at least 'steps'")
+        what = {type(None): "empty", list: "a list", str: "a single text"}.get(type(src.data), f"a single {type(src.data).__name__}")
+        problems.add(*src.where(()), f"the file is {what}; a workflow is a mapping with at least 'steps', e.g. steps: [{{id: hello, log: hi}}]")
         result.problems = problems.items
         return result
     if isinstance(src.data.get("name"), str):
         result.name = src.data["name"]
+        result.name_at = src.where(("name",))
     spec: d.WorkflowSpec | None = None
     try:
         spec = d.WorkflowSpec.model_validate(src.data)
     except ValidationError as exc:
-        for err in exc.errors():
-            _report_validation(err, src, problems)
+        _report_validation(exc.errors(), src, problems)
     # the graph and templates are checked even when some keys are wrong, so that
     # one pass over a file shows every problem in it
-    dag = build_dag(_raw_links(src.data), src, problems)
-    _check_templates(src, dag, problems)
+    links = _raw_links(src.data)
+    dag = build_dag(links, src, problems)
+    _check_templates(src, dag, {sid for sid, _ in links}, problems)
+    _check_text_values(src, problems)
     result.problems = problems.items
     if not result.problems and spec is not None:
         result.spec, result.dag = spec, dag
@@ -138,69 +142,163 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
             model = {
                 (d.WorkflowSpec, "defaults"): d.DefaultsSpec,
                 (d.WorkflowSpec, "steps"): "steps",
+                (d.WorkflowSpec, "params"): "params",
                 (d.StepSpec, "http"): d.HttpSpec,
                 (d.StepSpec, "retry"): d.RetrySpec,
                 (d.DefaultsSpec, "retry"): d.RetrySpec,
-            }.get((model, part))
-            if model is None and shape[-1] is d.WorkflowSpec and part == "params":
-                model = "params"
-            elif shape[-1] == "params":
-                model = d.ParamSpec
+                ("params", None): d.ParamSpec,
+            }.get((model, None if model == "params" else part))
         shape.append(model)
     return model if isinstance(model, type) else None
 
 
-def _data_path(loc: tuple, data: Any) -> tuple:
-    """Keep the parts of a pydantic `loc` that walk the data (drop union tags)."""
+def _walk_loc(loc: tuple, data: Any) -> tuple[tuple, int | None]:
+    """Split a pydantic `loc` into the part that walks the data and where a union branch starts.
+
+    Returns (data path, length of the data path at the first union tag or None).
+    """
     out: list[Any] = []
     node = data
+    union_at: int | None = None
     for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if isinstance(node, dict) and part in node or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
             out.append(part)
-    return tuple(out)
+        elif isinstance(part, str) and union_at is None:
+            union_at = len(out)
+    return tuple(out), union_at
 
 
-def _report_validation(err: dict, src: Source, problems: _Collector) -> None:
+def _report_validation(errors: list[Any], src: Source, problems: _Collector) -> None:
+    """Report pydantic errors; the errors of a union's branches become one message."""
+    unions: dict[tuple, list[tuple[tuple, Any]]] = {}
+    for err in errors:
+        path, union_at = _walk_loc(err["loc"], src.data)
+        if union_at is not None and err["type"] not in ("missing", "extra_forbidden", "misplaced"):
+            unions.setdefault(path[:union_at], []).append((path, err))
+        else:
+            _report_one(err, path, src, problems)
+    for at, branch_errors in unions.items():
+        deeper = [(p, e) for p, e in branch_errors if len(p) > len(at)]
+        if deeper:  # the value had the right shape for one branch and failed inside it
+            for path, err in deeper:
+                _report_one(err, path, src, problems)
+        else:
+            expected = list(dict.fromkeys(_EXPECTED.get(e["type"], e["type"]) for _, e in branch_errors))
+            _report_type(at, expected, branch_errors[0][1].get("input"), src, problems)
+
+
+_EXPECTED = {
+    "string_type": "text", "list_type": "a list", "bool_type": "true/false",
+    "bool_parsing": "true/false", "dict_type": "a mapping", "model_type": "a mapping",
+    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number",
+}
+_MODEL_HINTS = {
+    "StepSpec": "each step is a mapping with an id and one kind, e.g. {id: build, run: make}",
+    "RetrySpec": "write a number of retries (retry: 3) or a mapping (retry: {limit: 3, delay: 5s})",
+    "ParamSpec": "write a type (n: integer) or a mapping (n: {type: integer, default: 5})",
+    "DefaultsSpec": "write a mapping, e.g. defaults: {timeout: 30s, retry: 2}",
+    "HttpSpec": "write a mapping, e.g. http: {method: GET, url: https://example.com}",
+}
+_PATTERN_HINTS = {
+    d.STEP_ID_PATTERN: "step ids use only letters, digits, '_' and '-'",
+    d.NAME_PATTERN: "names use letters, digits, '_', '.' and '-', and start with a letter, digit or '_'",
+    d.ENV_NAME_PATTERN: "names use letters, digits and '_', and do not start with a digit",
+}
+_MISSING_HINTS = {
+    "id": " (every step needs one, e.g. id: build)",
+    "steps": " (a workflow is a list of steps, e.g. steps: [{id: hello, log: hi}])",
+    "url": " (the address to call, e.g. url: https://example.com)",
+}
+# names other tools use for the values of our choices
+_CHOICE_SYNONYMS = {"int": "integer", "float": "number", "str": "string", "text": "string",
+                    "bool": "boolean", "list": "array", "dict": "object", "map": "object"}
+
+
+def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -> None:
     kind = err["type"]
-    data_path = _data_path(err["loc"], src.data)
     where = _dotted(data_path)
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         key = err["loc"][-1]
         parent = data_path[:-1] if data_path and data_path[-1] == key else data_path
         line, col = src.where((*parent, key), key=True)
         problems.add(line, col, _unknown_key_message(key, parent, src.data))
-        return
-    if kind == "missing":
+    elif kind == "missing":
         field_name = err["loc"][-1]
         line, col = src.where(data_path)
-        problems.add(line, col, f"{where}: missing required key '{field_name}'")
-        return
-    line, col = src.where(data_path)
-    message = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    if kind in {"string_type"} and isinstance(value, int | float | bool):
-        message += f" (got {value!r}; put quotes around it to keep it as text)"
-    elif kind == "literal_error" or kind == "string_pattern_mismatch":
-        message += f" (got {value!r})"
-    problems.add(line, col, f"{where}: {message}")
+        problems.add(line, col, f"{where}: missing required key '{field_name}'{_MISSING_HINTS.get(field_name, '')}")
+    elif kind == "misplaced":  # a model-level error about one of its keys
+        at = (*data_path, ctx["at"])
+        problems.add(*src.where(at, key=True), f"{_dotted(at)}: {err['msg']}")
+    elif kind in _EXPECTED:
+        _report_type(data_path, [_EXPECTED[kind]], value, src, problems, ctx.get("class_name"))
+    elif kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        if not close and _CHOICE_SYNONYMS.get(str(value).lower()) in choices:
+            close = [_CHOICE_SYNONYMS[str(value).lower()]]
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.add(*src.where(data_path), f"{where}: {_shown(value, data_path, src)} is not one of {', '.join(choices)}{hint}")
+    elif kind == "string_pattern_mismatch":
+        hint = _PATTERN_HINTS.get(ctx.get("pattern"), f"it must match {ctx.get('pattern')}")
+        problems.add(*src.where(data_path), f"{where}: {value!r} is not allowed: {hint}")
+    elif kind == "too_short":
+        problems.add(*src.where(data_path), f"{where}: the list is empty; give at least {ctx.get('min_length', 1)} item")
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+        if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            message += f" (got {_shown(value, data_path, src)})"
+        problems.add(*src.where(data_path), f"{where}: {message}")
+
+
+def _report_type(data_path: tuple, expected: list[str], value: Any, src: Source, problems: _Collector,
+                 model: str | None = None) -> None:
+    """`steps[0].run: expected text or a list, got the number 1.1 (...)`."""
+    message = f"{_dotted(data_path)}: expected {' or '.join(expected)}, got {_describe(value, data_path, src)}"
+    written = src.texts.get(data_path)
+    if "text" in expected and written is not None and (expected == ["text"] or written != json.dumps(value)):
+        message += f"; put it in quotes (\"{written}\") to keep it as text"
+    elif model in _MODEL_HINTS:
+        message += f"; {_MODEL_HINTS[model]}"
+    problems.add(*src.where(data_path), message)
+
+
+def _shown(value: Any, data_path: tuple, src: Source) -> str:
+    """A value as the user wrote it."""
+    return src.texts.get(data_path) or repr(value)
+
+
+def _describe(value: Any, data_path: tuple, src: Source) -> str:
+    written = src.texts.get(data_path)
+    if isinstance(value, bool):
+        return f"the boolean {written or value}"
+    if isinstance(value, int | float):
+        read = json.dumps(value)
+        return f"the number {written or read}" + (f" (YAML reads {written} as {read})" if written and written != read else "")
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return "a list" if isinstance(value, list) else "a mapping"
 
 
 def _unknown_key_message(key: str, parent: tuple, data: Any) -> str:
     model = _model_at(parent)
     where = _dotted((*parent, key))
-    if model is d.StepSpec:
-        step = _get(data, parent)
-        if isinstance(step, dict) and not any(k in step for k in d.KINDS):
-            close = difflib.get_close_matches(key, d.KINDS, n=1)
-            if not close and _SYNONYMS.get(key.lower()) in d.KINDS:
-                close = [_SYNONYMS[key.lower()]]
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            return f"{where}: unknown step kind '{key}'{hint} (known kinds: {', '.join(d.KINDS)})"
     known = d.field_names(model) if model else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if not close and _SYNONYMS.get(key.lower()) in known:
         close = [_SYNONYMS[key.lower()]]
+    if model is d.StepSpec and not (close and close[0] not in d.KINDS):
+        step = _get(data, parent)
+        if isinstance(step, dict) and not any(k in step for k in d.KINDS):
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            return f"{where}: unknown step kind '{key}'{hint} (known kinds: {', '.join(d.KINDS)})"
     hint = f"; did you mean '{close[0]}'?" if close else (f" (known keys: {', '.join(known)})" if known else "")
     return f"{where}: unknown key '{key}'{hint}"
 
@@ -246,45 +344,85 @@ def _raw_links(data: dict) -> list[tuple[str, list[str] | None]]:
     return links
 
 
-_STEP_REF = re.compile(r"\bsteps\s*(?:\.\s*([A-Za-z0-9_]+)|\[\s*['\"]([A-Za-z0-9_-]+)['\"]\s*\])")
+# keys of a step that are never templates
 _SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait"}
 
 
-def _check_templates(src: Source, dag: Dag | None, problems: _Collector) -> None:
-    """Template syntax everywhere; step references only when the graph is sound."""
+def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Collector) -> None:
+    """Template syntax everywhere; which steps a template reads, where it may read them.
+
+    `step_id` is the step that owns a value: it may read only the steps that run
+    before it. None for the workflow's `outputs` (read at the end: any step) and
+    "" for its `env` (rendered when the run starts: no step).
+    """
 
     def visit(value: Any, path: tuple, step_id: str | None) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if not (len(path) == 2 and k in _SKIP_KEYS):
+                if not (len(path) == 2 and path[0] == "steps" and k in _SKIP_KEYS):
                     visit(v, (*path, k), step_id)
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 visit(v, (*path, i), step_id)
         elif isinstance(value, str) and ("{{" in value or "{%" in value):
-            line, col = src.where(path)
             try:
                 check_template(value)
             except TemplateSyntax as exc:
-                problems.add(line + exc.lineno - 1, col, f"{_dotted(path)}: template error: {exc.message}")
+                problems.add(*src.where_in(path, exc.lineno), f"{_dotted(path)}: template error: {exc.message}")
                 return
-            if dag is None:
-                return
-            for m in _STEP_REF.finditer(value):
-                ref = m.group(1) or m.group(2)
-                if ref not in dag.dependents:
-                    close = difflib.get_close_matches(ref, list(dag.dependents), n=1)
-                    hint = f"; did you mean '{close[0]}'?" if close else ""
-                    problems.add(line, col, f"{_dotted(path)}: refers to steps.{ref}, but there is no step '{ref}'{hint}")
-                elif step_id is not None and ref not in dag.ancestors(step_id):
-                    problems.add(line, col, f"{_dotted(path)}: refers to steps.{ref}, which does not run before '{step_id}'; add '{ref}' to its needs")
+            for ref, lineno in step_refs(value):
+                message = _ref_problem(ref, step_id, dag, ids)
+                if message:
+                    problems.add(*src.where_in(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
 
     raw = src.data
-    for key in ("env",):
-        visit(raw.get(key), (key,), None)
+    visit(raw.get("env"), ("env",), "")
     steps = raw.get("steps")
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         sid = step.get("id") if isinstance(step, dict) else None
-        visit(step, ("steps", i), sid if isinstance(sid, str) else None)
+        visit(step, ("steps", i), sid if isinstance(sid, str) else f"<steps[{i}]>")
     if isinstance(raw.get("outputs"), dict):
         visit(raw["outputs"], ("outputs",), None)
+
+
+def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) -> str | None:
+    """What is wrong with a template of `step_id` reading `steps.<ref>`, or None."""
+    if ref not in ids:
+        dashed = [i for i in ids if i.startswith(f"{ref}-")]
+        if dashed:  # `steps.my-step` reads as `steps.my - step`
+            return f"but there is no step '{ref}'; write steps['{dashed[0]}'] for an id with '-'"
+        close = difflib.get_close_matches(ref, sorted(ids), n=1)
+        return f"but there is no step '{ref}'" + (f"; did you mean '{close[0]}'?" if close else "")
+    if step_id == "":
+        return "but env is rendered when the run starts, before any step; move it to the env of a step that needs it"
+    if step_id is None or dag is None or step_id not in dag.dependents:
+        return None
+    if ref == step_id:
+        return "the step itself; a step can only read steps that finished before it"
+    if ref not in dag.ancestors(step_id):
+        return f"which does not run before '{step_id}'; add '{ref}' to its needs"
+    return None
+
+
+_TEXT_VALUES = (("env",), ("steps", int, "env"), ("steps", int, "http", "headers"))
+
+
+def _check_text_values(src: Source, problems: _Collector) -> None:
+    """Values that end up as text (environment variables, headers) but YAML read as numbers.
+
+    `VERSION: 1.10` would become "1.1" and `MODE: 0o17` "15": the YAML 1.1 traps
+    that must not silently change a value's meaning.
+    """
+    for path, written in src.texts.items():
+        if not any(_matches(path[:-1], pattern) for pattern in _TEXT_VALUES):
+            continue
+        try:
+            read = json.dumps(_get(src.data, path))
+        except (KeyError, IndexError, TypeError):  # replaced by a later duplicate key
+            continue
+        if read != written:
+            problems.add(*src.where(path), f"{_dotted(path)}: YAML reads {written} as {read}, so the value would be '{read}'; put it in quotes (\"{written}\") to keep it as written")
+
+
+def _matches(path: tuple, pattern: tuple) -> bool:
+    return len(path) == len(pattern) and all(p == q or (q is int and isinstance(p, int)) for p, q in zip(path, pattern, strict=True))

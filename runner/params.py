@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from typing import Any
 
 from .definition import ParamSpec
@@ -25,7 +26,7 @@ def coerce(name: str, spec: ParamSpec, value: Any, from_text: bool) -> Any:
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "number":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     elif kind == "boolean":
         ok = isinstance(value, bool)
     elif kind == "array":
@@ -42,7 +43,8 @@ def coerce(name: str, spec: ParamSpec, value: Any, from_text: bool) -> Any:
 def _from_text(kind: str, text: str) -> Any:
     try:
         if kind == "integer":
-            return int(text)
+            number = float(text)  # "5", " 5 ", "5.0" and "1e3" are whole numbers
+            return int(number) if number.is_integer() else text
         if kind == "number":
             number = float(text)
             return int(number) if number.is_integer() and "." not in text else number
@@ -67,6 +69,8 @@ def validate_params(specs: dict[str, ParamSpec], given: dict[str, Any] | None, *
 
     `from_text`: values came from a command line or a form, so "5" may be a number.
     """
+    if given is not None and not isinstance(given, dict):
+        raise ParamError({"params": f"expected a mapping of param names to values, got {json.dumps(given, default=str)}"})
     given = dict(given or {})
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
@@ -22,7 +22,36 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+MAX_SIZE = 1_000_000  # longest string or list `*` may build in a template
+MAX_EXPONENT = 1_000
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, plus limits on `*` and `**` so one template cannot exhaust memory or CPU.
+
+    The data templates read is JSON, so `x.items` is the key "items" of a mapping
+    when it has one, not the `dict.items` method (plain Jinja looks at methods first).
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT and not (isinstance(left, int | float) and abs(left) <= 1):
+                raise SecurityError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
+        else:
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_SIZE:
+                    raise SecurityError(f"'*' would build a value of {len(seq) * times} items (at most {MAX_SIZE})")
+        return super().call_binop(context, operator, left, right)
+
+
+_env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.filters["tojson"] = _tojson
 _env.filters["fromjson"] = json.loads
 
@@ -58,6 +87,26 @@ def check_template(text: str) -> None:
         _compile(text)
     except TemplateSyntaxError as exc:
         raise TemplateSyntax(exc.message or str(exc), exc.lineno or 1) from None
+
+
+def step_refs(text: str) -> list[tuple[str, int]]:
+    """(step id, line) for each `steps.x` or `steps['x']` a template reads, in order.
+
+    Only what is inside `{{ }}` and `{% %}` counts: text around it is not code.
+    """
+    try:
+        tree = _env.parse(text)
+    except TemplateSyntaxError:
+        return []
+    refs: list[tuple[str, int]] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "steps"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            refs.append((node.attr, node.lineno))
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            refs.append((node.arg.value, node.lineno))
+    return sorted(refs, key=lambda r: r[1])
 
 
 def is_template(value: Any) -> bool:

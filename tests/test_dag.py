@@ -1,0 +1,134 @@
+"""The step graph: the chain default, roots, order, ready steps, layers and cycles."""
+
+from __future__ import annotations
+
+import textwrap
+
+import networkx as nx
+import pytest
+
+from runner.dag import Dag, build_dag, resolve_needs, steps_of
+from runner.loader import load_text
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, str]] = []
+
+    def add(self, line: int, column: int, message: str) -> None:
+        self.items.append((line, column, message))
+
+
+def dag_of(links: list[tuple[str, list[str] | None]]) -> Dag:
+    sink = Sink()
+    dag = build_dag(links, problems=sink)
+    assert dag is not None, sink.items
+    assert sink.items == []
+    return dag
+
+
+def test_steps_without_needs_form_a_chain() -> None:
+    dag = dag_of([("a", None), ("b", None), ("c", None)])
+    assert dag.deps == {"a": (), "b": ("a",), "c": ("b",)}
+    assert dag.dependents == {"a": ("b",), "b": ("c",), "c": ()}
+    assert dag.order == ("a", "b", "c")
+    assert dag.roots() == ["a"] and dag.leaves == ("c",)
+    assert set(dag.graph.edges) == {("a", "b"), ("b", "c")}
+
+
+def test_empty_needs_makes_roots_and_the_chain_continues_from_them() -> None:
+    dag = dag_of([("a", None), ("b", []), ("c", None), ("d", [])])
+    assert dag.roots() == ["a", "b", "d"]
+    assert dag.deps["c"] == ("b",)  # the chain follows the step above, root or not
+    assert dag.leaves == ("a", "c", "d")
+    assert dag.generations == [["a", "b", "d"], ["c"]]
+
+
+def test_diamond() -> None:
+    dag = dag_of([("start", None), ("left", ["start"]), ("right", ["start"]), ("end", ["left", "right"])])
+    assert dag.order == ("start", "left", "right", "end")
+    assert dag.deps["end"] == ("left", "right")
+    assert dag.dependents["start"] == ("left", "right")
+    assert dag.generations == [["start"], ["left", "right"], ["end"]]
+    assert dag.ancestors("end") == {"start", "left", "right"}
+    assert dag.ancestors("left") == {"start"}
+    assert dag.descendants("start") == {"left", "right", "end"}
+    assert dag.descendants("end") == set()
+
+
+def test_ready_steps_follow_what_has_finished() -> None:
+    dag = dag_of([("start", None), ("left", ["start"]), ("right", ["start"]), ("end", ["left", "right"]),
+                  ("other", [])])
+    assert dag.ready(set()) == ["start", "other"]
+    assert dag.ready({"start"}) == ["left", "right", "other"]
+    assert dag.ready({"start", "left", "other"}) == ["right"]
+    assert dag.ready({"start", "left", "right", "other"}) == ["end"]
+    assert dag.ready(set(dag.order)) == []
+
+
+def test_order_breaks_ties_by_file_order_and_respects_needs() -> None:
+    dag = dag_of([("z", ["y"]), ("y", []), ("x", [])])
+    assert dag.order == ("y", "z", "x")
+    assert nx.is_directed_acyclic_graph(dag.graph)
+    assert dag.generations == [["y", "x"], ["z"]]
+
+
+def test_duplicate_needs_entries_count_once() -> None:
+    assert resolve_needs([("a", None), ("b", ["a", "a"])]) == {"a": (), "b": ("a",)}
+
+
+def test_steps_of_a_spec() -> None:
+    definition = load_text("steps: [{id: a, log: x}, {id: b, needs: [], log: y}, {id: c, needs: a, log: z}]\n",
+                           "wf.yaml")
+    assert steps_of(definition.spec) == [("a", None), ("b", []), ("c", ["a"])]
+
+
+@pytest.mark.parametrize("links, cycle", [
+    ([("a", ["b"]), ("b", None)], "a -> b -> a"),
+    ([("x", None), ("a", ["c"]), ("b", ["a"]), ("c", ["b"])], "a -> b -> c -> a"),
+    ([("c", ["b"]), ("b", ["a"]), ("a", ["c"])], "c -> a -> b -> c"),
+])
+def test_cycle_is_printed_from_its_first_step(links: list, cycle: str) -> None:
+    sink = Sink()
+    assert build_dag(links, problems=sink) is None
+    [(_, _, message)] = sink.items
+    assert f"cycle: {cycle} " in message
+    first = cycle.split(" -> ")[0]
+    index = [sid for sid, _ in links].index(first)
+    assert message.startswith(f"steps[{index}].needs: ")
+    closing = cycle.split(" -> ")[-2]
+    assert f"remove '{closing}' from its needs" in message
+
+
+def test_cycle_position_is_the_link_that_closes_it() -> None:
+    text = textwrap.dedent("""\
+        steps:
+          - id: a
+            log: x
+            needs: [c, b]
+          - id: b
+            log: y
+          - id: c
+            log: z
+            needs: []
+    """)
+    [problem] = load_text(text, "wf.yaml").problems
+    assert (problem.line, problem.column) == (4, 16)
+    assert "cycle: a -> b -> a" in problem.message
+
+
+@pytest.mark.parametrize("links, expected", [
+    ([("a", None), ("a", None)], "steps[1].id: duplicate step id 'a' (first used by steps[0])"),
+    ([("a", None), ("b", ["c"])], "steps[1].needs: no step named 'c' (steps: a, b)"),
+    ([("build", None), ("b", ["biuld"])], "steps[1].needs: no step named 'biuld'; did you mean 'build'?"),
+    ([("a", ["a"])], "steps[0].needs: step 'a' cannot need itself; remove it"),
+])
+def test_broken_links_are_reported(links: list, expected: str) -> None:
+    sink = Sink()
+    assert build_dag(links, problems=sink) is None
+    assert [m for _, _, m in sink.items] == [expected]
+
+
+def test_without_a_sink_a_bad_graph_is_just_none() -> None:
+    assert build_dag([("a", ["b"]), ("b", ["a"])]) is None
+    assert build_dag([("a", None)]) is not None
