@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import Problem
+from .gitinfo import GitState, read_state
 from .loader import Definition, load_file
 
 SUFFIXES = (".yaml", ".yml")
@@ -58,6 +59,8 @@ class Catalog:
         self._by_path: dict[str, Definition] = {}  # as loaded, before name checks
         self._view: dict[str, Definition] = {}  # path -> definition with name problems added
         self._by_name: dict[str, Definition] = {}
+        self._good: dict[str, Definition] = {}  # path -> last version that loaded cleanly
+        self.git: GitState | None = None
         self.generation = 0
 
     def load_all(self) -> None:
@@ -93,12 +96,21 @@ class Catalog:
     def _swap(self, loaded: dict[str, Definition]) -> None:
         counts = Counter(d.name for d in loaded.values())
         view: dict[str, Definition] = {}
+        good = {rel: d for rel, d in self._good.items() if rel in loaded}  # deleted files leave
         for rel, definition in loaded.items():
             if counts[definition.name] > 1:
                 others = sorted(r for r, d in loaded.items() if d.name == definition.name and r != rel)
                 problem = Problem(rel, *definition.name_at, f"workflow name '{definition.name}' is also used by {', '.join(others)}; names must be unique (rename a file or set `name:`)")
                 definition = replace(definition, problems=[*definition.problems, problem], spec=None, dag=None)
+            if definition.valid:
+                good[rel] = definition
+            elif rel in good:
+                # a broken edit never takes a working workflow away: the last good
+                # version stays in force, carrying the new text's problems
+                definition = replace(good[rel], broken=definition)
+            self._apply_git(rel, definition)
             view[rel] = definition
+        self._good = good
         self._by_path = loaded
         self._view, self._by_name = view, {d.name: d for d in view.values()}
         self.generation += 1
@@ -115,4 +127,22 @@ class Catalog:
         return sorted(self._view.values(), key=lambda d: (d.name, d.path))
 
     def problems(self) -> list[Problem]:
-        return [p for d in self.entries() for p in d.problems]
+        """Problems of the files as they are on disk."""
+        return [p for d in self.entries() for p in d.current_problems]
+
+    # -- git -------------------------------------------------------------------
+
+    def refresh_git(self) -> None:
+        """Read where each file stands in git (two `git` calls); safe in a worker thread."""
+        self.git = read_state(self.root, list(self._view))
+        for rel, definition in list(self._view.items()):
+            self._apply_git(rel, definition)
+
+    def _apply_git(self, rel: str, definition: Definition) -> None:
+        facts = self.git.of(rel) if self.git is not None else None
+        if facts is None:
+            return
+        # the git facts describe the file's current text; an older version kept in
+        # force after a broken edit keeps what it had when it loaded
+        current = definition.broken if definition.broken is not None else definition
+        current.commit, current.dirty = facts.commit, facts.dirty

@@ -110,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             problems.append(Problem(str(path), 1, 1, "no such file or folder"))
     for p in problems:
         if args.format == "github":
-            print(f"::error file={p.path},line={p.line},col={p.column}::{_gh_escape(p.message)}")
+            print(f"::error file={_gh_property(p.path)},line={p.line},col={p.column}::{_gh_escape(p.message)}")
         elif args.format == "json":
             continue
         else:
@@ -127,6 +127,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _gh_escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    """Workflow-command properties also reserve ':' and ','."""
+    return _gh_escape(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

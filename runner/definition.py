@@ -251,7 +251,7 @@ def json_schema() -> dict[str, Any]:
     defs = schema["$defs"]
     # the shorthands the validators accept, which pydantic cannot see
     duration = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"},
-                          {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h|d)?\s*)+$"}],
+                          {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$|^\s*\d+(\.\d+)?\s*$"}],
                 "description": "seconds, or 45s, 10m, 1h30m, 500ms"}
     one_or_many = {"type": "string"}
     for props in [schema["properties"], *(d["properties"] for d in defs.values())]:

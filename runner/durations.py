@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$")
 
 
 def parse_duration(value: object) -> float:
@@ -18,7 +18,7 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"duration {value} is negative")
         return float(value)
     if isinstance(value, str):
-        text = value.strip().replace(" ", "")
+        text = value.strip()
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             return float(text)
         if _WHOLE.match(text):

@@ -39,6 +39,15 @@ log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
 
 
+def version_row(definition: Definition, seen_at: float) -> dict[str, Any]:
+    """The `workflow_version` row recording one text of a definition file."""
+    return {
+        "version": definition.version, "workflow": definition.name, "path": definition.path,
+        "source": definition.source, "created_at": seen_at, "valid": definition.valid,
+        "commit": definition.revision,
+    }
+
+
 def new_run_id() -> str:
     """Opaque, unique, and sorts by creation time (ms) as a bonus."""
     return f"{int(time.time() * 1000):011x}{pysecrets.token_hex(4)}"
@@ -107,13 +116,11 @@ class Engine:
         run_id = new_run_id()
         now = time.time()
         if definition.version not in self._versions_written:
-            self.store.put_version({
-                "version": definition.version, "workflow": definition.name, "path": definition.path,
-                "source": definition.source, "created_at": now,
-            })
+            self.store.put_version(version_row(definition, now))
             self._versions_written.add(definition.version)
         self.store.put_run({
             "id": run_id, "workflow": definition.name, "version": definition.version,
+            "commit": definition.revision,
             "status": RunStatus.RUNNING.value, "params": checked, "trigger": trigger,
             "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
             "retry_of": retry_of, "retry_from": retry_from, "created_at": now, "started_at": now,

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,33 @@ class Definition:
     problems: list[Problem] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # cwd for `run` steps
     name_at: tuple[int, int] = (1, 1)  # where the name is written (line, column), for name clashes
+    loaded_at: float = field(default_factory=time.time)
+    # set by the catalog:
+    broken: Definition | None = None  # a newer text of this file that failed to load; self stays in force
+    commit: str | None = None  # git: the last commit touching the file
+    dirty: bool = False  # git: the file has uncommitted changes
 
     @property
     def valid(self) -> bool:
+        """This version can run."""
         return self.spec is not None and not self.problems
+
+    @property
+    def healthy(self) -> bool:
+        """Valid, and the file on disk is this version (no newer broken edit)."""
+        return self.valid and self.broken is None
+
+    @property
+    def current_problems(self) -> list[Problem]:
+        """Problems of the file as it is on disk now."""
+        return self.broken.problems if self.broken is not None else self.problems
+
+    @property
+    def revision(self) -> str | None:
+        """What a run records as its commit: `abc123`, `abc123+dirty`, or None outside git."""
+        if self.commit is None:
+            return "uncommitted" if self.dirty else None
+        return self.commit + ("+dirty" if self.dirty else "")
 
 
 def version_of(source: str) -> str:
@@ -399,7 +423,7 @@ def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) 
         return None
     if ref == step_id:
         return "the step itself; a step can only read steps that finished before it"
-    if ref not in dag.ancestors(step_id):
+    if not dag.runs_before(ref, step_id):
         return f"which does not run before '{step_id}'; add '{ref}' to its needs"
     return None
 

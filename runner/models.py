@@ -47,7 +47,9 @@ class WorkflowVersion(SQLModel, table=True):
     workflow: str = Field(index=True)
     path: str
     source: str
-    created_at: float
+    created_at: float  # first seen
+    valid: bool = True
+    commit: str | None = None  # git revision of the file when first seen, if known
 
 
 class Run(SQLModel, table=True):
@@ -56,6 +58,7 @@ class Run(SQLModel, table=True):
     id: str = Field(primary_key=True)
     workflow: str = Field(index=True)
     version: str
+    commit: str | None = None  # git revision the definition came from (`abc..+dirty`), if known
     status: str = Field(index=True)
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     outputs: Any = Field(default=None, sa_column=Column(JSON))

@@ -63,7 +63,8 @@ async def run_document(store: Store, run_id: str, *, with_attempts: bool = True)
     for row in rows:
         by_step.setdefault(row["step_id"], []).append(row)
     order = list(definition.dag.order) if definition is not None and definition.dag else []
-    order += [s for s in by_step if s not in order]
+    known = set(order)
+    order += [s for s in by_step if s not in known]
     steps = []
     for sid in order:
         step_rows = by_step.get(sid, [])

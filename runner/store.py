@@ -276,6 +276,15 @@ class Store:
             row = (await conn.execute(select(WorkflowVersion).where(WorkflowVersion.version == version))).mappings().first()
         return dict(row) if row else None
 
+    async def versions(self, workflow: str, *, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+        """The texts of a workflow seen so far, newest first (without their source)."""
+        cols = [c for c in WorkflowVersion.__table__.columns if c.name != "source"]
+        where = WorkflowVersion.workflow == workflow
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(*cols).where(where).order_by(WorkflowVersion.created_at.desc()).offset(offset).limit(limit))
+            total = (await conn.execute(select(func.count()).select_from(WorkflowVersion).where(where))).scalar_one()
+            return [dict(r) for r in rows.mappings()], total
+
     async def counts(self, since: float) -> dict[str, int]:
         async with self.engine.connect() as conn:
             active = (await conn.execute(

@@ -50,8 +50,9 @@ def test_diamond() -> None:
     assert dag.deps["end"] == ("left", "right")
     assert dag.dependents["start"] == ("left", "right")
     assert dag.generations == [["start"], ["left", "right"], ["end"]]
-    assert dag.ancestors("end") == {"start", "left", "right"}
-    assert dag.ancestors("left") == {"start"}
+    assert all(dag.runs_before(s, "end") for s in ("start", "left", "right"))
+    assert dag.runs_before("start", "left") and not dag.runs_before("right", "left")
+    assert not dag.runs_before("end", "start")
     assert dag.descendants("start") == {"left", "right", "end"}
     assert dag.descendants("end") == set()
 

@@ -18,13 +18,14 @@ from runner.catalog import Catalog
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowNotFound
 from runner.events import Broker
 from runner.executor import Engine
+from runner.follower import Follower
+from runner.gitsync import GitSync, default_workdir
 from runner.loader import Definition
 from runner.models import RunStatus
 from runner.params import validate_params
 from runner.run_execution import RunExecution, raw_inputs
 from runner.store import DEFAULT_DB, Store
 from runner.templates import TemplateFailed, is_template, render, truthy
-from runner.watcher import watch
 
 
 class RunConflict(TreadleError):
@@ -42,6 +43,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     watch: bool = True
+    git_url: str | None = None  # follow this repository instead of a local folder
+    git_branch: str = "main"
+    git_interval: float = 30.0
+    git_workdir: Path | None = None  # default: .treadle/git/<hash of the url>
 
 
 @dataclass
@@ -53,30 +58,46 @@ class Services:
     store: Store
     engine: Engine
     broker: Broker
+    follower: Follower
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
+
+    @property
+    def gitsync(self) -> GitSync | None:
+        return self.follower.gitsync
 
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, settings: Settings) -> AsyncIterator[Services]:
-        catalog = Catalog(settings.definitions)
-        catalog.load_all()
+        gitsync, folder = await _follow_repository(settings)
+        catalog = Catalog(folder)
+        await asyncio.to_thread(catalog.load_all)
         broker = Broker()
         async with Store(settings.db, broker) as store:
-            engine = Engine(store, lookup=catalog.get, definitions_dir=settings.definitions)
-            services = cls(settings, catalog, store, engine, broker)
-            stop = asyncio.Event()
-            watcher = asyncio.create_task(watch(catalog, stop=stop)) if settings.watch else None
+            engine = Engine(store, lookup=catalog.get, definitions_dir=folder)
+            follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
+            services = cls(settings, catalog, store, engine, broker, follower)
+            await follower.start()
             try:
                 yield services
             finally:
                 services.stopping.set()
-                stop.set()
-                if watcher is not None:
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await watcher
+                await follower.stop()
                 await engine.close()
+
+
+async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:
+    """With `git_url`: clone (or update) the repository; the definitions folder is
+    `settings.definitions` inside it when that exists, else the clone's top."""
+    if not settings.git_url:
+        return None, settings.definitions
+    workdir = settings.git_workdir or default_workdir(settings.git_url)
+    gitsync = GitSync(settings.git_url, workdir, branch=settings.git_branch, interval=settings.git_interval)
+    await gitsync.sync()
+    if gitsync.state.commit is None:
+        raise TreadleError(f"cannot follow {settings.git_url} ({settings.git_branch}): {gitsync.state.error}")
+    inside = workdir / settings.definitions
+    return gitsync, inside if not settings.definitions.is_absolute() and inside.is_dir() else workdir
 
 
 # -- actions shared by the JSON API and the dashboard forms ------------------------

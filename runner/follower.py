@@ -1,0 +1,86 @@
+"""Keeps a catalog in step with its folder while a server runs.
+
+Three loops: the file watcher (saves show up in well under a second), a slow git
+refresh (commits change no file, so the watcher cannot see them), and, when the
+server follows a repository, the git sync. Every text of a file that the catalog
+loads is recorded in the store once, so the dashboard can list versions and diff them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .catalog import Catalog
+from .executor import version_row
+from .gitsync import GitSync
+from .store import Store
+from .watcher import watch
+
+log = logging.getLogger("treadle.follower")
+
+
+class Follower:
+    def __init__(self, catalog: Catalog, store: Store, *, gitsync: GitSync | None = None,
+                 watch_files: bool = True, git_refresh: float = 10.0):
+        self.catalog, self.store, self.gitsync = catalog, store, gitsync
+        self.watch_files, self.git_refresh = watch_files, git_refresh
+        self._recorded: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+
+    def record_versions(self, _touched: list[str] | None = None) -> None:
+        """Store each text of each file once (valid or not), with when it was first seen."""
+        now = time.time()
+        for definition in self.catalog.entries():
+            for d in (definition, definition.broken):
+                if d is not None and d.version not in self._recorded:
+                    self._recorded.add(d.version)
+                    self.store.put_version(version_row(d, now))
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.catalog.refresh_git)
+        self.record_versions()
+        if self.watch_files:
+            self._tasks.append(asyncio.create_task(watch(self.catalog, on_change=self.record_versions, stop=self._stop)))
+        self._tasks.append(asyncio.create_task(self._refresh_git_loop()))
+        if self.gitsync is not None:
+            self._tasks.append(asyncio.create_task(self.gitsync.run_forever(self._synced, self._stop)))
+
+    async def sync_now(self) -> bool:
+        """Pull now (POST /api/sync); True when a new commit was loaded."""
+        if self.gitsync is None:
+            return False
+        changed = await self.gitsync.sync()
+        if changed:
+            await self._reload_all()
+        return changed
+
+    def _synced(self) -> None:
+        self._tasks.append(asyncio.create_task(self._reload_all()))
+
+    async def _reload_all(self) -> None:
+        # the watcher sees the files change too; a full load makes the result certain
+        await asyncio.to_thread(self.catalog.load_all)
+        await asyncio.to_thread(self.catalog.refresh_git)
+        self.record_versions()
+
+    async def _refresh_git_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.git_refresh)
+                return
+            try:
+                await asyncio.to_thread(self.catalog.refresh_git)
+            except Exception:
+                log.exception("reading git state failed")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
