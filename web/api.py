@@ -122,11 +122,14 @@ class RunPage(TypedDict):
 class WorkflowItem(TypedDict):
     name: str
     path: str
-    version: str
+    version: str  # the version runs use: after a broken edit, the last good one
     description: str | None
     tags: list[str]
-    valid: bool
-    errors: list[str]  # `path:line:column: message`
+    valid: bool  # false when the file on disk has problems (even if a good version is in force)
+    errors: list[str]  # `path:line:column: message` of the file as it is on disk
+    file_version: str  # hash of the file's current text (differs from `version` after a broken edit)
+    in_force: bool  # a version of this workflow can run (false only when it never loaded cleanly)
+    commit: str | None  # git revision of the version in force (`abc..`, `abc..+dirty`), if in git
     last_run: RunSummary | None
 
 
@@ -158,6 +161,7 @@ class RunAccepted(TypedDict):
 
 
 class Health(TypedDict):
+    git: dict[str, Any] | None  # the repository followed with `serve --git`, if any
     status: str  # ok | degraded
     version: str
     uptime_s: float
@@ -178,8 +182,9 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None) -> Workf
     return {
         "name": definition.name, "path": definition.path, "version": definition.version,
         "description": spec.description if spec else None, "tags": list(spec.tags) if spec else [],
-        "valid": definition.valid, "errors": [str(p) for p in definition.problems],
-        "last_run": run_summary(last) if last else None,
+        "valid": definition.healthy, "errors": [str(p) for p in definition.current_problems],
+        "file_version": (definition.broken or definition).version, "in_force": definition.valid,
+        "commit": definition.revision, "last_run": run_summary(last) if last else None,
     }
 
 
@@ -238,7 +243,7 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
     last = (await services.store.list_runs(workflow=name, limit=1))[0]
     return {
         **_workflow_item(definition, last[0] if last else None),
-        "source": definition.source,
+        "source": (definition.broken or definition).source,  # the text on disk: errors point into it
         "params": {k: p.model_dump() for k, p in spec.params.items()} if spec else {},
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
         "max_parallel": spec.max_parallel if spec else None, "timeout": spec.timeout if spec else None,
@@ -418,6 +423,15 @@ async def retry(request: Request, run_id: FromPath[str], data: JSONBody[RetryReq
 # -- health ------------------------------------------------------------------------
 
 
+def _git_status(services: Services) -> dict[str, Any] | None:
+    sync = services.gitsync
+    if sync is None:
+        return None
+    st = sync.state
+    return {"url": st.url, "branch": st.branch, "commit": st.commit, "error": st.error,
+            "last_attempt_at": iso(st.last_attempt_at), "last_success_at": iso(st.last_success_at)}
+
+
 @get("/health", tags=["health"], responses={503: ResponseSpec(Health, description="the database does not answer")})
 async def health(request: Request) -> Response[Health]:
     """Liveness and a summary: version, database, active runs, the last 24 h, workflows."""
@@ -437,12 +451,13 @@ async def health(request: Request) -> Response[Health]:
     except Exception as exc:  # the point of a health check: say so, do not fail
         database.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
     entries = services.catalog.entries()
-    broken = sum(not d.valid for d in entries)
+    broken = sum(not d.healthy for d in entries)
     ok = database["status"] == "ok"
     body: Health = {
         "status": "ok" if ok else "degraded", "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 1), "database": database, "runs": runs,
         "workflows": {"total": len(entries), "valid": len(entries) - broken, "broken": broken},
+        "git": _git_status(services),
     }
     return Response(body, status_code=200 if ok else 503)
 

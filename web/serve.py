@@ -17,17 +17,29 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
     # is reported by `serve` as a usage error instead of breaking every command
     p.add_argument("--port", type=int, default=os.environ.get("TREADLE_PORT", "8080"), help="env TREADLE_PORT")
     p.add_argument("--no-watch", action="store_true", help="do not reload definitions when files change")
+    p.add_argument("--git", metavar="URL", help="follow this git repository (cloned into .treadle/git/); "
+                   "--definitions is then the folder inside it")
+    p.add_argument("--branch", default="main", help="branch to follow with --git (default main)")
+    p.add_argument("--interval", default="30s", help="how often to pull with --git (default 30s)")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from runner.durations import parse_duration
+
     from .app import create_app
     from .services import Settings
 
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError as exc:
+        print(f"treadle serve: --interval: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(definitions=Path(args.definitions), db=args.db, host=args.host, port=args.port,
-                        watch=not args.no_watch)
+                        watch=not args.no_watch, git_url=args.git, git_branch=args.branch,
+                        git_interval=interval)
     app = create_app(settings)
     print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
           file=sys.stderr, flush=True)

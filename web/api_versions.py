@@ -1,0 +1,120 @@
+"""JSON API for the GitOps loop: the versions of a workflow, diffs, and git sync."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, TypedDict
+
+from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from runner.errors import WorkflowNotFound
+
+from .api import Limit, Page, _errors, _git_status, _services
+from .services import RunConflict, Services
+
+
+class VersionItem(TypedDict):
+    version: str
+    workflow: str
+    path: str
+    created_at: str  # first seen
+    commit: str | None
+    valid: bool
+    in_force: bool  # the version runs start from now
+
+
+class VersionPage(TypedDict):
+    items: list[VersionItem]
+    total: int
+    page: int
+    limit: int
+
+
+class VersionSource(VersionItem):
+    source: str
+
+
+class VersionDiff(TypedDict):
+    workflow: str
+    from_version: str
+    to_version: str
+    diff: str  # unified diff, empty when the texts are equal
+
+
+def _in_force(services: Services, name: str) -> str | None:
+    definition = services.catalog.get(name)
+    return definition.version if definition is not None and definition.valid else None
+
+
+def _item(row: dict[str, Any], in_force: str | None) -> VersionItem:
+    from runner.report import iso
+
+    return {"version": row["version"], "workflow": row["workflow"], "path": row["path"],
+            "created_at": iso(row["created_at"]) or "", "commit": row["commit"], "valid": bool(row["valid"]),
+            "in_force": row["version"] == in_force}
+
+
+async def version_source(services: Services, name: str, version: str) -> dict[str, Any]:
+    """The stored text of one version of `name`; WorkflowNotFound if there is none."""
+    row = await services.store.get_version(version)
+    if row is None or row["workflow"] != name:
+        raise WorkflowNotFound(f"{name} (version {version})")
+    return row
+
+
+async def diff_versions(services: Services, name: str, old: str, new: str) -> str:
+    a, b = await version_source(services, name, old), await version_source(services, name, new)
+    return "".join(difflib.unified_diff(
+        a["source"].splitlines(keepends=True), b["source"].splitlines(keepends=True),
+        fromfile=f"{a['path']} @ {old}", tofile=f"{b['path']} @ {new}",
+    ))
+
+
+@get("/api/workflows/{name:str}/versions", tags=["workflows"], responses=_errors(400, 404))
+async def list_versions(request: Request, name: FromPath[str], page: Page = 1, limit: Limit = 50) -> VersionPage:
+    """Every text of the workflow's file seen so far (valid or not), newest first."""
+    services = _services(request)
+    rows, total = await services.store.versions(name, offset=(page - 1) * limit, limit=limit)
+    if total == 0 and services.catalog.get(name) is None:
+        raise WorkflowNotFound(name, services.catalog.names())
+    in_force = _in_force(services, name)
+    return {"items": [_item(r, in_force) for r in rows], "total": total, "page": page, "limit": limit}
+
+
+@get("/api/workflows/{name:str}/versions/{version:str}", tags=["workflows"], responses=_errors(404))
+async def get_version(request: Request, name: FromPath[str], version: FromPath[str]) -> VersionSource:
+    """One version with its exact source (what a run of that version ran)."""
+    services = _services(request)
+    row = await version_source(services, name, version)
+    return {**_item(row, _in_force(services, name)), "source": row["source"]}
+
+
+@get("/api/workflows/{name:str}/diff", tags=["workflows"], responses=_errors(400, 404))
+async def diff(
+    request: Request, name: FromPath[str],
+    from_: Annotated[str, QueryParameter(query="from", description="the older version")],
+    to: FromQuery[str | None] = None,
+) -> VersionDiff:
+    """Unified diff between two versions (`to` defaults to the file's current text)."""
+    services = _services(request)
+    if to is None:
+        current = services.catalog.get(name)
+        if current is None:
+            raise WorkflowNotFound(name, services.catalog.names())
+        to = (current.broken or current).version
+    return {"workflow": name, "from_version": from_, "to_version": to,
+            "diff": await diff_versions(services, name, from_, to)}
+
+
+@post("/api/sync", status_code=200, tags=["health"], responses=_errors(409))
+async def sync(request: Request) -> dict[str, Any]:
+    """Pull the followed repository now (`serve --git`); 409 when not following one."""
+    services = _services(request)
+    if services.gitsync is None:
+        raise RunConflict("this server does not follow a git repository (start it with --git URL)", "NOT_FOLLOWING_GIT")
+    changed = await services.follower.sync_now()
+    return {"changed": changed, **(_git_status(services) or {})}
+
+
+VERSION_ROUTES = [list_versions, get_version, diff, sync]
