@@ -41,6 +41,7 @@ from .sse import sse_response
 
 RUNS_PER_PAGE = 25
 HISTORY_PER_PAGE = 10
+VERSIONS_SHOWN = 10
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 StateQuery = Annotated[str | None, QueryParameter(name="state")]  # `state` is reserved by Litestar
 
@@ -95,8 +96,9 @@ async def workflows_page(request: Request) -> Template:
     entries = services.catalog.entries()
     last = await services.store.last_runs()
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
-    broken = [d for d in entries if not d.valid]
-    return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows"})
+    broken = [d for d in entries if not d.healthy]
+    sync = services.gitsync.state if services.gitsync is not None else None
+    return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync})
 
 
 def _graph(definition: Definition | None, **kw: Any) -> Markup | None:
@@ -108,11 +110,13 @@ def _graph(definition: Definition | None, **kw: Any) -> Markup | None:
 async def _workflow_context(services: Services, definition: Definition, page: int) -> dict[str, Any]:
     runs, total = await services.store.list_runs(workflow=definition.name, offset=(page - 1) * HISTORY_PER_PAGE,
                                                  limit=HISTORY_PER_PAGE)
-    bad_lines = {p.line for p in definition.problems}
+    bad_lines = {p.line for p in definition.current_problems}
+    versions, version_total = await services.store.versions(definition.name, limit=VERSIONS_SHOWN)
     return {
         "d": definition, "ns": namespace(definition), "graph": _graph(definition), "runs": runs,
         "page": page, "pages": max(1, -(-total // HISTORY_PER_PAGE)), "total": total, "nav": "workflows",
-        "lines": definition.source.splitlines(), "bad_lines": bad_lines,
+        "lines": (definition.broken or definition).source.splitlines(), "bad_lines": bad_lines,
+        "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None,
     }

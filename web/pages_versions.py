@@ -1,0 +1,54 @@
+"""Dashboard pages of the GitOps loop: one version's exact source, and diffs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Template
+
+from runner.errors import WorkflowNotFound
+
+from .api_versions import diff_versions, version_source
+from .pages import _services, error_page
+
+
+def _no_version(name: str, version: str) -> Template:
+    return error_page(404, "No such version", f"Workflow '{name}' has no recorded version '{version}'.")
+
+
+@get("/workflows/{name:str}/versions/{version:str}", name="page-version", include_in_schema=False)
+async def version_page(request: Request, name: FromPath[str], version: FromPath[str]) -> Template:
+    services = _services(request)
+    try:
+        row = await version_source(services, name, version)
+    except WorkflowNotFound:
+        return _no_version(name, version)
+    current = services.catalog.get(name)
+    in_force = current is not None and current.valid and current.version == version
+    return Template("version.html", context={"v": row, "name": name, "in_force": in_force,
+                                             "lines": row["source"].splitlines(), "nav": "workflows"})
+
+
+@get("/workflows/{name:str}/diff", name="page-diff", include_in_schema=False)
+async def diff_page(
+    request: Request, name: FromPath[str],
+    old: Annotated[str, QueryParameter(query="from")], to: FromQuery[str | None] = None,
+) -> Template:
+    services = _services(request)
+    if to is None:
+        current = services.catalog.get(name)
+        if current is None:
+            return error_page(404, "No such workflow", f"There is no workflow named '{name}'.")
+        to = (current.broken or current).version
+    try:
+        text = await diff_versions(services, name, old.strip(), to.strip())
+    except WorkflowNotFound:
+        return error_page(404, "No such version", f"Workflow '{name}' has no recorded version '{old}' or '{to}'.")
+    lines = [(line[:1] if line[:1] in "+-@" and not line.startswith(("+++", "---")) else "", line.rstrip("\n"))
+             for line in text.splitlines(keepends=True)]
+    return Template("diff.html", context={"name": name, "old": old, "new": to, "lines": lines, "nav": "workflows"})
+
+
+VERSION_PAGES = [version_page, diff_page]
