@@ -7,6 +7,7 @@ A step without `needs` follows the step above it in the file (the "chain");
 from __future__ import annotations
 
 import difflib
+import heapq
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
@@ -128,11 +129,13 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
     graph = nx.DiGraph()
     graph.add_nodes_from(first_index)
     graph.add_edges_from((dep, sid) for sid, ds in deps.items() for dep in ds)
-    try:
+    dependents: dict[str, list[str]] = {s: [] for s in first_index}
+    for sid, ds in deps.items():
+        for dep in ds:
+            dependents[dep].append(sid)
+    order = _file_ordered_topological_sort(first_index, deps, dependents)
+    if order is None:  # a cycle: networkx finds one to show (only on this error path)
         cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        cycle = None
-    if cycle:
         names = [u for u, _ in cycle]
         first = min(names, key=first_index.__getitem__)
         start = names.index(first)
@@ -144,9 +147,26 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
         how = f"remove '{closing}' from its needs" if written and closing in written else f"give it needs without '{closing}'"
         report(at, f"steps[{i}].needs: cycle: {' -> '.join(ordered)} (each step waits for the one before it); {how}")
         return None
-    order = tuple(nx.lexicographical_topological_sort(graph, key=first_index.__getitem__))
-    dependents: dict[str, list[str]] = {s: [] for s in order}
-    for sid, ds in deps.items():
-        for dep in ds:
-            dependents[dep].append(sid)
     return Dag(graph=graph, deps=deps, dependents={k: tuple(v) for k, v in dependents.items()}, order=order)
+
+
+def _file_ordered_topological_sort(
+    index: dict[str, int], deps: dict[str, tuple[str, ...]], dependents: dict[str, list[str]],
+) -> tuple[str, ...] | None:
+    """Kahn's algorithm, ties broken by place in the file; None when there is a cycle.
+
+    Linear-ish where networkx's lexicographic sort and cycle search cost seconds
+    on a 10,000-step file.
+    """
+    waiting = {s: len(d) for s, d in deps.items()}
+    ready = [(index[s], s) for s, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, sid = heapq.heappop(ready)
+        order.append(sid)
+        for nxt in dependents[sid]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                heapq.heappush(ready, (index[nxt], nxt))
+    return tuple(order) if len(order) == len(index) else None

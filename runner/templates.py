@@ -7,6 +7,7 @@ templates are cached, since the same step text is rendered for every run and ite
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from functools import lru_cache
@@ -131,9 +132,18 @@ def check_template(text: str) -> None:
     if plain_path(text) is not None:
         return
     try:
-        _env.parse(text)
+        tree = _env.parse(text)
     except TemplateSyntaxError as exc:
         raise TemplateSyntax(exc.message or str(exc), exc.lineno or 1) from None
+    # parsing does not look filter and test names up (compiling does, at several
+    # times the cost): check them here so a typo fails at load, not mid-run
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = _env.filters if isinstance(node, nodes.Filter) else _env.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            close = difflib.get_close_matches(node.name, list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise TemplateSyntax(f"no {kind} named '{node.name}'{hint}", node.lineno or 1)
 
 
 def step_refs(text: str) -> list[tuple[str, int]]:
