@@ -24,7 +24,6 @@ from runner.executor import Engine  # noqa: E402
 from runner.loader import load_text  # noqa: E402
 from runner.store import Store  # noqa: E402
 
-
 BODIES = {"set": 'set: {i: "{{ run.id }}"}', "run": 'run: "true"', "argv": 'run: ["true"]'}
 
 
@@ -131,7 +130,7 @@ async def main(quick: bool) -> None:
             target = "≥ 5,000 steps/s" if n == 1000 else "(no target at 10,000)"
             line(f"{shape} of {n} set steps, persisted", f"{rate:,.0f} steps/s", target,
                  rate >= 5000 if n == 1000 else None)
-            line(f"  bare asyncio+graphlib, same DAG", f"{base_rate:,.0f} steps/s", "(the limit)")
+            line("  bare asyncio+graphlib, same DAG", f"{base_rate:,.0f} steps/s", "(the limit)")
             line("  ratio persisted / bare", f"{rate / base_rate:.1%}", f"({rows} rows written)")
     lat = await first_step_latency(f"sqlite:///{tmp}/latency.db")
     p50 = statistics.median(lat)

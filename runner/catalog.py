@@ -3,19 +3,22 @@
 A file that fails to load stays in the catalog carrying its problems, so it can be
 shown; it never stops the others from loading. Names must be unique across the
 folder: two files with one name are both reported. Updates build a new mapping
-and swap it in one assignment, so readers never see a half-reloaded catalog.
+and swap it in one assignment, so readers never see a half-reloaded catalog; writers
+(the watcher, a git sync) take a lock, so one never swaps in a mapping built from
+what another replaced.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from .errors import Problem
-from .gitinfo import GitState, read_state
+from .gitinfo import GitState, blob_id, read_state
 from .loader import Definition, load_file
 
 SUFFIXES = (".yaml", ".yml")
@@ -61,34 +64,78 @@ class Catalog:
         self._by_name: dict[str, Definition] = {}
         self._good: dict[str, Definition] = {}  # path -> last version that loaded cleanly
         self.git: GitState | None = None
+        self._git_seen: dict[str, str] = {}  # path -> version of the text the git facts were read for
         self.generation = 0
+        # reloads come from the watcher's thread and from a git sync's: one at a time
+        self._lock = threading.RLock()
+        self._git_lock = threading.Lock()
 
     def load_all(self) -> None:
-        loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
-        self._swap(loaded)
+        with self._lock:  # a reload waits: files it read must not be replaced by an older scan
+            loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
+            self._swap(loaded)
 
     def reload(self, paths: Iterable[Path]) -> list[str]:
-        """Reload changed files (removed ones leave); returns the relative paths touched."""
-        loaded = dict(self._by_path)
-        touched = []
-        for path in paths:
-            relative = relative_to_root(path, self.root)
-            if relative is None or not _visible(relative):
-                continue  # outside the folder, or hidden (.git): never a definition
-            if path.is_dir() or (not path.exists() and path.suffix not in SUFFIXES):
-                self.load_all()  # a folder came or went: rescan, it is cheap enough
-                return ["*"]
-            if path.suffix not in SUFFIXES:
-                continue
-            rel = relative.as_posix()
-            touched.append(rel)
-            if path.is_file():
-                loaded[rel] = load_file(path, rel)
-            else:
-                loaded.pop(rel, None)
-        if touched:
-            self._swap(loaded)
-        return touched
+        """Reload changed files (removed ones leave); returns the relative paths touched.
+
+        A folder that appears is scanned, one that goes takes its files with it: a
+        folder moved in or out (or created by `git checkout`) brings no event per file.
+        """
+        with self._lock:
+            loaded = dict(self._by_path)
+            touched = []
+            for path in paths:
+                relative = relative_to_root(path, self.root)
+                if relative is None or not _visible(relative) or relative == Path("."):
+                    continue  # outside the folder, or hidden (.git): never a definition
+                rel = relative.as_posix()
+                inside = [r for r in loaded if r.startswith(rel + "/")]
+                if path.is_dir():
+                    found = {self._rel_of(p) for p in find_files(path)}
+                    found.discard(None)
+                    for r in inside:
+                        if r not in found:
+                            loaded.pop(r)
+                            touched.append(r)
+                    for r in sorted(found):
+                        loaded[r] = load_file(self.root / r, r)
+                        touched.append(r)
+                    if rel in loaded:  # a file became a folder
+                        loaded.pop(rel)
+                        touched.append(rel)
+                    continue
+                for r in inside:  # a folder went (moved away, deleted, or now a file)
+                    loaded.pop(r)
+                    touched.append(r)
+                if path.suffix not in SUFFIXES:
+                    continue
+                if path.is_file():
+                    loaded[rel] = load_file(path, rel)
+                    touched.append(rel)
+                elif loaded.pop(rel, None) is not None:
+                    touched.append(rel)
+            if touched:
+                self._swap(loaded)
+            return list(dict.fromkeys(touched))
+
+    def stale(self, slack: float = 0.1) -> list[Path]:
+        """Files added, changed or gone since they were loaded: what a watch that
+        began after the load must reload so that no save in between is missed."""
+        with self._lock:
+            loaded_at = {rel: d.loaded_at for rel, d in self._by_path.items()}
+        out = []
+        for path in find_files(self.root) if self.root.is_dir() else []:
+            at = loaded_at.pop(self._rel(path), None)
+            try:
+                if at is None or path.stat().st_mtime >= at - slack:  # timestamps are coarse: some slack
+                    out.append(path)
+            except OSError:
+                out.append(path)
+        return out + [self.root / rel for rel in loaded_at]
+
+    def _rel_of(self, path: Path) -> str | None:
+        relative = relative_to_root(path, self.root)
+        return relative.as_posix() if relative is not None else None
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()  # paths found under the root itself
@@ -97,6 +144,7 @@ class Catalog:
         counts = Counter(d.name for d in loaded.values())
         view: dict[str, Definition] = {}
         good = {rel: d for rel, d in self._good.items() if rel in loaded}  # deleted files leave
+        loaded = dict(sorted(loaded.items()))
         for rel, definition in loaded.items():
             if counts[definition.name] > 1:
                 others = sorted(r for r, d in loaded.items() if d.name == definition.name and r != rel)
@@ -110,9 +158,13 @@ class Catalog:
                 definition = replace(good[rel], broken=definition)
             self._apply_git(rel, definition)
             view[rel] = definition
+        by_name: dict[str, Definition] = {}
+        for definition in view.values():  # a name clash: the one still in force answers
+            if definition.name not in by_name or (definition.valid and not by_name[definition.name].valid):
+                by_name[definition.name] = definition
         self._good = good
         self._by_path = loaded
-        self._view, self._by_name = view, {d.name: d for d in view.values()}
+        self._view, self._by_name = view, by_name
         self.generation += 1
 
     # -- reading -----------------------------------------------------------------
@@ -133,16 +185,29 @@ class Catalog:
     # -- git -------------------------------------------------------------------
 
     def refresh_git(self) -> None:
-        """Read where each file stands in git (two `git` calls); safe in a worker thread."""
-        self.git = read_state(self.root, list(self._view))
-        for rel, definition in list(self._view.items()):
-            self._apply_git(rel, definition)
+        """Read where each file stands in git (a few `git` calls); safe in a worker thread."""
+        with self._git_lock:  # one read at a time: the last applied is the last read
+            with self._lock:
+                seen = {rel: (d.broken or d).version for rel, d in self._view.items()}
+            state = read_state(self.root, list(seen))  # slow: reloads go on meanwhile
+            with self._lock:
+                self.git, self._git_seen = state, seen
+                for rel, definition in self._view.items():
+                    self._apply_git(rel, definition)
 
     def _apply_git(self, rel: str, definition: Definition) -> None:
-        facts = self.git.of(rel) if self.git is not None else None
-        if facts is None:
-            return
+        if self.git is None:
+            return  # not in a work tree (or not read yet)
         # the git facts describe the file's current text; an older version kept in
         # force after a broken edit keeps what it had when it loaded
         current = definition.broken if definition.broken is not None else definition
-        current.commit, current.dirty = facts.commit, facts.dirty
+        facts = self.git.of(rel)
+        if facts is None:  # a file that came after the last read: untracked, as far as is known
+            current.commit, current.dirty = None, True
+        elif self._git_seen.get(rel) == current.version:
+            current.commit, current.dirty = facts.commit, facts.dirty
+        else:
+            # a text loaded after git was read: compare it with the committed blob
+            # rather than hand it the facts of the text git saw
+            data = current.source.encode("utf-8")
+            current.commit, current.dirty = facts.commit, facts.blob is None or blob_id(data, facts.blob) != facts.blob

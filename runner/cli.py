@@ -10,19 +10,23 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import DEFAULT_DB, __version__
 from .catalog import Catalog
 from .durations import format_duration
 from .errors import ParamError, Problem, TreadleError
-from .executor import Engine
 from .loader import Definition, load_file
-from .report import run_document
-from .store import DEFAULT_DB, Store
+
+if TYPE_CHECKING:
+    from .executor import Engine
+
+# the database layer (SQLAlchemy) is imported by the commands that use it, so that
+# `treadle validate` (a pre-commit hook) starts fast
 
 
 def _defaults() -> dict[str, str]:
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="workflow name, or the path of a definition file")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.add_argument("--grace", type=_duration_arg, default="30s",
+                   help="on Ctrl-C/SIGTERM, how long running steps may finish (default 30s)")
     _common(p, d)
     p.set_defaults(func=cmd_run)
 
@@ -72,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)
     return parser
+
+
+def _duration_arg(text: str) -> float:
+    from .durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common(p: argparse.ArgumentParser, d: dict[str, str]) -> None:
@@ -179,33 +194,72 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(definition: Definition, catalog: Catalog, params: dict[str, str], args: argparse.Namespace) -> int:
+    from .executor import Engine
+    from .report import run_document
+    from .store import Store
+
     quiet = args.json
     async with Store(args.db) as store:
         engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root)
+        stopping = _GracefulStop(engine, args.grace)
         try:
+            # runs of this workflow that an earlier `treadle run` left unfinished go on first
+            for old in await engine.recover(workflow=definition.name):
+                if not quiet:
+                    print(f"resuming run {old.id} of {definition.name}, interrupted earlier", file=sys.stderr)
             exe = await engine.start(definition, params, from_text=True, trigger="cli")
             if not quiet:
                 print(f"run {exe.id} of {definition.name} (version {definition.version})", file=sys.stderr)
             async with store.broker.subscribe(f"run:{exe.id}") as events:
                 printer = asyncio.create_task(_print_progress(events, exe.id, quiet))
-                try:
-                    await exe.wait()
-                except asyncio.CancelledError:  # Ctrl-C: cancel the run, record it
-                    exe.cancel(reason="cancelled from the terminal")
-                    await exe.wait()
+                await asyncio.gather(*(e.wait() for e in list(engine.runs.values())), exe.wait())
                 await store.flush()
                 await asyncio.sleep(0)
                 printer.cancel()
         finally:
+            stopping.remove()
             await engine.close()
         doc = await run_document(store, exe.id)
     assert doc is not None
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
+    elif doc["status"] == "running":
+        print(f"run {exe.id} interrupted; it resumes where it stopped at the next `treadle run "
+              f"{definition.name}` or `treadle serve`", file=sys.stderr)
     else:
         line = f"run {exe.id} {doc['status']} in {format_duration((doc['duration_ms'] or 0) / 1000)}"
         print(line + (f": {doc['error']}" if doc["error"] else ""), file=sys.stderr)
+    if doc["status"] == "running":
+        return 130
     return 0 if doc["status"] == "succeeded" else 1
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM: let running steps finish for `grace` seconds, then interrupt
+    them (the run resumes at the next start); a second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, engine: Engine, grace: float):
+        self.engine, self.grace = engine, grace
+        self.now = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            loop.add_signal_handler(sig, self._signalled)
+
+    def _signalled(self) -> None:
+        if self.task is None:
+            print(f"\nstopping: running steps get {format_duration(self.grace)} to finish "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            self.task = asyncio.create_task(self.engine.shutdown(self.grace, now=self.now))
+        else:
+            self.now.set()
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 _MARK = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "-", "upstream_failed": "↑",
@@ -233,6 +287,8 @@ async def _print_progress(events: asyncio.Queue, run_id: str, quiet: bool) -> No
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import Store
+
     async def go() -> list[dict[str, Any]]:
         async with Store(args.db) as store:
             rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
@@ -255,6 +311,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .report import run_document
+    from .store import Store
+
     async def go() -> tuple[dict[str, Any] | None, dict[str, str]]:
         async with Store(args.db) as store:
             doc = await run_document(store, args.run_id)

@@ -150,6 +150,12 @@ class HttpSpec(_Model):
 _F = {"json": "json_body", "body": "body", "form": "form"}
 
 
+class CircuitBreakerSpec(_Model):
+    failures: int = Field(5, ge=1, le=10_000, description="failures in a row that open the circuit")
+    reset_after: Duration = Field(30.0, description="how long the circuit stays open before a trial call")
+    half_open_max: int = Field(1, ge=1, le=1000, description="trial calls let through at once while half-open")
+
+
 class StepSpec(_Model):
     id: str = Field(pattern=STEP_ID_PATTERN)
     needs: list[str] | None = Field(
@@ -165,6 +171,9 @@ class StepSpec(_Model):
     foreach: str | list[Any] | None = None
     env: dict[str, Any] = Field(default_factory=dict)
     cwd: str | None = None
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        None, description="http steps: per-host circuit breaker; default: defaults.circuit_breaker"
+    )
     # the kinds: exactly one of these is given
     run: str | list[str] | None = None
     http: HttpSpec | None = None
@@ -207,7 +216,8 @@ class StepSpec(_Model):
         if len(kinds) > 1:
             raise _error_at(kinds[1], f"a step has exactly one kind, this one has {' and '.join(kinds)}; split it into {len(kinds)} steps (known kinds: {', '.join(KINDS)})")
         kind = kinds[0]
-        for extra, owner in (("cwd", "run"), ("env", "run"), ("with", "python"), ("params", "workflow")):
+        for extra, owner in (("cwd", "run"), ("env", "run"), ("with", "python"), ("params", "workflow"),
+                             ("circuit_breaker", "http")):
             field = "with_" if extra == "with" else extra
             if field in self.model_fields_set and kind != owner:
                 raise _error_at(extra, f"'{extra}' only applies to '{owner}' steps, not '{kind}'; remove it")
@@ -217,6 +227,7 @@ class StepSpec(_Model):
 class DefaultsSpec(_Model):
     retry: RetrySpec | None = None
     timeout: Duration | None = None
+    circuit_breaker: CircuitBreakerSpec | None = Field(None, description="for every http step without its own")
 
 
 class WorkflowSpec(_Model):
@@ -230,6 +241,9 @@ class WorkflowSpec(_Model):
     timeout: Duration | None = None
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
     steps: list[StepSpec] = Field(min_length=1)
+    resume: bool = Field(
+        True, description="after a crash or a stop, resume unfinished runs (false: mark them failed)"
+    )
     outputs: dict[str, Any] | None = Field(
         None, description="templates for the run's outputs; default: the outputs of the last steps"
     )
@@ -238,6 +252,19 @@ class WorkflowSpec(_Model):
     @classmethod
     def _tags_list(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @model_validator(mode="after")
+    def _inherit_circuit_breaker(self) -> WorkflowSpec:
+        # the engine hands a kind only its own fields, so an http step carries the
+        # default itself; `circuit_breaker: null` written on a step turns it off
+        breaker = self.defaults.circuit_breaker
+        if breaker is not None:
+            self.steps[:] = [
+                s.model_copy(update={"circuit_breaker": breaker})
+                if s.http is not None and "circuit_breaker" not in s.model_fields_set else s
+                for s in self.steps
+            ]
+        return self
 
 
 def field_names(model: type[BaseModel]) -> list[str]:
@@ -255,7 +282,7 @@ def json_schema() -> dict[str, Any]:
                 "description": "seconds, or 45s, 10m, 1h30m, 500ms"}
     one_or_many = {"type": "string"}
     for props in [schema["properties"], *(d["properties"] for d in defs.values())]:
-        for key in ("timeout", "delay", "max_delay", "wait"):
+        for key in ("timeout", "delay", "max_delay", "wait", "reset_after"):
             if key in props:
                 props[key] = {**duration, **({"default": props[key]["default"]} if "default" in props[key] else {})}
         for key, item in (("needs", one_or_many), ("tags", one_or_many), ("on", {"type": "integer"}),

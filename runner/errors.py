@@ -128,3 +128,11 @@ class SecretMissing(TreadleError):
             f"secret{'s' if len(names) > 1 else ''} {listed} not set; "
             f"export {names[0]}=... in the environment Treadle runs in"
         )
+
+
+class ShuttingDown(TreadleError):
+    cli_exit_code = 1
+    error_code = "SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("Treadle is shutting down and starts no new run; try again once it is back")

@@ -10,21 +10,26 @@ dashboard reads, the in-memory state here only drives the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets as pysecrets
+import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .circuit import Breakers
 from .errors import (
     ParamError,
     RunNotFound,
     SecretMissing,
+    ShuttingDown,
     TreadleError,
     WorkflowInvalid,
     WorkflowNotFound,
@@ -37,6 +42,18 @@ from .store import Store
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
+LEASE_SECONDS = 5.0  # a run whose lease is older than this has nobody working on it
+HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass
+class FinishedRun:
+    """A run that ended before this process started (what a resumed parent needs of it)."""
+
+    id: str
+    status: str
+    outputs: Any
+    error: str | None
 
 
 def version_row(definition: Definition, seen_at: float) -> dict[str, Any]:
@@ -75,7 +92,12 @@ class Engine:
         self.http = http or httpx.AsyncClient(follow_redirects=True)
         self._own_http = http is None
         self.runs: dict[str, RunExecution] = {}
-        self._versions_written: set[str] = set()
+        self.breakers = Breakers()  # per-host circuit breakers of http steps, shared by all runs
+        self._versions_written: set[tuple[str, str]] = set()
+        # this process's name on the runs it drives (see leases in models.Run)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
+        self.draining = False
+        self._heartbeat: asyncio.Task | None = None
         if definitions_dir is not None and str(definitions_dir.resolve()) not in sys.path:
             sys.path.insert(0, str(definitions_dir.resolve()))
 
@@ -85,13 +107,54 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self, reason: str = "interrupted: Treadle stopped while the run was in progress") -> None:
+    async def close(self) -> None:
+        """Stop at once: running steps are interrupted and their runs left for the next
+        start to resume (see `shutdown` for the graceful way)."""
+        await self.shutdown(grace=0)
+
+    async def shutdown(self, grace: float = 30.0, *, now: asyncio.Event | None = None) -> None:
+        """Start no new run or step; let running steps finish for up to `grace` seconds
+        (or until `now` is set: a second signal), then interrupt what still runs. Runs
+        not finished stay `running` without an owner: the next start resumes them."""
+        self.draining = True
+        for exe in self.runs.values():
+            exe.draining = True
+        deadline = time.monotonic() + grace
+        stop_now = now or asyncio.Event()
+        while any(exe.busy for exe in self.runs.values()) and time.monotonic() < deadline and not stop_now.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_now.wait(), min(0.05, max(deadline - time.monotonic(), 0)))
         for exe in list(self.runs.values()):
-            exe.cancel(reason=reason, status=RunStatus.FAILED)
+            exe.suspend()
         await asyncio.gather(*(exe.wait() for exe in list(self.runs.values())), return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._own_http:
             await self.http.aclose()
         await self.store.flush()
+
+    def _keep_leases(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._renew_leases(), name="treadle-leases")
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if self.runs:
+                self.store.renew_leases(self.owner, time.time() + LEASE_SECONDS)
+
+    async def recover(self, *, workflow: str | None = None) -> list[RunExecution]:
+        """Resume the unfinished runs nobody drives (their process died or stopped).
+
+        Steps that finished keep their outputs and do not run again; steps that were
+        running run again (at least once: they carry a stable idempotency key).
+        """
+        from .recovery import resume_stale_runs
+
+        if self.draining:
+            return []
+        self._keep_leases()
+        return await resume_stale_runs(self, workflow=workflow)
 
     def prepare(self, definition: Definition, params: dict[str, Any] | None, *, from_text: bool = False) -> tuple[dict, dict]:
         """Check that a run can start: valid definition, params, secrets. Returns (params, secrets)."""
@@ -112,18 +175,22 @@ class Engine:
         reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
     ) -> RunExecution:
         """Validate and start a run; returns at once with the running execution."""
+        if self.draining:
+            raise ShuttingDown()
         checked, secret_values = self.prepare(definition, params, from_text=from_text)
+        self._keep_leases()
         run_id = new_run_id()
         now = time.time()
-        if definition.version not in self._versions_written:
+        if (definition.name, definition.version) not in self._versions_written:
             self.store.put_version(version_row(definition, now))
-            self._versions_written.add(definition.version)
+            self._versions_written.add((definition.name, definition.version))
         self.store.put_run({
             "id": run_id, "workflow": definition.name, "version": definition.version,
             "commit": definition.revision,
             "status": RunStatus.RUNNING.value, "params": checked, "trigger": trigger,
             "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
             "retry_of": retry_of, "retry_from": retry_from, "created_at": now, "started_at": now,
+            "owner": self.owner, "lease_until": now + LEASE_SECONDS,
         })
         exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth,
                            parent=self.runs.get(parent_run_id) if parent_run_id else None)
@@ -151,11 +218,17 @@ class Engine:
         depth = parent.depth + 1 if parent else 1
         if depth > MAX_CHILD_DEPTH:
             raise TreadleError(f"workflows nested more than {MAX_CHILD_DEPTH} deep; does '{name}' call itself?")
-        definition = self.lookup(name)
-        if definition is None:
-            raise WorkflowNotFound(name)
-        exe = await self.start(definition, params, trigger="workflow", parent_run_id=parent_run_id,
-                               parent_step_id=parent_step_id, depth=depth)
+        existing = await self._child_of(parent_run_id, parent_step_id)
+        if existing is not None:  # the parent resumed after a crash: the child it started goes on
+            exe = existing
+        else:
+            definition = self.lookup(name)
+            if definition is None:
+                raise WorkflowNotFound(name)
+            exe = await self.start(definition, params, trigger="workflow", parent_run_id=parent_run_id,
+                                   parent_step_id=parent_step_id, depth=depth)
+        if isinstance(exe, FinishedRun):
+            return exe
         try:
             await exe.wait()
         except asyncio.CancelledError:
@@ -163,6 +236,17 @@ class Engine:
             await asyncio.shield(exe.wait())
             raise
         return exe
+
+    async def _child_of(self, parent_run_id: str, parent_step_id: str) -> RunExecution | FinishedRun | None:
+        rows, _ = await self.store.list_runs(parent=parent_run_id, limit=500)
+        for row in rows:
+            if row["parent_step_id"] != parent_step_id:
+                continue
+            if row["id"] in self.runs:
+                return self.runs[row["id"]]
+            if row["status"] == RunStatus.SUCCEEDED.value:
+                return FinishedRun(row["id"], row["status"], row["outputs"], row["error"])
+        return None
 
     async def retry(self, run_id: str, from_step: str | None = None, *, version: str = "current") -> RunExecution:
         """Start a new run that reuses the outputs of what already succeeded upstream.
@@ -177,7 +261,7 @@ class Engine:
             raise RunNotFound(run_id)
         definition = self.lookup(run["workflow"]) if version == "current" else None
         if definition is None or not definition.valid:
-            stored = await self.store.get_version(run["version"])
+            stored = await self.store.get_version(run["version"], run["workflow"])
             if stored is None:  # pragma: no cover - versions are written with runs
                 raise RunNotFound(run_id)
             base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()

@@ -1,9 +1,11 @@
 """Keeps a catalog in step with its folder while a server runs.
 
-Three loops: the file watcher (saves show up in well under a second), a slow git
-refresh (commits change no file, so the watcher cannot see them), and, when the
-server follows a repository, the git sync. Every text of a file that the catalog
-loads is recorded in the store once, so the dashboard can list versions and diff them.
+Three loops: the file watcher (saves show up in well under a second), a git
+refresh (commits change no file, so the watcher cannot see them: HEAD and the index
+are looked at every `git_poll` seconds, and git read again when they moved, or
+every `git_refresh` seconds anyway), and, when the server follows a repository, the
+git sync. Every text of a file that the catalog loads is recorded in the store once,
+with its git revision, so the dashboard can list versions and diff them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 
 from .catalog import Catalog
 from .executor import version_row
+from .gitinfo import head_stamp
 from .gitsync import GitSync
 from .store import Store
 from .watcher import watch
@@ -24,20 +27,25 @@ log = logging.getLogger("treadle.follower")
 
 class Follower:
     def __init__(self, catalog: Catalog, store: Store, *, gitsync: GitSync | None = None,
-                 watch_files: bool = True, git_refresh: float = 10.0):
+                 watch_files: bool = True, git_refresh: float = 10.0, git_poll: float = 0.25):
         self.catalog, self.store, self.gitsync = catalog, store, gitsync
-        self.watch_files, self.git_refresh = watch_files, git_refresh
-        self._recorded: set[str] = set()
+        self.watch_files, self.git_refresh, self.git_poll = watch_files, git_refresh, git_poll
+        self._recorded: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
 
     def record_versions(self, _touched: list[str] | None = None) -> None:
-        """Store each text of each file once (valid or not), with when it was first seen."""
+        """Store each text of each file once (valid or not), with when it was first seen.
+
+        Called once the git facts of the catalog's texts were read, so that the
+        revision stored with a version is the one of that text."""
         now = time.time()
         for definition in self.catalog.entries():
             for d in (definition, definition.broken):
-                if d is not None and d.version not in self._recorded:
-                    self._recorded.add(d.version)
+                # an empty text is no version anyone wants back: most often a save caught
+                # between truncating the file and writing it (the next event loads the rest)
+                if d is not None and (d.name, d.version) not in self._recorded and d.source.strip():
+                    self._recorded.add((d.name, d.version))
                     self.store.put_version(version_row(d, now))
 
     async def start(self) -> None:
@@ -59,6 +67,7 @@ class Follower:
         return changed
 
     def _synced(self) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.create_task(self._reload_all()))
 
     async def _reload_all(self) -> None:
@@ -68,12 +77,21 @@ class Follower:
         self.record_versions()
 
     async def _refresh_git_loop(self) -> None:
+        git = self.catalog.git
+        stamp = head_stamp(git.git_dir if git else None)
+        last = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.git_refresh)
+                await asyncio.wait_for(self._stop.wait(), min(self.git_poll, self.git_refresh))
                 return
+            git = self.catalog.git
+            now_stamp = head_stamp(git.git_dir if git else None)
+            if now_stamp == stamp and time.monotonic() - last < self.git_refresh:
+                continue
+            stamp, last = now_stamp, time.monotonic()
             try:
                 await asyncio.to_thread(self.catalog.refresh_git)
+                self.record_versions()
             except Exception:
                 log.exception("reading git state failed")
 

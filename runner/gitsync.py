@@ -66,9 +66,20 @@ class GitSync:
             self.workdir.parent.mkdir(parents=True, exist_ok=True)
             self._git("clone", "--quiet", "--branch", self.branch, "--single-branch", self.url, str(self.workdir))
         else:
-            self._git("fetch", "--quiet", "origin", self.branch, cwd=self.workdir)
+            # from the URL, not `origin`: a working folder kept from another URL (or
+            # a --git changed between starts) still follows what it is told to
+            self._git("fetch", "--quiet", "--no-tags", self.url, self.branch, cwd=self.workdir)
             self._git("reset", "--quiet", "--hard", "FETCH_HEAD", cwd=self.workdir)
+            self._git("clean", "--quiet", "-d", "--force", cwd=self.workdir)  # files no commit has
         return self._git("rev-parse", "HEAD", cwd=self.workdir)
+
+    def _local_head(self) -> str | None:
+        if not (self.workdir / ".git").is_dir():
+            return None
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", "HEAD", cwd=self.workdir) or None
+        except GitSyncError:
+            return None
 
     async def sync(self) -> bool:
         """Bring the working folder up to date. True when the commit changed."""
@@ -78,6 +89,8 @@ class GitSync:
                 commit = await asyncio.to_thread(self._sync_blocking)
             except GitSyncError as exc:
                 self.state.error = str(exc)
+                if self.state.commit is None:  # a clone kept from an earlier start serves meanwhile
+                    self.state.commit = await asyncio.to_thread(self._local_head)
                 self._remember(ok=False, detail=str(exc))
                 log.error("git sync of %s (%s): %s", self.url, self.branch, exc)
                 return False

@@ -170,6 +170,8 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
                 (d.StepSpec, "http"): d.HttpSpec,
                 (d.StepSpec, "retry"): d.RetrySpec,
                 (d.DefaultsSpec, "retry"): d.RetrySpec,
+                (d.StepSpec, "circuit_breaker"): d.CircuitBreakerSpec,
+                (d.DefaultsSpec, "circuit_breaker"): d.CircuitBreakerSpec,
                 ("params", None): d.ParamSpec,
             }.get((model, None if model == "params" else part))
         shape.append(model)
@@ -226,6 +228,7 @@ _MODEL_HINTS = {
     "ParamSpec": "write a type (n: integer) or a mapping (n: {type: integer, default: 5})",
     "DefaultsSpec": "write a mapping, e.g. defaults: {timeout: 30s, retry: 2}",
     "HttpSpec": "write a mapping, e.g. http: {method: GET, url: https://example.com}",
+    "CircuitBreakerSpec": "write a mapping, e.g. circuit_breaker: {failures: 5, reset_after: 30s}",
 }
 _PATTERN_HINTS = {
     d.STEP_ID_PATTERN: "step ids use only letters, digits, '_' and '-'",

@@ -43,8 +43,9 @@ class WorkflowVersion(SQLModel, table=True):
     """Every definition text a run was started from, stored once per content hash."""
 
     __tablename__ = "workflow_version"
+    # keyed by workflow and content: a copied or renamed file has versions of its own
     version: str = Field(primary_key=True)
-    workflow: str = Field(index=True)
+    workflow: str = Field(primary_key=True, index=True)
     path: str
     source: str
     created_at: float  # first seen
@@ -60,6 +61,10 @@ class Run(SQLModel, table=True):
     version: str
     commit: str | None = None  # git revision the definition came from (`abc..+dirty`), if known
     status: str = Field(index=True)
+    # who drives the run, and until when: a process renews its leases every second;
+    # a run whose lease ran out has nobody working on it and is resumed by the next start
+    owner: str | None = None
+    lease_until: float | None = None
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     outputs: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None

@@ -25,7 +25,7 @@ def _definition(version: str, source: str, path: str, name: str) -> Definition:
 
 async def run_definition(store: Store, run: dict[str, Any]) -> Definition | None:
     """The exact definition a run was started with (parsed once per version)."""
-    stored = await store.get_version(run["version"])
+    stored = await store.get_version(run["version"], run["workflow"])
     if stored is None:
         return None
     return _definition(stored["version"], stored["source"], stored["path"], run["workflow"])
@@ -33,7 +33,7 @@ async def run_definition(store: Store, run: dict[str, Any]) -> Definition | None
 
 def run_summary(run: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": run["id"], "workflow": run["workflow"], "version": run["version"], "status": run["status"],
+        "id": run["id"], "workflow": run["workflow"], "version": run["version"], "commit": run.get("commit"), "status": run["status"],
         "params": run["params"], "trigger": run["trigger"], "error": run["error"], "outputs": run["outputs"],
         "parent_run_id": run["parent_run_id"], "parent_step_id": run["parent_step_id"],
         "retry_of": run["retry_of"], "retry_from": run["retry_from"],

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .definition import RetrySpec, StepSpec
@@ -24,6 +25,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("treadle.run")
 NO_RETRY = RetrySpec()
 _FIELD_ATTR = {"with": "with_", "json": "json_body"}
+
+
+INTERRUPTED = "interrupted: Treadle stopped while this ran; it runs again when the run resumes"
+
+
+@dataclass
+class Resumed:
+    """What the database says an interrupted run had done, for resuming it."""
+
+    finished: dict[str, tuple[StepStatus, dict[str, Any]]] = field(default_factory=dict)
+    next_attempt: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (attempt, failures)
+    items: dict[str, dict[int, Any]] = field(default_factory=dict)  # foreach outputs already made
+
+    def attempt(self, step_id: str, item: int) -> tuple[int, int]:
+        return self.next_attempt.get((step_id, item), (1, 0))
 
 
 class _Failed(Exception):
@@ -48,7 +64,7 @@ class RunExecution:
     def __init__(
         self, engine: Engine, run_id: str, definition: Definition, params: dict[str, Any],
         secrets: dict[str, str], reuse: dict[str, dict[str, Any]], *, depth: int = 0,
-        parent: RunExecution | None = None,
+        parent: RunExecution | None = None, resumed: Resumed | None = None,
     ):
         assert definition.spec is not None and definition.dag is not None
         self.engine, self.store = engine, engine.store
@@ -76,6 +92,22 @@ class RunExecution:
         self._started = False  # _main is running (a task cancelled before it starts never runs it)
         self._done = asyncio.Event()
         self._done_callbacks: list[Callable[[], None]] = []
+        self.resumed = resumed  # what an earlier process finished, when resuming after a crash
+        self.draining = False  # shutting down: start no new step
+        self._suspending = False
+
+    @property
+    def busy(self) -> bool:
+        """Some step is executing now."""
+        return any(not t.done() for t in self._tasks.values())
+
+    def suspend(self) -> None:
+        """Stop the running steps and leave the run unfinished, for the next start to resume."""
+        if self._task is not None and not self._task.done() and self._cancel_request is None:
+            self._suspending = True
+            self._cancel_request = (INTERRUPTED, RunStatus.RUNNING)
+            if self._started and self._stopping is None:
+                self._task.cancel()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -118,6 +150,9 @@ class RunExecution:
             status, error = RunStatus.FAILED, f"run timed out after {format_duration(self.spec.timeout)}"
             await self._stop_all()
         except asyncio.CancelledError:
+            if self._suspending:
+                await self._suspend_steps()
+                return
             reason, status = self._cancel_request or ("cancelled", RunStatus.CANCELLED)
             error = reason
             await self._stop_all()
@@ -140,11 +175,24 @@ class RunExecution:
         self.status, self.error, self.outputs = status, error, outputs
         self.store.update_run({
             "id": self.id, "status": status.value, "error": self.mask.text(error) if error else None,
-            "outputs": self.mask.data(outputs), "finished_at": time.time(),
+            "outputs": self.mask.data(outputs), "finished_at": time.time(), "lease_until": None,
         })
+        self._set_done()
+
+    def _set_done(self) -> None:
         self._done.set()
         for callback in self._done_callbacks:
             callback()
+
+    async def _suspend_steps(self) -> None:
+        """Shutdown: stop running steps (recorded as interrupted) and release the run,
+        which stays `running` with no owner so that the next start resumes it."""
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.store.update_run({"id": self.id, "owner": None, "lease_until": 0.0})
+        self._set_done()
 
     def _base_context(self) -> dict[str, Any]:
         run = {"id": self.id, "workflow": self.definition.name, "version": self.definition.version}
@@ -157,10 +205,19 @@ class RunExecution:
 
     async def _execute_graph(self) -> None:
         self._all_done = asyncio.get_running_loop().create_future()
-        for sid in self.dag.roots():
+        ready = self._apply_resumed(self.resumed) if self.resumed is not None else self.dag.roots()
+        for sid in ready:
             self._ready(sid)
         if len(self.state) < len(self.dag.order):
             await self._all_done
+
+    def _apply_resumed(self, resumed: Resumed) -> list[str]:
+        """Take over the steps an earlier process finished; return what can start now."""
+        for sid in self.dag.order:  # dependencies first, so results exist when read
+            if sid in resumed.finished:
+                status, result = resumed.finished[sid]
+                self._complete(sid, status, result)
+        return [s for s in self.dag.order if s not in self.state and self._remaining[s] == 0]
 
     async def _stop_all(self) -> None:
         """Cancel running steps; mark everything not yet finished `cancelled`."""
@@ -202,6 +259,8 @@ class RunExecution:
                     "output": reused["output"], "exit_code": reused.get("exit_code"), **reused.get("extra", {}),
                 }))
             elif verdict is None:
+                if self.draining:
+                    continue  # shutting down: the step starts when the run resumes
                 self._tasks[sid] = asyncio.create_task(self._step(sid), name=f"{self.id}:{sid}")
             else:
                 self._record_not_run(sid, verdict)
@@ -284,7 +343,8 @@ class RunExecution:
             status, result = StepStatus.FAILED, {"error": error}
         except asyncio.CancelledError:
             # attempt 0 only shows when no attempt started (it waited for a slot)
-            self._record_not_run(sid, StepStatus.CANCELLED)
+            if not self._suspending:
+                self._record_not_run(sid, StepStatus.CANCELLED)
             self.state[sid] = StepStatus.CANCELLED
             self.results[sid] = {"status": "cancelled", "output": None}
             raise
@@ -316,7 +376,12 @@ class RunExecution:
         results: list[Any] = [None] * len(items)
         failures: list[tuple[int, str]] = []
 
+        done_items = self.resumed.items.get(step.id, {}) if self.resumed else {}
+
         async def one(index: int, item: Any) -> None:
+            if index in done_items:  # finished before a crash: keep its output
+                results[index] = done_items[index]
+                return
             ctx = {**self.context, "item": item, "index": index}
             try:
                 results[index] = (await self._attempts(step, ctx, item=index)).output
@@ -352,7 +417,9 @@ class RunExecution:
         raw = raw_inputs(self.definition, step)
         key = {"run_id": self.id, "step_id": step.id, "item": item}
         logs = LogSink(self.store.put_log, {**key, "attempt": 1}, self.mask.text)
-        attempt = 1
+        # after a crash, attempts go on from where they were (an interrupted attempt
+        # is not a failure, so it does not use up a retry)
+        attempt, failures = self.resumed.attempt(step.id, item) if self.resumed else (1, 0)
         try:
             while True:
                 try:
@@ -384,7 +451,7 @@ class RunExecution:
                         else:  # raised by the step itself
                             error = StepFailed(f"TimeoutError: {exc}")
                     except asyncio.CancelledError:
-                        why = "cancelled"
+                        why = INTERRUPTED if self._suspending else "cancelled"
                         self.store.put_step({**row, "status": StepStatus.CANCELLED.value,
                                              "finished_at": time.time(), "error": why})
                         raise
@@ -400,11 +467,12 @@ class RunExecution:
                 self.store.put_step({**row, "status": StepStatus.FAILED.value, "finished_at": finished,
                                      "error": self.mask.text(str(error)), "output": self.mask.data(error.output),
                                      "exit_code": error.exit_code, "http_status": error.http_status})
-                if not (attempt <= retry.limit and error.retryable and (retry.on is None or error.code in retry.on)):
+                failures += 1
+                if not (failures <= retry.limit and error.retryable and (retry.on is None or error.code in retry.on)):
                     raise _Failed(error)
-                delay = retry.delay_before(attempt)
+                delay = retry.delay_before(failures)
                 logs.write("treadle", f"[treadle: attempt {attempt} failed: {self.mask.text(str(error))}; "
-                                      f"retry {attempt} of {retry.limit} in {format_duration(delay)}]\n")
+                                      f"retry {failures} of {retry.limit} in {format_duration(delay)}]\n")
                 attempt += 1
                 pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
                 self.store.put_step(pending)

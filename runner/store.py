@@ -22,12 +22,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
+from . import DEFAULT_DB
 from .events import Broker
 from .models import LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
 
 log = logging.getLogger("treadle.store")
 
-DEFAULT_DB = "sqlite:///.treadle/treadle.db"
 _MAX_BATCH = 20_000
 _STEP_KEY = ("run_id", "step_id", "item", "attempt")
 
@@ -75,6 +75,7 @@ class Store:
             try:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(SQLModel.metadata.create_all)
+                    await conn.run_sync(_add_missing_columns)
                 break
             except OperationalError as exc:  # another process created the tables at the same moment
                 if "already exists" not in str(exc) or attempt == 3:
@@ -112,6 +113,36 @@ class Store:
     def put_log(self, row: dict[str, Any]) -> None:
         self._queue.put_nowait(("log", row))
 
+    def renew_leases(self, owner: str, until: float) -> None:
+        """Extend the lease of every unfinished run `owner` drives."""
+        self._queue.put_nowait(("lease", {"owner": owner, "until": until}))
+
+    async def active_owners(self) -> list[str]:
+        """The processes named as owners of unfinished runs."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(Run.owner).distinct().where(
+                Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]), Run.owner.is_not(None)))
+            return [r[0] for r in rows]
+
+    async def claim_stale_runs(self, owner: str, until: float, now: float | None = None,
+                               workflow: str | None = None, dead_owners: list[str] | None = None) -> list[dict[str, Any]]:
+        """Take over the unfinished runs nobody is driving (no lease, one that ran out,
+        or an owner known to be dead); returns them. Atomic: two processes never
+        claim the same run."""
+        now = time.time() if now is None else now
+        stale = (Run.lease_until.is_(None)) | (Run.lease_until < now)
+        if dead_owners:
+            stale = stale | Run.owner.in_(dead_owners)
+        stmt = (
+            update(Run)
+            .where(Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]), stale,
+                   *([Run.workflow == workflow] if workflow else []))
+            .values(owner=owner, lease_until=until)
+            .returning(*Run.__table__.columns)
+        )
+        async with self.engine.begin() as conn:
+            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
         if self._writer is None or self._writer.done():
@@ -131,13 +162,16 @@ class Store:
             await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
-        versions: dict[str, dict] = {}
+        versions: dict[tuple[str, str], dict] = {}
         runs: dict[str, dict] = {}
         updates: dict[str, dict] = {}
         steps: dict[tuple, dict] = {}
         logs: list[dict] = []
+        leases: dict[str, float] = {}
         for kind, row in batch:
-            if kind == "step":
+            if kind == "lease":
+                leases[row["owner"]] = row["until"]
+            elif kind == "step":
                 steps[tuple(row[k] for k in _STEP_KEY)] = row
             elif kind == "log":
                 logs.append(row)
@@ -149,8 +183,13 @@ class Store:
                 else:
                     updates[row["id"]] = {**updates.get(row["id"], {}), **row}
             elif kind == "version":
-                versions[row["version"]] = row
+                versions[(row["workflow"], row["version"])] = row
         statements = self._statements(versions, runs, updates, steps, logs)
+        statements += [
+            (update(Run).where(Run.owner == owner, Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+             .values(lease_until=until), None)
+            for owner, until in leases.items()
+        ]
         for attempt in range(1, 11):
             try:
                 async with self.engine.begin() as conn:
@@ -271,9 +310,10 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
-    async def get_version(self, version: str) -> dict[str, Any] | None:
+    async def get_version(self, version: str, workflow: str) -> dict[str, Any] | None:
+        query = select(WorkflowVersion).where(WorkflowVersion.version == version, WorkflowVersion.workflow == workflow)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(WorkflowVersion).where(WorkflowVersion.version == version))).mappings().first()
+            row = (await conn.execute(query)).mappings().first()
         return dict(row) if row else None
 
     async def versions(self, workflow: str, *, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -300,6 +340,22 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(Run).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])))
             return [dict(r) for r in rows.mappings()]
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Columns added since a database was created are added to it (all nullable or
+    defaulted), so a database from an older Treadle keeps working."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                ddl = column.type.compile(dialect=conn.dialect)
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
+                suffix = f" DEFAULT {default!r}" if isinstance(default, int | float | str) else ""
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}{suffix}')
 
 
 _STEP_COLS = [c.name for c in StepAttempt.__table__.columns if c.name != "id"]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .web_server import running_server
+from .web_server import running_server, write_definitions
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -114,10 +114,7 @@ DEFINITIONS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("api")
-    defs = root / "definitions"
-    for rel, text in DEFINITIONS.items():
-        (defs / rel).parent.mkdir(parents=True, exist_ok=True)
-        (defs / rel).write_text(textwrap.dedent(text).lstrip())
+    defs = write_definitions(root / "definitions", DEFINITIONS)
     with running_server(defs, f"sqlite:///{root / 'treadle.db'}", watch=False) as base:
         yield base
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .web_server import running_server
+from .web_server import running_server, write_definitions
 
 pytestmark = pytest.mark.browser
 
@@ -84,11 +83,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("browser")
-    defs = root / "definitions"
-    for name, text in DEFINITIONS.items():
-        path = defs / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+    defs = write_definitions(root / "definitions", DEFINITIONS)
     with running_server(defs, f"sqlite:///{root / 'treadle.db'}") as base:
         yield SimpleNamespace(base=base, root=root)
 

@@ -384,18 +384,47 @@ async def _pending_retry(engine: Engine, run_id: str) -> bool:
     return any(r["attempt"] == 2 for r in await engine.store.step_attempts(run_id))
 
 
-async def test_closing_the_engine_fails_runs_in_flight(store, tmp_path):
+async def test_closing_the_engine_leaves_runs_for_the_next_start_to_resume(store, tmp_path):
+    d = definition("""
+        steps:
+          - {id: first, run: "echo once >> first.count; echo done"}
+          - {id: slow, run: "echo x >> slow.count; sleep 30"}
+          - {id: last, log: "after {{ steps.first.output }}"}
+    """, tmp_path)
     engine = Engine(store, definitions_dir=tmp_path)
-    exe = await engine.start(definition("steps: [{id: a, run: 'sleep 30'}]", tmp_path))
-    await eventually(lambda: _running(engine, exe.id))
+    exe = await engine.start(d)
+    await eventually(lambda: _running(engine, exe.id, "slow"))
     await asyncio.wait_for(engine.close(), 10)
     doc = await recorded(engine, exe.id)
-    assert doc["status"] == "failed" and doc["error"].startswith("interrupted")
+    assert doc["status"] == "running"  # unfinished, owned by nobody: resumable
+    assert by_id(doc)["slow"]["status"] == "cancelled" and by_id(doc)["slow"]["error"].startswith("interrupted")
+    (tmp_path / "slow.count").write_text("")  # the second time, `slow` need not wait
+    d2 = definition("""
+        steps:
+          - {id: first, run: "echo once >> first.count; echo done"}
+          - {id: slow, run: "echo x >> slow.count; sleep 30"}
+          - {id: last, log: "after {{ steps.first.output }}"}
+    """, tmp_path)
+    assert d2.version == d.version
+    later = Engine(store, definitions_dir=tmp_path, lookup=lambda name: d2)
+    try:
+        [resumed] = await later.recover()
+        assert resumed.id == exe.id
+        await eventually(lambda: _running(later, exe.id, "slow"))
+        resumed.suspend()  # `slow` sleeps: stop again, then check what ran
+        await asyncio.wait_for(resumed.wait(), 10)
+    finally:
+        await asyncio.wait_for(later.close(), 10)
+    assert (tmp_path / "first.count").read_text() == "once\n"  # a finished step never runs again
+    doc = await recorded(later, exe.id)
+    attempts = [a["attempt"] for a in by_id(doc)["slow"]["attempt_list"]]
+    assert attempts == [1, 2]  # the interrupted attempt ran again as attempt 2
 
 
-async def _running(engine: Engine, run_id: str) -> bool:
+async def _running(engine: Engine, run_id: str, step: str | None = None) -> bool:
     await engine.store.flush()
-    return any(r["status"] == "running" for r in await engine.store.step_attempts(run_id))
+    return any(r["status"] == "running" and step in (None, r["step_id"])
+               for r in await engine.store.step_attempts(run_id))
 
 
 # -- retry of a run, versions -------------------------------------------------------
@@ -446,7 +475,7 @@ async def test_each_run_keeps_its_definition_version(engine, tmp_path):
     assert old_doc["version"] == v1.version != new_doc["version"] == v2.version
     assert [s["id"] for s in old_doc["steps"]] == ["gate", "one"] and old_doc["outputs"] == {"one": "v1"}
     assert [s["id"] for s in new_doc["steps"]] == ["two"]
-    assert (await engine.store.get_version(v1.version))["source"] == v1.source
+    assert (await engine.store.get_version(v1.version, v1.name))["source"] == v1.source
 
 
 async def test_outputs_templates_and_run_context(engine, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import textwrap
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from web import pages
 from web.dag_svg import layers_of, layout, render_svg
 from web.live import coalesced, run_signals
 
-from .web_server import running_server
+from .web_server import running_server, write_definitions
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -100,11 +99,7 @@ DEFINITIONS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("pages")
-    defs = root / "definitions"
-    for name, text in DEFINITIONS.items():
-        path = defs / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+    defs = write_definitions(root / "definitions", DEFINITIONS)
     with running_server(defs, f"sqlite:///{root / 'treadle.db'}") as base, \
             httpx.Client(base_url=base, timeout=20) as client:
         yield SimpleNamespace(base=base, client=client, root=root)

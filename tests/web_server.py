@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import socket
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from web.app import create_app
 from web.services import Settings
+
+
+def write_definitions(folder: Path, files: dict[str, str]) -> Path:
+    """Write `{relative path: dedented YAML}` under `folder`; returns the folder."""
+    for rel, text in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return folder
 
 
 def free_port() -> int:
@@ -23,10 +34,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(definitions: Path, db: str, *, watch: bool = True) -> Iterator[str]:
-    """Start the app; yield its base URL (http://127.0.0.1:PORT); stop it afterwards."""
+def running_server(definitions: Path, db: str, *, watch: bool = True, **settings: Any) -> Iterator[str]:
+    """Start the app; yield its base URL (http://127.0.0.1:PORT); stop it afterwards.
+
+    `settings`: more `Settings` fields (git_url, git_branch, git_interval, git_workdir).
+    """
     port = free_port()
-    app = create_app(Settings(definitions=definitions, db=db, port=port, watch=watch))
+    app = create_app(Settings(definitions=definitions, db=db, port=port, watch=watch, **settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             timeout_graceful_shutdown=1, lifespan="on")
     server = uvicorn.Server(config)

@@ -68,6 +68,7 @@ class RunSummary(TypedDict):
     id: str
     workflow: str
     version: str
+    commit: str | None  # git revision of the definition the run ran (`abc..`, `abc..+dirty`), if in git
     status: str
     params: dict[str, Any]
     trigger: str

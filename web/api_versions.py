@@ -57,8 +57,8 @@ def _item(row: dict[str, Any], in_force: str | None) -> VersionItem:
 
 async def version_source(services: Services, name: str, version: str) -> dict[str, Any]:
     """The stored text of one version of `name`; WorkflowNotFound if there is none."""
-    row = await services.store.get_version(version)
-    if row is None or row["workflow"] != name:
+    row = await services.store.get_version(version, name)
+    if row is None:
         raise WorkflowNotFound(f"{name} (version {version})")
     return row
 
@@ -93,7 +93,7 @@ async def get_version(request: Request, name: FromPath[str], version: FromPath[s
 @get("/api/workflows/{name:str}/diff", tags=["workflows"], responses=_errors(400, 404))
 async def diff(
     request: Request, name: FromPath[str],
-    from_: Annotated[str, QueryParameter(query="from", description="the older version")],
+    from_: Annotated[str, QueryParameter(name="from", description="the older version")],
     to: FromQuery[str | None] = None,
 ) -> VersionDiff:
     """Unified diff between two versions (`to` defaults to the file's current text)."""

@@ -26,6 +26,7 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 from runner.loader import Definition
 
 from . import live
+from .api_breakers import reset_breakers
 from .dag_svg import STATES, layout_for, render_svg, state_class
 from .forms import form_fields, posted_params
 from .run_view import (
@@ -98,7 +99,17 @@ async def workflows_page(request: Request) -> Template:
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
     broken = [d for d in entries if not d.healthy]
     sync = services.gitsync.state if services.gitsync is not None else None
-    return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync})
+    breakers = [b.snapshot() for b in services.engine.breakers.all()]
+    return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
+                                               "breakers": breakers})
+
+
+@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, guards=[same_origin])
+async def reset_breaker_from_form(request: Request) -> Template | Redirect:
+    host = str((await request.form()).get("host") or "")
+    if not reset_breakers(_services(request), host):
+        return error_page(404, "No such circuit breaker", f"No circuit breaker for '{host}'.")
+    return Redirect("/", status_code=303)
 
 
 def _graph(definition: Definition | None, **kw: Any) -> Markup | None:
@@ -296,7 +307,7 @@ async def retry_from_form(request: Request, run_id: FromPath[str]) -> Template |
 
 
 PAGE_ROUTES: list = [
-    workflows_page, workflow_page, start_from_form, runs_page, runs_stream, run_page, run_live,
+    workflows_page, reset_breaker_from_form, workflow_page, start_from_form, runs_page, runs_stream, run_page, run_live,
     run_steps_part, run_stream, step_part, step_log_part, cancel_from_form, retry_from_form,
 ]
 

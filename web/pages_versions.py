@@ -34,7 +34,7 @@ async def version_page(request: Request, name: FromPath[str], version: FromPath[
 @get("/workflows/{name:str}/diff", name="page-diff", include_in_schema=False)
 async def diff_page(
     request: Request, name: FromPath[str],
-    old: Annotated[str, QueryParameter(query="from")], to: FromQuery[str | None] = None,
+    old: Annotated[str, QueryParameter(name="from")], to: FromQuery[str | None] = None,
 ) -> Template:
     services = _services(request)
     if to is None:

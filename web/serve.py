@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
                    "--definitions is then the folder inside it")
     p.add_argument("--branch", default="main", help="branch to follow with --git (default main)")
     p.add_argument("--interval", default="30s", help="how often to pull with --git (default 30s)")
+    p.add_argument("--grace", default="30s",
+                   help="on SIGTERM/SIGINT, how long running steps may finish before they are "
+                        "interrupted (default 30s); unfinished runs resume at the next start")
     p.set_defaults(func=serve)
 
 
@@ -33,13 +36,13 @@ def serve(args: argparse.Namespace) -> int:
     from .services import Settings
 
     try:
-        interval = parse_duration(args.interval)
+        interval, grace = parse_duration(args.interval), parse_duration(args.grace)
     except ValueError as exc:
-        print(f"treadle serve: --interval: {exc}", file=sys.stderr)
+        print(f"treadle serve: {exc}", file=sys.stderr)
         return 2
     settings = Settings(definitions=Path(args.definitions), db=args.db, host=args.host, port=args.port,
                         watch=not args.no_watch, git_url=args.git, git_branch=args.branch,
-                        git_interval=interval)
+                        git_interval=interval, grace=grace)
     app = create_app(settings)
     print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
           file=sys.stderr, flush=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ class Settings:
     git_branch: str = "main"
     git_interval: float = 30.0
     git_workdir: Path | None = None  # default: .treadle/git/<hash of the url>
+    grace: float = 30.0  # at shutdown, how long running steps may finish
 
 
 @dataclass
@@ -78,12 +82,50 @@ class Services:
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
             services = cls(settings, catalog, store, engine, broker, follower)
             await follower.start()
+            resumed = await engine.recover()
+            if resumed:
+                print(f"treadle: resuming {len(resumed)} unfinished run(s): {', '.join(e.id for e in resumed)}",
+                      file=sys.stderr, flush=True)
+            recovery = asyncio.create_task(_recover_forever(engine))
             try:
                 yield services
             finally:
                 services.stopping.set()
+                recovery.cancel()
                 await follower.stop()
-                await engine.close()
+                await _graceful_shutdown(engine, settings.grace)
+
+
+async def _recover_forever(engine: Engine) -> None:
+    """Take over runs whose process died (their lease ran out) while this one runs."""
+    from runner.executor import LEASE_SECONDS
+
+    while True:
+        await asyncio.sleep(LEASE_SECONDS)
+        try:
+            await engine.recover()
+        except Exception:  # keep trying; the next round may succeed
+            logging.getLogger("treadle.recovery").exception("recovery failed")
+
+
+async def _graceful_shutdown(engine: Engine, grace: float) -> None:
+    """Let running steps finish for `grace` seconds; a second SIGINT/SIGTERM stops at once."""
+    now = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    busy = any(exe.busy for exe in engine.runs.values())
+    if busy:
+        print(f"treadle: stopping; running steps get {grace:g}s to finish (signal again to stop at once)",
+              file=sys.stderr, flush=True)
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(sig, now.set)
+            installed.append(sig)
+    try:
+        await engine.shutdown(grace, now=now)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:

@@ -14,7 +14,9 @@ fields = ("workflow", "params")
 async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     try:
         child = await ctx.engine.run_child(
-            inp["workflow"], inp.get("params") or {}, parent_run_id=ctx.run_id, parent_step_id=ctx.step_id
+            inp["workflow"], inp.get("params") or {}, parent_run_id=ctx.run_id,
+            # one child per foreach item: the item is part of the step's name
+            parent_step_id=ctx.step_id if ctx.index is None else f"{ctx.step_id}[{ctx.index}]",
         )
     except TreadleError as exc:
         raise StepFailed(f"cannot start workflow '{inp['workflow']}': {exc}", retryable=False) from None

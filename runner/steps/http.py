@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
 
+from ..circuit import BreakerSettings, Permit
 from ..errors import StepFailed
 from .base import StepContext, StepOutcome
 
 name = "http"
-fields = ("http",)
+# `circuit_breaker` is a step key: the workflow's default is copied into each http step at load
+fields = ("http", "circuit_breaker")
 TEXT_LIMIT = 1_000_000
 DEFAULT_TIMEOUT = 30.0
 
@@ -36,22 +40,24 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
         kwargs["content"] = (body if isinstance(body, str) else json.dumps(body)).encode()
     elif spec.get("form") is not None:
         kwargs["data"] = _strings(spec["form"])
+    # `params` are added to the URL's own query string (httpx would replace it)
     try:
-        # `params` are added to the URL's own query string (httpx would replace it)
         target = httpx.URL(url).copy_merge_params(query) if query else url
-        response = await ctx.http.request(method, target, **kwargs)
     except httpx.InvalidURL as exc:
         raise StepFailed(f"invalid URL '{url}': {exc}", retryable=False) from None
-    except httpx.UnsupportedProtocol:
-        raise StepFailed(f"invalid URL '{url}': use http:// or https://", retryable=False) from None
-    except httpx.ConnectTimeout:
-        raise StepFailed(f"{method} {url}: no connection within {timeout:g}s") from None
-    except httpx.ConnectError as exc:
-        raise StepFailed(f"{method} {url}: cannot connect ({_reason(exc)})") from None
-    except httpx.TimeoutException:
-        raise StepFailed(f"{method} {url}: no answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise StepFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+    breaker = inp.get("circuit_breaker")
+    permit = ctx.engine.breakers.admit(url, BreakerSettings.of(breaker)) if breaker else None  # may raise CircuitOpen
+    started = time.monotonic()
+    try:
+        response = await _send(ctx, method, url, target, timeout, kwargs, permit)
+    except asyncio.CancelledError:
+        # the step's own timeout races httpx's (same length): stopped there, it is a timeout
+        if permit is not None and ctx.timeout and time.monotonic() - started >= ctx.timeout * 0.9:
+            permit.failed(f"{method} {url}: no answer within the step's timeout ({ctx.timeout:g}s)")
+        raise
+    finally:
+        if permit is not None:
+            permit.release()  # cancelled, or an invalid request: no verdict on the host
     text = response.text
     if len(text) > TEXT_LIMIT:
         text = text[:TEXT_LIMIT] + f"\n[treadle: body truncated at {TEXT_LIMIT} characters]"
@@ -71,6 +77,38 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
             http_status=response.status_code, output=output,
         )
     return StepOutcome(output=output, http_status=response.status_code)
+
+
+async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL, timeout: float,
+                kwargs: dict[str, Any], permit: Permit | None) -> httpx.Response:
+    """The request; tells the breaker (if any) whether the host answered well."""
+    failure: str | None = None
+    try:
+        response = await ctx.http.request(method, target, **kwargs)
+    except httpx.InvalidURL as exc:
+        raise StepFailed(f"invalid URL '{url}': {exc}", retryable=False) from None
+    except httpx.UnsupportedProtocol:
+        raise StepFailed(f"invalid URL '{url}': use http:// or https://", retryable=False) from None
+    except httpx.ConnectTimeout:
+        failure = f"{method} {url}: no connection within {timeout:g}s"
+    except httpx.ConnectError as exc:
+        failure = f"{method} {url}: cannot connect ({_reason(exc)})"
+    except httpx.TimeoutException:
+        failure = f"{method} {url}: no answer within {timeout:g}s"
+    except httpx.LocalProtocolError as exc:  # a bad header of ours: no verdict on the host
+        raise StepFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+    except httpx.HTTPError as exc:
+        failure = f"{method} {url}: {type(exc).__name__}: {exc}"
+    if failure is not None:
+        if permit is not None:
+            permit.failed(failure)
+        raise StepFailed(failure)
+    if permit is not None:
+        if response.status_code >= 500 or response.status_code == 429:
+            permit.failed(f"{method} {url} answered {response.status_code}")
+        else:  # 4xx says the host is up: the request is at fault, not the host
+            permit.succeeded()
+    return response
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,225 @@
+"""Circuit breakers for `http` steps: one per target host, shared by every run of an engine.
+
+    closed --(`failures` failures in a row)--> open --(`reset_after`)--> half_open
+    half_open --(a trial call succeeds)--> closed
+    half_open --(a trial call fails)-----> open (the wait starts again)
+
+A failure is a connection error, a timeout or an answer 5xx / 429; any other answer
+(4xx included) shows the host is up and counts as a success. While open, calls are
+refused at once; half-open lets at most `half_open_max` trial calls through at a time.
+
+Everything runs on the engine's event loop, so there are no locks. Transitions use
+the monotonic clock; `opened_at` (shown to users) is wall-clock time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from .durations import format_duration
+from .errors import StepFailed
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    failures: int = 5
+    reset_after: float = 30.0
+    half_open_max: int = 1
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> BreakerSettings:
+        """From a step's `circuit_breaker` mapping (as validated by the definition)."""
+        return cls(**{k: value[k] for k in ("failures", "reset_after", "half_open_max") if k in value})
+
+
+class CircuitOpen(StepFailed):
+    """A call refused by an open (or busy half-open) breaker; retryable, with no HTTP status."""
+
+    error_code = "CIRCUIT_OPEN"
+
+
+def host_of(url: str | httpx.URL) -> str | None:
+    """`scheme://host:port` of an http(s) URL (default ports filled in), None if there is none."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    scheme, host = parsed.scheme.lower(), parsed.host.lower()
+    if scheme not in ("http", "https") or not host:
+        return None
+    port = parsed.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+@dataclass
+class Permit:
+    """One call let through by a breaker; settle it exactly once (later calls are no-ops)."""
+
+    breaker: Breaker
+    trial: bool
+    generation: int
+    settled: bool = False
+
+    def succeeded(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.breaker._settle(self, None)
+
+    def failed(self, error: str) -> None:
+        if not self.settled:
+            self.settled = True
+            self.breaker._settle(self, error)
+
+    def release(self) -> None:
+        """No outcome (cancelled, invalid request): only frees a trial slot."""
+        if not self.settled:
+            self.settled = True
+            self.breaker._settle(self, None, counted=False)
+
+
+@dataclass
+class Breaker:
+    host: str
+    settings: BreakerSettings
+    state: CircuitState = CircuitState.CLOSED
+    consecutive_failures: int = 0
+    failures: int = 0
+    successes: int = 0
+    rejected: int = 0  # calls refused while open or half-open and busy
+    opened_at: float | None = None  # wall clock
+    last_error: str | None = None
+    _opened_mono: float = 0.0
+    _trials: int = 0  # trial calls in flight
+    _generation: int = 0  # bumped on every transition: late trial outcomes of an old episode are ignored
+
+    def _refresh(self) -> None:
+        if self.state is CircuitState.OPEN and time.monotonic() - self._opened_mono >= self.settings.reset_after:
+            self._move(CircuitState.HALF_OPEN)
+
+    def _move(self, state: CircuitState) -> None:
+        self.state = state
+        self._generation += 1
+        self._trials = 0
+        if state is CircuitState.OPEN:
+            self._opened_mono, self.opened_at = time.monotonic(), time.time()
+        elif state is CircuitState.CLOSED:
+            self.opened_at = None
+            self.consecutive_failures = 0
+
+    def current_state(self) -> CircuitState:
+        self._refresh()
+        return self.state
+
+    def next_trial_in(self) -> float | None:
+        """Seconds until the breaker lets a trial call through; None unless open."""
+        if self.current_state() is not CircuitState.OPEN:
+            return None
+        return max(0.0, self._opened_mono + self.settings.reset_after - time.monotonic())
+
+    def admit(self, settings: BreakerSettings | None = None) -> Permit:
+        """Let one call through, or raise CircuitOpen. `settings`: those of the calling step
+        (when workflows configure one host differently, the latest call's settings apply)."""
+        if settings is not None:
+            self.settings = settings
+        self._refresh()
+        if self.state is CircuitState.CLOSED:
+            return Permit(self, trial=False, generation=self._generation)
+        if self.state is CircuitState.HALF_OPEN and self._trials < self.settings.half_open_max:
+            self._trials += 1
+            return Permit(self, trial=True, generation=self._generation)
+        self.rejected += 1
+        raise CircuitOpen(self.refusal(), retryable=True)
+
+    def refusal(self) -> str:
+        last = f"last: {self.last_error}" if self.last_error else "no error recorded"
+        n = self.consecutive_failures
+        failures = f"{n} failure{'' if n == 1 else 's'}"
+        wait = self.next_trial_in()
+        if wait is not None:
+            return f"circuit open for {self.host} after {failures} ({last}); next trial in {format_duration(wait)}"
+        return (f"circuit half_open for {self.host} after {failures} ({last}); {self._trials} trial call"
+                f"{'' if self._trials == 1 else 's'} in progress, no more let through until one ends")
+
+    def _settle(self, permit: Permit, error: str | None, *, counted: bool = True) -> None:
+        current = permit.generation == self._generation
+        if permit.trial and current:
+            self._trials -= 1
+        if not counted:
+            return
+        if error is None:
+            self.successes += 1
+        else:
+            self.failures += 1
+            self.last_error = error
+        self._refresh()
+        if not current:
+            return  # admitted before the last transition: older news than what caused it
+        if self.state is CircuitState.CLOSED:
+            self.consecutive_failures = 0 if error is None else self.consecutive_failures + 1
+            if self.consecutive_failures >= self.settings.failures:
+                self._move(CircuitState.OPEN)
+        elif permit.trial:  # half_open: the trial decides
+            if error is None:
+                self._move(CircuitState.CLOSED)
+            else:
+                self.consecutive_failures += 1
+                self._move(CircuitState.OPEN)
+
+    def reset(self) -> None:
+        """Close the circuit now; totals stay, the run of failures starts again from 0."""
+        self._move(CircuitState.CLOSED)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The breaker as data (times are wall-clock seconds)."""
+        wait = self.next_trial_in()
+        return {
+            "host": self.host, "state": self.current_state().value,
+            "consecutive_failures": self.consecutive_failures, "failures": self.failures,
+            "successes": self.successes, "rejected": self.rejected, "trials_in_flight": self._trials,
+            "opened_at": self.opened_at, "next_trial_at": time.time() + wait if wait is not None else None,
+            "last_error": self.last_error,
+            "settings": {"failures": self.settings.failures, "reset_after": self.settings.reset_after,
+                         "half_open_max": self.settings.half_open_max},
+        }
+
+
+class Breakers:
+    """The engine's breakers by host (`scheme://host:port`); a host gets one on its first call."""
+
+    def __init__(self) -> None:
+        self._by_host: dict[str, Breaker] = {}
+
+    def for_host(self, host: str, settings: BreakerSettings) -> Breaker:
+        breaker = self._by_host.get(host)
+        if breaker is None:
+            breaker = self._by_host[host] = Breaker(host, settings)
+        return breaker
+
+    def admit(self, url: str | httpx.URL, settings: BreakerSettings) -> Permit | None:
+        """A permit for a call to `url`, None when the URL has no http(s) host (the call
+        then fails on its own); raises CircuitOpen while the host's circuit is open."""
+        host = host_of(url)
+        return None if host is None else self.for_host(host, settings).admit(settings)
+
+    def all(self) -> list[Breaker]:
+        return sorted(self._by_host.values(), key=lambda b: b.host)
+
+    def find(self, name: str) -> list[Breaker]:
+        """Breakers named by `scheme://host:port`, a URL on that host, or a plain `host:port`."""
+        name = name.strip()
+        if "://" in name:
+            host = host_of(name)
+            return [self._by_host[host]] if host in self._by_host else []
+        plain = host_of(f"http://{name}")  # normalised: lower case, [v6], default port 80
+        return [b for b in self.all() if plain is not None and b.host.split("://", 1)[1] == plain.split("://", 1)[1]]
