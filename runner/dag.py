@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import networkx as nx
 
 if TYPE_CHECKING:
-    from .definition import WorkflowSpec
+    from .definition import StepSpec
     from .yaml_source import Source
 
 
@@ -78,8 +78,8 @@ class Dag:
 StepLinks = list[tuple[str, list[str] | None]]  # (id, needs) in file order
 
 
-def steps_of(spec: WorkflowSpec) -> StepLinks:
-    return [(s.id, s.needs) for s in spec.steps]
+def steps_of(steps: list[StepSpec]) -> StepLinks:
+    return [(s.id, s.needs) for s in steps]
 
 
 def resolve_needs(steps: StepLinks) -> dict[str, tuple[str, ...]]:
@@ -94,7 +94,8 @@ def resolve_needs(steps: StepLinks) -> dict[str, tuple[str, ...]]:
     return deps
 
 
-def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | None = None) -> Dag | None:
+def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | None = None,
+              key: str = "steps") -> Dag | None:
     """Build the graph; report duplicate ids, missing `needs` and cycles to `problems`.
 
     `steps` is (id, needs) per step in file order. Returns None when the graph
@@ -112,7 +113,7 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
     first_index: dict[str, int] = {}
     for i, (sid, _) in enumerate(steps):
         if sid in first_index:
-            report(("steps", i, "id"), f"steps[{i}].id: duplicate step id '{sid}' (first used by steps[{first_index[sid]}])")
+            report((key, i, "id"), f"{key}[{i}].id: duplicate step id '{sid}' (first used by {key}[{first_index[sid]}])")
         else:
             first_index[sid] = i
     deps = resolve_needs(steps)
@@ -121,9 +122,9 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
             if need not in first_index:
                 close = difflib.get_close_matches(need, list(first_index), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f" (steps: {', '.join(first_index)})"
-                report(("steps", i, "needs", j), f"steps[{i}].needs: no step named '{need}'{hint}")
+                report((key, i, "needs", j), f"{key}[{i}].needs: no step named '{need}'{hint}")
             elif need == sid:
-                report(("steps", i, "needs", j), f"steps[{i}].needs: step '{need}' cannot need itself; remove it")
+                report((key, i, "needs", j), f"{key}[{i}].needs: step '{need}' cannot need itself; remove it")
     if not ok:
         return None
     graph = nx.DiGraph()
@@ -143,9 +144,9 @@ def build_dag(steps: StepLinks, src: Source | None = None, problems: _Sink | Non
         i = first_index[first]
         closing = ordered[-2]  # `first` waits for it: the link that closes the loop
         written = steps[i][1]
-        at = ("steps", i, "needs", written.index(closing)) if written and closing in written else ("steps", i)
+        at = (key, i, "needs", written.index(closing)) if written and closing in written else (key, i)
         how = f"remove '{closing}' from its needs" if written and closing in written else f"give it needs without '{closing}'"
-        report(at, f"steps[{i}].needs: cycle: {' -> '.join(ordered)} (each step waits for the one before it); {how}")
+        report(at, f"{key}[{i}].needs: cycle: {' -> '.join(ordered)} (each step waits for the one before it); {how}")
         return None
     return Dag(graph=graph, deps=deps, dependents={k: tuple(v) for k, v in dependents.items()}, order=order)
 

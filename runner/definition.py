@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from .durations import parse_duration
 
-KINDS = ("run", "http", "python", "set", "wait", "log", "workflow")
+KINDS = ("run", "http", "python", "set", "wait", "log", "workflow", "approval")
 TRIGGER_RULES = ("all_succeeded", "all_done", "any_succeeded", "any_failed")
 PARAM_TYPES = ("string", "number", "integer", "boolean", "array", "object")
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -156,6 +156,13 @@ class CircuitBreakerSpec(_Model):
     half_open_max: int = Field(1, ge=1, le=1000, description="trial calls let through at once while half-open")
 
 
+class ApprovalSpec(_Model):
+    """A person approves or rejects from the dashboard or the API; the run waits."""
+
+    message: str = Field(description="what the person is asked (a template)")
+    timeout: Duration | None = Field(None, description="no decision by then: the step fails")
+
+
 class StepSpec(_Model):
     id: str = Field(pattern=STEP_ID_PATTERN)
     needs: list[str] | None = Field(
@@ -183,7 +190,11 @@ class StepSpec(_Model):
     wait: Duration | None = None
     log: str | None = None
     workflow: str | None = None
+    approval: ApprovalSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    compensate: CompensationSpec | None = Field(
+        None, description="undoes this step when the run fails after it succeeded (any step kind)"
+    )
 
     @field_validator("needs", mode="before")
     @classmethod
@@ -224,6 +235,23 @@ class StepSpec(_Model):
         return self
 
 
+class CompensationSpec(StepSpec):
+    """What undoes a step (a step without id, needs or scheduling of its own)."""
+
+    id: str | None = Field(None, pattern=STEP_ID_PATTERN)  # set by the engine: `<step>.compensate`
+
+    @model_validator(mode="after")
+    def _no_scheduling(self) -> CompensationSpec:
+        for key in ("needs", "when", "foreach", "compensate", "trigger_rule", "continue_on_failure"):
+            if key in self.model_fields_set:
+                raise _error_at(key, f"'{key}' is not allowed in 'compensate' (it runs when the run fails, "
+                                     "in reverse order of the steps that succeeded); remove it")
+        return self
+
+
+StepSpec.model_rebuild()
+
+
 class DefaultsSpec(_Model):
     retry: RetrySpec | None = None
     timeout: Duration | None = None
@@ -244,6 +272,10 @@ class WorkflowSpec(_Model):
     resume: bool = Field(
         True, description="after a crash or a stop, resume unfinished runs (false: mark them failed)"
     )
+    on_failure: list[StepSpec] = Field(default_factory=list, description="steps run when the run failed")
+    on_success: list[StepSpec] = Field(default_factory=list, description="steps run when the run succeeded")
+    finally_: list[StepSpec] = Field(default_factory=list, alias="finally",
+                                     description="steps run at the end whatever happened")
     outputs: dict[str, Any] | None = Field(
         None, description="templates for the run's outputs; default: the outputs of the last steps"
     )

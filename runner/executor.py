@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .approvals import Approvals
 from .circuit import Breakers
 from .errors import (
     ParamError,
@@ -93,6 +94,7 @@ class Engine:
         self._own_http = http is None
         self.runs: dict[str, RunExecution] = {}
         self.breakers = Breakers()  # per-host circuit breakers of http steps, shared by all runs
+        self.approvals = Approvals(store)  # approval steps' requests and decisions
         self._versions_written: set[tuple[str, str]] = set()
         # this process's name on the runs it drives (see leases in models.Run)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
@@ -205,12 +207,13 @@ class Engine:
         await exe.wait()
         return exe
 
-    def cancel(self, run_id: str) -> bool:
-        """Cancel a run of this engine; False if it is not running here."""
+    def cancel(self, run_id: str, *, compensate: bool = False) -> bool:
+        """Cancel a run of this engine (with `compensate`, undo what succeeded, newest
+        first); False if it is not running here."""
         exe = self.runs.get(run_id)
         if exe is None:
             return False
-        exe.cancel()
+        exe.cancel(compensate=compensate)
         return True
 
     async def run_child(self, name: str, params: dict[str, Any], *, parent_run_id: str, parent_step_id: str) -> RunExecution:

@@ -122,6 +122,7 @@ def load_text(text: str, path: str, *, name: str | None = None, base_dir: Path |
     links = _raw_links(src.data)
     dag = build_dag(links, src, problems)
     _check_templates(src, dag, {sid for sid, _ in links}, problems)
+    _check_handlers(src, {sid for sid, _ in links}, problems)
     _check_text_values(src, problems)
     result.problems = problems.items
     if not result.problems and spec is not None:
@@ -166,6 +167,13 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
             model = {
                 (d.WorkflowSpec, "defaults"): d.DefaultsSpec,
                 (d.WorkflowSpec, "steps"): "steps",
+                (d.WorkflowSpec, "on_failure"): "steps",
+                (d.WorkflowSpec, "on_success"): "steps",
+                (d.WorkflowSpec, "finally"): "steps",
+                (d.StepSpec, "compensate"): d.CompensationSpec,
+                (d.CompensationSpec, "http"): d.HttpSpec,
+                (d.CompensationSpec, "retry"): d.RetrySpec,
+                (d.StepSpec, "approval"): d.ApprovalSpec,
                 (d.WorkflowSpec, "params"): "params",
                 (d.StepSpec, "http"): d.HttpSpec,
                 (d.StepSpec, "retry"): d.RetrySpec,
@@ -354,9 +362,12 @@ def _get(data: Any, path: tuple) -> Any:
     return data
 
 
-def _raw_links(data: dict) -> list[tuple[str, list[str] | None]]:
+HANDLER_KEYS = ("on_failure", "on_success", "finally")
+
+
+def _raw_links(data: dict, key: str = "steps") -> list[tuple[str, list[str] | None]]:
     """(id, needs) of each step as written, skipping what is too malformed to use."""
-    steps = data.get("steps")
+    steps = data.get(key)
     links: list[tuple[str, list[str] | None]] = []
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict):
@@ -367,9 +378,32 @@ def _raw_links(data: dict) -> list[tuple[str, list[str] | None]]:
             needs = [needs]
         if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
             needs = None if "needs" not in step else []
-        links.append((sid if isinstance(sid, str) else f"<steps[{i}]>", needs))
+        links.append((sid if isinstance(sid, str) else f"<{key}[{i}]>", needs))
     return links
 
+
+def _check_handlers(src: Source, main_ids: set[str], problems: _Collector) -> None:
+    """`on_failure`, `on_success`, `finally`: each a small graph of its own (a step without
+    `needs` follows the one above it in the list), run after the main steps, so their
+    templates may read any main step; ids are unique across the whole file."""
+    seen = {sid: "steps" for sid in main_ids}
+    for key in HANDLER_KEYS:
+        links = _raw_links(src.data, key)
+        if not links:
+            continue
+        dag = build_dag(links, src, problems, key=key)
+        ids = {sid for sid, _ in links}
+        for i, (sid, _) in enumerate(links):
+            if sid in seen and seen[sid] != key:
+                problems.add(*src.where((key, i, "id")), f"{key}[{i}].id: step id '{sid}' is already used in {seen[sid]}; ids are unique across the file")
+            seen.setdefault(sid, key)
+        checker = _TemplateChecker(src, dag, main_ids | ids, problems)
+        for i, step in enumerate(src.data.get(key) or []):
+            if isinstance(step, dict):
+                checker.visit(step, (key, i), None)
+
+
+_STEP_LISTS = ("steps", *HANDLER_KEYS)
 
 # keys of a step that are never templates
 _SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait"}
@@ -382,34 +416,41 @@ def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Col
     before it. None for the workflow's `outputs` (read at the end: any step) and
     "" for its `env` (rendered when the run starts: no step).
     """
+    checker = _TemplateChecker(src, dag, ids, problems)
+    raw = src.data
+    checker.visit(raw.get("env"), ("env",), "")
+    steps = raw.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        sid = step.get("id") if isinstance(step, dict) else None
+        checker.visit(step, ("steps", i), sid if isinstance(sid, str) else f"<steps[{i}]>")
+    if isinstance(raw.get("outputs"), dict):
+        checker.visit(raw["outputs"], ("outputs",), None)
 
-    def visit(value: Any, path: tuple, step_id: str | None) -> None:
+
+class _TemplateChecker:
+    def __init__(self, src: Source, dag: Dag | None, ids: set[str], problems: _Collector):
+        self.src, self.dag, self.ids, self.problems = src, dag, ids, problems
+
+    def visit(self, value: Any, path: tuple, step_id: str | None) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if not (len(path) == 2 and path[0] == "steps" and k in _SKIP_KEYS):
-                    visit(v, (*path, k), step_id)
+                if len(path) == 2 and path[0] in _STEP_LISTS and k in _SKIP_KEYS:
+                    continue
+                # a compensation runs after the run failed: it may read any step, its own too
+                self.visit(v, (*path, k), None if len(path) == 2 and k == "compensate" else step_id)
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                visit(v, (*path, i), step_id)
+                self.visit(v, (*path, i), step_id)
         elif isinstance(value, str) and ("{{" in value or "{%" in value):
             try:
                 check_template(value)
             except TemplateSyntax as exc:
-                problems.add(*src.where_in(path, exc.lineno), f"{_dotted(path)}: template error: {exc.message}")
+                self.problems.add(*self.src.where_in(path, exc.lineno), f"{_dotted(path)}: template error: {exc.message}")
                 return
             for ref, lineno in step_refs(value):
-                message = _ref_problem(ref, step_id, dag, ids)
+                message = _ref_problem(ref, step_id, self.dag, self.ids)
                 if message:
-                    problems.add(*src.where_in(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
-
-    raw = src.data
-    visit(raw.get("env"), ("env",), "")
-    steps = raw.get("steps")
-    for i, step in enumerate(steps if isinstance(steps, list) else []):
-        sid = step.get("id") if isinstance(step, dict) else None
-        visit(step, ("steps", i), sid if isinstance(sid, str) else f"<steps[{i}]>")
-    if isinstance(raw.get("outputs"), dict):
-        visit(raw["outputs"], ("outputs",), None)
+                    self.problems.add(*self.src.where_in(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
 
 
 def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) -> str | None:

@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # running, and some step waits for a person (an approval)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -23,6 +24,9 @@ class RunStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+
+UNFINISHED_RUN_STATES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.WAITING.value)
 
 
 class StepStatus(StrEnum):
@@ -73,6 +77,7 @@ class Run(SQLModel, table=True):
     parent_step_id: str | None = None
     retry_of: str | None = None
     retry_from: str | None = None
+    compensated: str | None = None  # after a failure: "true" (every undo worked) or "partial"
     created_at: float = Field(index=True)
     started_at: float | None = None
     finished_at: float | None = None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .dag import Dag, build_dag, steps_of
 from .definition import RetrySpec, StepSpec
 from .durations import format_duration
 from .errors import StepFailed
@@ -50,6 +52,16 @@ class _Failed(Exception):
         self.error = error
 
 
+def handler_dag(definition: Definition, key: str, steps: list[StepSpec]) -> Dag:
+    """The graph of one handler list (`on_failure`, ...), built once per definition."""
+    cache = definition.__dict__.setdefault("_handler_dags", {})
+    if key not in cache:
+        dag = build_dag(steps_of(steps))
+        assert dag is not None  # checked when the file loaded
+        cache[key] = dag
+    return cache[key]
+
+
 def raw_inputs(definition: Definition, step: StepSpec) -> dict[str, Any]:
     """The step's kind fields as written (templates not rendered), cached per definition."""
     cache = definition.__dict__.setdefault("_raw_inputs", {})
@@ -70,7 +82,12 @@ class RunExecution:
         self.engine, self.store = engine, engine.store
         self.id, self.definition, self.params, self.depth = run_id, definition, params, depth
         self.spec, self.dag = definition.spec, definition.dag
-        self.steps = {s.id: s for s in self.spec.steps}
+        self.steps = {s.id: s for s in (*self.spec.steps, *self.spec.on_failure, *self.spec.on_success,
+                                         *self.spec.finally_)}
+        self._left = len(self.dag.order)  # steps of the current phase not finished yet
+        self._completed_at: dict[str, float] = {}  # when main steps succeeded (compensation order)
+        self._compensate_on_cancel = False
+        self._encoded_env: dict[bytes, bytes] | None = None
         self.reuse = reuse
         self.secrets = secrets
         # a child run also masks its parent's secrets: they reach it through params
@@ -95,11 +112,14 @@ class RunExecution:
         self.resumed = resumed  # what an earlier process finished, when resuming after a crash
         self.draining = False  # shutting down: start no new step
         self._suspending = False
+        self.context: dict[str, Any] = self._plain_context()  # `env` is rendered when the run starts
 
     @property
     def busy(self) -> bool:
-        """Some step is executing now."""
-        return any(not t.done() for t in self._tasks.values())
+        """Some step is executing now (an approval waiting for a person does not count:
+        a shutdown need not wait for it, the run resumes waiting after the restart)."""
+        running = sum(not t.done() for t in self._tasks.values())
+        return running > self.engine.approvals.waiting(self.id)
 
     def suspend(self) -> None:
         """Stop the running steps and leave the run unfinished, for the next start to resume."""
@@ -121,10 +141,13 @@ class RunExecution:
         await self._done.wait()
         return self.status
 
-    def cancel(self, reason: str = "cancelled by request", status: RunStatus = RunStatus.CANCELLED) -> None:
+    def cancel(self, reason: str = "cancelled by request", status: RunStatus = RunStatus.CANCELLED,
+               *, compensate: bool = False) -> None:
+        """Stop the run; with `compensate`, undo what succeeded (like a failure would)."""
         if self._task is None or self._task.done() or self._cancel_request is not None:
             return
         self._cancel_request = (reason, status)
+        self._compensate_on_cancel = compensate
         # before _main starts it sees the request itself; once the run is stopping
         # (timed out, ...) a cancel must not interrupt the stopping
         if self._started and self._stopping is None:
@@ -169,15 +192,65 @@ class RunExecution:
         outputs = self._outputs() if status == RunStatus.SUCCEEDED else None
         if isinstance(outputs, _OutputsFailed):
             status, error, outputs = RunStatus.FAILED, str(outputs), None
-        self._finish(status, error, outputs)
+        try:
+            compensated = None
+            if status == RunStatus.FAILED or (status == RunStatus.CANCELLED and self._compensate_on_cancel):
+                compensated = await self._compensate()
+            await self._handlers(status, error)
+        except asyncio.CancelledError:
+            if not self._suspending:
+                raise
+            await self._suspend_steps()  # the run resumes later and winds up again
+            return
+        self._finish(status, error, outputs, compensated)
 
-    def _finish(self, status: RunStatus, error: str | None, outputs: Any) -> None:
+    def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
         self.store.update_run({
             "id": self.id, "status": status.value, "error": self.mask.text(error) if error else None,
             "outputs": self.mask.data(outputs), "finished_at": time.time(), "lease_until": None,
+            "compensated": compensated,
         })
         self._set_done()
+
+    # -- after the main steps: compensation (SAGA) and handlers --------------------
+
+    async def _compensate(self) -> str | None:
+        """Undo what succeeded, newest first; "true" when every undo worked, else "partial"."""
+        todo = [sid for sid in sorted(self._completed_at, key=self._completed_at.__getitem__, reverse=True)
+                if self.steps[sid].compensate is not None]
+        if not todo:
+            return None
+        self._stopping, ok = None, True
+        for sid in todo:
+            undo = self.steps[sid].compensate.model_copy(update={"id": f"{sid}.compensate"})  # type: ignore[union-attr]
+            try:
+                await self._attempts(undo, self.context, item=-1)
+            except _Failed:
+                ok = False  # the other undos still run: leave as little half-done as possible
+        return "true" if ok else "partial"
+
+    async def _handlers(self, status: RunStatus, error: str | None) -> None:
+        """`on_failure` / `on_success`, then `finally`; they never change the run's result."""
+        spec = self.spec
+        phases = [("on_failure", spec.on_failure)] if status == RunStatus.FAILED else []
+        phases += [("on_success", spec.on_success)] if status == RunStatus.SUCCEEDED else []
+        phases += [("finally", spec.finally_)]
+        failed = self._root_failure
+        self.context["run"] = {**self.context["run"], "status": status.value, "error": error,
+                               "failed_step": {"id": failed[0], "error": failed[1]} if failed else None}
+        for key, steps in phases:
+            if steps:
+                self._stopping = None
+                await self._run_phase(handler_dag(self.definition, key, steps))
+
+    async def _run_phase(self, dag: Dag) -> None:
+        self.dag, self._remaining, self._left = dag, {s: len(d) for s, d in dag.deps.items()}, len(dag.order)
+        self._all_done = asyncio.get_running_loop().create_future()
+        for sid in dag.roots():
+            self._ready(sid)
+        if self._left:
+            await self._all_done
 
     def _set_done(self) -> None:
         self._done.set()
@@ -194,12 +267,20 @@ class RunExecution:
         self.store.update_run({"id": self.id, "owner": None, "lease_until": 0.0})
         self._set_done()
 
-    def _base_context(self) -> dict[str, Any]:
+    def _process_env(self) -> dict[bytes, bytes]:
+        if self._encoded_env is None:
+            from .steps.shell import encode_env
+
+            self._encoded_env = encode_env({**os.environ, **self.context["env"]})
+        return self._encoded_env
+
+    def _plain_context(self) -> dict[str, Any]:
         run = {"id": self.id, "workflow": self.definition.name, "version": self.definition.version}
-        ctx: dict[str, Any] = {
-            "params": self.params, "trigger": self.params, "secrets": self.secrets, "run": run,
-            "steps": self.results, "env": {},
-        }
+        return {"params": self.params, "trigger": self.params, "secrets": self.secrets, "run": run,
+                "steps": self.results, "env": {}}
+
+    def _base_context(self) -> dict[str, Any]:
+        ctx = self._plain_context()
         ctx["env"] = {k: _env_text(render(v, ctx)) for k, v in self.spec.env.items()}
         return ctx
 
@@ -208,7 +289,7 @@ class RunExecution:
         ready = self._apply_resumed(self.resumed) if self.resumed is not None else self.dag.roots()
         for sid in ready:
             self._ready(sid)
-        if len(self.state) < len(self.dag.order):
+        if self._left:
             await self._all_done
 
     def _apply_resumed(self, resumed: Resumed) -> list[str]:
@@ -296,12 +377,15 @@ class RunExecution:
         self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
         if status == StepStatus.FAILED and not self.steps[sid].continue_on_failure and self._root_failure is None:
             self._root_failure = (sid, result.get("error") or "failed")
+        if status == StepStatus.SUCCEEDED and sid in self.definition.dag.deps:  # type: ignore[union-attr]
+            self._completed_at[sid] = result.pop("_at", None) or time.time()
         ready = []
         for dep in self.dag.dependents[sid]:
             self._remaining[dep] -= 1
             if self._remaining[dep] == 0:
                 ready.append(dep)
-        if len(self.state) == len(self.dag.order) and self._all_done is not None and not self._all_done.done():
+        self._left -= 1
+        if self._left == 0 and self._all_done is not None and not self._all_done.done():
             self._all_done.set_result(None)
         return ready
 
@@ -412,7 +496,8 @@ class RunExecution:
         """Run one step (or one foreach item) with its retries; raise _Failed at the end."""
         defaults = self.spec.defaults
         retry = step.retry or defaults.retry or NO_RETRY
-        timeout = step.timeout if step.timeout is not None else defaults.timeout
+        # an approval waits for a person: only its own timeouts apply, not defaults.timeout
+        timeout = step.timeout if step.timeout is not None else (None if step.approval else defaults.timeout)
         kind = REGISTRY[step.kind]
         raw = raw_inputs(self.definition, step)
         key = {"run_id": self.id, "step_id": step.id, "item": item}
@@ -436,7 +521,7 @@ class RunExecution:
                         run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
                         workflow=self.definition.name, base_dir=self.definition.base_dir,
                         env=self.context["env"], http=self.engine.http, engine=self.engine, logs=logs,
-                        timeout=timeout,
+                        timeout=timeout, process_env=self._process_env(),
                     )
                     limit = asyncio.timeout(timeout)
                     try:

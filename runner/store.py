@@ -24,7 +24,7 @@ from sqlmodel import SQLModel
 
 from . import DEFAULT_DB
 from .events import Broker
-from .models import LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
+from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
 
 log = logging.getLogger("treadle.store")
 
@@ -121,7 +121,7 @@ class Store:
         """The processes named as owners of unfinished runs."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(Run.owner).distinct().where(
-                Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]), Run.owner.is_not(None)))
+                Run.status.in_(list(UNFINISHED_RUN_STATES)), Run.owner.is_not(None)))
             return [r[0] for r in rows]
 
     async def claim_stale_runs(self, owner: str, until: float, now: float | None = None,
@@ -135,7 +135,7 @@ class Store:
             stale = stale | Run.owner.in_(dead_owners)
         stmt = (
             update(Run)
-            .where(Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]), stale,
+            .where(Run.status.in_(list(UNFINISHED_RUN_STATES)), stale,
                    *([Run.workflow == workflow] if workflow else []))
             .values(owner=owner, lease_until=until)
             .returning(*Run.__table__.columns)
@@ -186,7 +186,7 @@ class Store:
                 versions[(row["workflow"], row["version"])] = row
         statements = self._statements(versions, runs, updates, steps, logs)
         statements += [
-            (update(Run).where(Run.owner == owner, Run.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+            (update(Run).where(Run.owner == owner, Run.status.in_(list(UNFINISHED_RUN_STATES)))
              .values(lease_until=until), None)
             for owner, until in leases.items()
         ]
@@ -328,7 +328,7 @@ class Store:
     async def counts(self, since: float) -> dict[str, int]:
         async with self.engine.connect() as conn:
             active = (await conn.execute(
-                select(func.count()).select_from(Run).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+                select(func.count()).select_from(Run).where(Run.status.in_(UNFINISHED_RUN_STATES))
             )).scalar_one()
             rows = await conn.execute(
                 select(Run.status, func.count()).where(Run.created_at >= since).group_by(Run.status)
@@ -338,7 +338,7 @@ class Store:
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(Run).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])))
+            rows = await conn.execute(select(Run).where(Run.status.in_(UNFINISHED_RUN_STATES)))
             return [dict(r) for r in rows.mappings()]
 
 

@@ -81,7 +81,7 @@ def test_duplicate_needs_entries_count_once() -> None:
 def test_steps_of_a_spec() -> None:
     definition = load_text("steps: [{id: a, log: x}, {id: b, needs: [], log: y}, {id: c, needs: a, log: z}]\n",
                            "wf.yaml")
-    assert steps_of(definition.spec) == [("a", None), ("b", []), ("c", ["a"])]
+    assert steps_of(definition.spec.steps) == [("a", None), ("b", []), ("c", ["a"])]
 
 
 @pytest.mark.parametrize("links, cycle", [

@@ -47,6 +47,12 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/runs/{id}/cancel (optional)."""
+
+    compensate: bool = False
+
+
 class RetryRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /api/runs/{id}/retry; without `from`, what did not succeed runs again."""
 
@@ -78,6 +84,7 @@ class RunSummary(TypedDict):
     parent_step_id: str | None
     retry_of: str | None
     retry_from: str | None
+    compensated: NotRequired[str | None]  # after a failure with `compensate:` steps: "true" or "partial"
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -400,10 +407,13 @@ _RUN_EVENT_KEYS = ("id", "workflow", "version", "status", "error", "outputs", "c
 
 
 @post("/api/runs/{run_id:str}/cancel", status_code=202, tags=["runs"], responses=_errors(404, 409))
-async def cancel(request: Request, run_id: FromPath[str]) -> Response[RunAccepted]:
-    """Ask a run to stop: running steps are stopped (their process group is killed)."""
+async def cancel(request: Request, run_id: FromPath[str], data: JSONBody[CancelRequest | None] = None) -> Response[RunAccepted]:
+    """Ask a run to stop: running steps are stopped (their process group is killed).
+
+    With `{"compensate": true}`, the `compensate:` steps of what succeeded then run,
+    newest first, as after a failure."""
     services = _services(request)
-    if not await cancel_run(services, run_id):
+    if not await cancel_run(services, run_id, compensate=bool(data and data.compensate)):
         raise await cancel_conflict(services, run_id)
     run = await services.store.get_run(run_id)
     return _accepted(run_id, "cancelling", run["workflow"] if run else "")

@@ -30,6 +30,7 @@ from runner.errors import (
 )
 
 from .api import API_ROUTES
+from .api_approvals import APPROVAL_ROUTES
 from .api_breakers import BREAKER_ROUTES
 from .api_versions import VERSION_ROUTES
 from .pages import PAGE_ROUTES, register_template_helpers
@@ -92,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
     return Litestar(
-        route_handlers=[*API_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *PAGE_ROUTES, *VERSION_PAGES,
+        route_handlers=[*API_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),

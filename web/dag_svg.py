@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from runner.dag import Dag
 
 COMPACT_OVER = 150
-STATES = ("pending", "running", "succeeded", "failed", "skipped", "upstream_failed", "cancelled")
+STATES = ("pending", "running", "waiting", "succeeded", "failed", "skipped", "upstream_failed", "cancelled")
 _CHAR_W = 7.3  # 12px monospace
 _MAX_LABEL = 26
 

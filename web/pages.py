@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from jinja2 import Environment
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
@@ -26,6 +26,7 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 from runner.loader import Definition
 
 from . import live
+from .api_approvals import decide
 from .api_breakers import reset_breakers
 from .dag_svg import STATES, layout_for, render_svg, state_class
 from .forms import form_fields, posted_params
@@ -37,13 +38,14 @@ from .run_view import (
     show_value,
     state_filter,
 )
-from .services import Services, cancel_run, retry_run, start_run
+from .services import RunConflict, Services, cancel_run, retry_run, start_run
 from .sse import sse_response
 
 RUNS_PER_PAGE = 25
 HISTORY_PER_PAGE = 10
 VERSIONS_SHOWN = 10
-RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+APPROVALS_SHOWN = 10
 StateQuery = Annotated[str | None, QueryParameter(name="state")]  # `state` is reserved by Litestar
 
 
@@ -100,8 +102,10 @@ async def workflows_page(request: Request) -> Template:
     broken = [d for d in entries if not d.healthy]
     sync = services.gitsync.state if services.gitsync is not None else None
     breakers = [b.snapshot() for b in services.engine.breakers.all()]
+    waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN)
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
-                                               "breakers": breakers})
+                                               "breakers": breakers, "approvals": waiting,
+                                               "approvals_total": waiting_total})
 
 
 @post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, guards=[same_origin])
@@ -306,9 +310,39 @@ async def retry_from_form(request: Request, run_id: FromPath[str]) -> Template |
     return Redirect(f"/runs/{quote(exe.id, safe='')}", status_code=303)
 
 
+async def _decide_from_form(request: Request, run_id: str, step_id: str, approve: bool) -> Template | Redirect:
+    form = await request.form()
+    index = str(form.get("index") or "").strip()
+    if index and not index.isdigit():
+        return error_page(400, "Cannot record the decision", f"index must be a whole number, not '{index}'.")
+    try:
+        await decide(_services(request), run_id, step_id, approve, by=str(form.get("by") or "")[:200] or "dashboard",
+                     comment=str(form.get("comment") or "")[:2000], index=int(index) if index else None)
+    except RunNotFound:
+        return no_run(run_id)
+    except NotFoundException as exc:
+        return error_page(404, "No such step", str(exc.detail))
+    except RunConflict as exc:
+        return error_page(409, "Nothing to decide", str(exc))
+    return Redirect(f"/runs/{quote(run_id, safe='')}", status_code=303)
+
+
+@post("/runs/{run_id:str}/steps/{step_id:str}/approve", name="page-approve", include_in_schema=False,
+      guards=[same_origin])
+async def approve_from_form(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> Template | Redirect:
+    return await _decide_from_form(request, run_id, step_id, True)
+
+
+@post("/runs/{run_id:str}/steps/{step_id:str}/reject", name="page-reject", include_in_schema=False,
+      guards=[same_origin])
+async def reject_from_form(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> Template | Redirect:
+    return await _decide_from_form(request, run_id, step_id, False)
+
+
 PAGE_ROUTES: list = [
     workflows_page, reset_breaker_from_form, workflow_page, start_from_form, runs_page, runs_stream, run_page, run_live,
-    run_steps_part, run_stream, step_part, step_log_part, cancel_from_form, retry_from_form,
+    run_steps_part, run_stream, step_part, step_log_part, cancel_from_form, retry_from_form, approve_from_form,
+    reject_from_form,
 ]
 
 

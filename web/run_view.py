@@ -60,6 +60,7 @@ class RunView:
     failures: list[dict[str, Any]]  # the failed steps with their error: the root causes
     t0: float
     t1: float
+    approvals: list[dict[str, Any]] = field(default_factory=list)  # approval steps waiting for a decision
 
     @property
     def finished(self) -> bool:
@@ -173,7 +174,15 @@ async def load_run_view(services: Services, run_id: str) -> RunView | None:
         if summaries.get(sid) is not None and summaries[sid].status == "failed":
             last_error[sid] = {"step": sid, "error": error, "attempt": attempt}
     failures = list(last_error.values())
-    return RunView(run, definition, steps, counts, failures, t0, max(t1, t0))
+    approvals: list[dict[str, Any]] = []
+    if run["status"] not in FINISHED:
+        approvals, _ = await services.engine.approvals.pending(run_id=run_id, limit=STEPS_PER_PAGE)
+        for row in approvals:  # the step is running, and what it does is wait for a person
+            s = summaries.get(row["step_id"])
+            if s is not None and row["item"] < 0 and s.status == "running":
+                s.status = "waiting"
+        counts = Counter(s.status for s in steps)
+    return RunView(run, definition, steps, counts, failures, t0, max(t1, t0), approvals)
 
 
 # -- one step --------------------------------------------------------------------

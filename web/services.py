@@ -159,9 +159,9 @@ async def start_run(services: Services, name: str, params: dict | None, *, from_
     return exe
 
 
-async def cancel_run(services: Services, run_id: str) -> bool:
+async def cancel_run(services: Services, run_id: str, *, compensate: bool = False) -> bool:
     """Cancel a run; False when it had already finished. Raises RunNotFound."""
-    if services.engine.cancel(run_id):
+    if services.engine.cancel(run_id, compensate=compensate):
         return True
     if await services.store.get_run(run_id) is None:
         raise RunNotFound(run_id)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from . import child_workflow, http, python_call, shell
+from . import approval, child_workflow, http, python_call, shell
 from .base import StepContext, StepKind, StepOutcome
 from .simple import LogKind, SetKind, WaitKind
 
 REGISTRY: dict[str, StepKind] = {
     kind.name: kind  # type: ignore[misc]
-    for kind in (shell, http, python_call, SetKind, WaitKind, LogKind, child_workflow)
+    for kind in (shell, http, python_call, SetKind, WaitKind, LogKind, child_workflow, approval)
 }
 
 __all__ = ["REGISTRY", "StepContext", "StepKind", "StepOutcome"]

@@ -28,6 +28,7 @@ class StepContext:
     engine: Engine
     logs: LogSink
     timeout: float | None = None
+    process_env: dict[bytes, bytes] | None = None  # Treadle's environment + the workflow's env, encoded once per run
 
     @property
     def idempotency_key(self) -> str:

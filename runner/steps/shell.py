@@ -25,17 +25,23 @@ KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 DRAIN_GRACE = 2.0  # seconds to read the rest of the output once the command has ended
 
 
-def _environment(ctx: StepContext, step_env: dict[str, Any]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(ctx.env)
-    env.update({k: _text(v) for k, v in (step_env or {}).items()})
-    env.update(
+def _environment(ctx: StepContext, step_env: dict[str, Any]) -> dict[bytes, bytes]:
+    # the run's part comes encoded once per run: copying ~100 variables is cheap,
+    # encoding them again for every process is not (it is most of a spawn's overhead)
+    env = dict(ctx.process_env) if ctx.process_env is not None else encode_env({**os.environ, **ctx.env})
+    extra = {k: _text(v) for k, v in (step_env or {}).items()}
+    extra.update(
         TREADLE_RUN_ID=ctx.run_id, TREADLE_STEP_ID=ctx.step_id, TREADLE_ATTEMPT=str(ctx.attempt),
         TREADLE_IDEMPOTENCY_KEY=ctx.idempotency_key, TREADLE_WORKFLOW=ctx.workflow,
     )
     if ctx.index is not None:
-        env["TREADLE_INDEX"] = str(ctx.index)
+        extra["TREADLE_INDEX"] = str(ctx.index)
+    env.update(encode_env(extra))
     return env
+
+
+def encode_env(env: dict[str, str]) -> dict[bytes, bytes]:
+    return {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
 
 
 def _text(value: Any) -> str:
