@@ -22,9 +22,13 @@ class LogSink:
     def __init__(
         self, emit: Callable[[dict[str, Any]], None], key: dict[str, Any],
         mask: Callable[[str], str], *, limit: int = DEFAULT_LIMIT, tail: int = 64_000,
-        interval: float = 0.05,
+        interval: float = 0.05, safe_cut: Callable[[str], int] | None = None,
     ):
         self._emit, self._key, self._mask = emit, key, mask
+        # a secret printed in two pieces must not be written as two unmasked halves:
+        # the end of each stream that could start a secret waits for the next flush
+        self._safe_cut = safe_cut
+        self._carry: dict[str, str] = {}
         self._limit, self._tail_limit, self._interval = limit, tail, interval
         self._pending: list[tuple[str, str]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -34,7 +38,7 @@ class LogSink:
         self._tail_bytes = 0
 
     def set_attempt(self, attempt: int) -> None:
-        self.flush()
+        self.flush(final=True)
         self._key = {**self._key, "attempt": attempt}
 
     def write(self, stream: str, text: str) -> None:
@@ -82,13 +86,23 @@ class LogSink:
                 self._tail[0] = (first_stream, cut)
                 self._tail_bytes -= len(data) - len(cut.encode("utf-8"))
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for stream, text in self._pending:
-            self._emit({**self._key, "stream": stream, "text": self._mask(text), "at": time.time()})
+            text = self._carry.pop(stream, "") + text
+            if self._safe_cut is not None and not final:
+                cut = self._safe_cut(text)
+                text, self._carry[stream] = text[:cut], text[cut:]
+            if text:
+                self._emit({**self._key, "stream": stream, "text": self._mask(text), "at": time.time()})
         self._pending.clear()
+        if final:
+            for stream, text in self._carry.items():
+                if text:
+                    self._emit({**self._key, "stream": stream, "text": self._mask(text), "at": time.time()})
+            self._carry.clear()
 
     def close(self) -> None:
         """Write what is pending, and the marker and tail if the limit was reached."""
@@ -103,4 +117,4 @@ class LogSink:
             self._tail.clear()
             self._tail_bytes = 0
             self.dropped = 0
-        self.flush()
+        self.flush(final=True)

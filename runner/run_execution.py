@@ -501,7 +501,8 @@ class RunExecution:
         kind = REGISTRY[step.kind]
         raw = raw_inputs(self.definition, step)
         key = {"run_id": self.id, "step_id": step.id, "item": item}
-        logs = LogSink(self.store.put_log, {**key, "attempt": 1}, self.mask.text)
+        logs = LogSink(self.store.put_log, {**key, "attempt": 1}, self.mask.text,
+                       safe_cut=self.mask.safe_cut if self.mask else None)
         # after a crash, attempts go on from where they were (an interrupted attempt
         # is not a failure, so it does not use up a retry)
         attempt, failures = self.resumed.attempt(step.id, item) if self.resumed else (1, 0)

@@ -225,6 +225,22 @@ class Masker:
     def __bool__(self) -> bool:
         return self._pattern is not None
 
+    @property
+    def longest(self) -> int:
+        return len(self._values[0]) if self._values else 0
+
+    def safe_cut(self, text: str) -> int:
+        """Where `text`, which more text may follow, can be cut so that no secret is
+        split between what is written now and what comes next: before the last
+        `longest - 1` characters, and before any secret that straddles that point."""
+        if self._pattern is None:
+            return len(text)
+        cut = max(len(text) - (self.longest - 1), 0)
+        for match in self._pattern.finditer(text):
+            if match.start() < cut < match.end():
+                return match.start()
+        return cut
+
     def text(self, text: str) -> str:
         return self._pattern.sub("***", text) if self._pattern else text
 
