@@ -1,0 +1,73 @@
+"""Resuming unfinished runs in a new engine (the process that drove them stopped).
+
+A stopped engine leaves its runs `running` with no owner, as a killed one does once
+its lease runs out; tests/test_crash.py covers real SIGKILLs of `treadle serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from runner.executor import Engine
+from tests.conftest import definition
+from tests.exec_support import by_id, eventually, recorded
+
+
+async def _running(engine: Engine, run_id: str, step: str) -> bool:
+    await engine.store.flush()
+    return any(r["status"] == "running" and r["step_id"] == step for r in await engine.store.step_attempts(run_id))
+
+
+async def _stop_when_running(store, tmp_path: Path, text: str, step: str) -> str:
+    engine = Engine(store, definitions_dir=tmp_path)
+    exe = await engine.start(definition(text, tmp_path))
+    await eventually(lambda: _running(engine, exe.id, step))
+    await asyncio.wait_for(engine.close(), 10)
+    return exe.id
+
+
+async def test_resume_false_marks_the_interrupted_run_failed(store, tmp_path):
+    run_id = await _stop_when_running(store, tmp_path, """
+        resume: false
+        steps:
+          - {id: slow, run: "sleep 30"}
+          - {id: after, log: never}
+    """, "slow")
+    later = Engine(store, definitions_dir=tmp_path)
+    try:
+        assert await later.recover() == []  # nothing to drive: it is failed instead
+    finally:
+        await later.close()
+    doc = await recorded(later, run_id)
+    assert doc["status"] == "failed" and "resume: false" in doc["error"]
+    assert by_id(doc)["slow"]["status"] == "cancelled" and "after" not in {s["id"] for s in doc["steps"] if s["attempts"]}
+
+
+async def test_foreach_items_that_finished_are_not_run_again(store, tmp_path):
+    ran = tmp_path / "ran.txt"
+    d = definition("""
+        max_parallel: 1
+        steps:
+          - id: each
+            foreach: [0, 1, 2, 3]
+            run: 'echo {{ item }} >> ran.txt; if [ {{ item }} = 2 ] && [ ! -f go ]; then sleep 30; fi; echo out{{ item }}'
+          - {id: after, set: {all: "{{ steps.each.output }}"}}
+    """, tmp_path)
+    engine = Engine(store, definitions_dir=tmp_path)
+    exe = await engine.start(d)
+    await eventually(lambda: ran.exists() and "2" in ran.read_text().split())
+    await asyncio.wait_for(engine.close(), 10)  # item 2 is interrupted; 0 and 1 are done
+    (tmp_path / "go").write_text("")
+    later = Engine(store, definitions_dir=tmp_path)
+    try:
+        [resumed] = await later.recover()
+        assert resumed.id == exe.id
+        assert await asyncio.wait_for(resumed.wait(), 20) == "succeeded"
+    finally:
+        await later.close()
+    lines = ran.read_text().split()
+    assert lines.count("0") == 1 and lines.count("1") == 1  # finished items kept their outputs
+    assert lines.count("2") == 2  # the interrupted item ran again
+    doc = await recorded(later, exe.id)
+    assert by_id(doc)["after"]["output"] == {"all": ["out0", "out1", "out2", "out3"]}
