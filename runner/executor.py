@@ -240,6 +240,14 @@ class Engine:
             raise
         return exe
 
+    async def stored_definition(self, run: dict[str, Any]) -> Definition | None:
+        """The exact definition version `run` started with, from the database."""
+        stored = await self.store.get_version(run["version"], run["workflow"])
+        if stored is None:
+            return None
+        base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()
+        return load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
+
     async def _child_of(self, parent_run_id: str, parent_step_id: str) -> RunExecution | FinishedRun | None:
         rows, _ = await self.store.list_runs(parent=parent_run_id, limit=500)
         for row in rows:
@@ -264,11 +272,9 @@ class Engine:
             raise RunNotFound(run_id)
         definition = self.lookup(run["workflow"]) if version == "current" else None
         if definition is None or not definition.valid:
-            stored = await self.store.get_version(run["version"], run["workflow"])
-            if stored is None:  # pragma: no cover - versions are written with runs
+            definition = await self.stored_definition(run)
+            if definition is None:  # pragma: no cover - versions are written with runs
                 raise RunNotFound(run_id)
-            base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()
-            definition = load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
         if not definition.valid:
             raise WorkflowInvalid(definition.name, definition.problems)
         dag = definition.dag

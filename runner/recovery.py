@@ -15,10 +15,9 @@ import os
 import socket
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .loader import Definition, load_text
+from .loader import Definition
 from .models import RunStatus, StepStatus
 from .run_execution import INTERRUPTED, NO_RETRY, Resumed, RunExecution
 
@@ -85,11 +84,9 @@ def _fail(engine: Engine, run: dict[str, Any], error: str) -> None:
 
 
 async def _plan(engine: Engine, run: dict[str, Any]) -> tuple[dict, Definition, Resumed, dict[str, str]]:
-    stored = await engine.store.get_version(run["version"], run["workflow"])
-    if stored is None:
+    definition = await engine.stored_definition(run)
+    if definition is None:
         raise _CannotResume("interrupted, and its definition version is not in the database")
-    base = (engine.definitions_dir / stored["path"]).parent if engine.definitions_dir else Path.cwd()
-    definition = load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
     if not definition.valid:  # pragma: no cover - versions are stored when they start runs
         raise _CannotResume("interrupted, and its definition no longer loads")
     definition.commit = run.get("commit")

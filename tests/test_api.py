@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .web_server import running_server, write_definitions
+from .web_server import serving
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -113,9 +113,7 @@ DEFINITIONS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("api")
-    defs = write_definitions(root / "definitions", DEFINITIONS)
-    with running_server(defs, f"sqlite:///{root / 'treadle.db'}", watch=False) as base:
+    with serving(tmp_path_factory.mktemp("api"), DEFINITIONS, watch=False) as base:
         yield base
 
 

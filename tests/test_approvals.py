@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.crash_harness import Server
-from tests.web_server import free_port, running_server, write_definitions
+from tests.web_server import free_port, serving, write_definitions
 
 GATE = """
     params:
@@ -57,9 +57,7 @@ DEFINITIONS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("approvals")
-    defs = write_definitions(root / "definitions", DEFINITIONS)
-    with running_server(defs, f"sqlite:///{root / 'treadle.db'}", watch=False) as base:
+    with serving(tmp_path_factory.mktemp("approvals"), DEFINITIONS, watch=False) as base:
         yield base
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .web_server import running_server, write_definitions
+from .web_server import serving
 
 pytestmark = pytest.mark.browser
 
@@ -83,8 +83,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("browser")
-    defs = write_definitions(root / "definitions", DEFINITIONS)
-    with running_server(defs, f"sqlite:///{root / 'treadle.db'}") as base:
+    with serving(root, DEFINITIONS) as base:
         yield SimpleNamespace(base=base, root=root)
 
 

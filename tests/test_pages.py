@@ -19,7 +19,7 @@ from web import pages
 from web.dag_svg import layers_of, layout, render_svg
 from web.live import coalesced, run_signals
 
-from .web_server import running_server, write_definitions
+from .web_server import serving
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -99,9 +99,7 @@ DEFINITIONS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("pages")
-    defs = write_definitions(root / "definitions", DEFINITIONS)
-    with running_server(defs, f"sqlite:///{root / 'treadle.db'}") as base, \
-            httpx.Client(base_url=base, timeout=20) as client:
+    with serving(root, DEFINITIONS) as base, httpx.Client(base_url=base, timeout=20) as client:
         yield SimpleNamespace(base=base, client=client, root=root)
 
 

@@ -65,3 +65,11 @@ def running_server(definitions: Path, db: str, *, watch: bool = True, **settings
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serving(root: Path, definitions: dict[str, str], **settings: object) -> Iterator[str]:
+    """`definitions` written under root/definitions, served with a database in root."""
+    defs = write_definitions(root / "definitions", definitions)
+    with running_server(defs, f"sqlite:///{root / 'treadle.db'}", **settings) as base:
+        yield base

@@ -11,6 +11,7 @@ and ends with `done` when the run has finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from litestar.response import ServerSentEventMessage
 from runner.models import RunStatus
 
 from .services import Services
+from .sse import queue_events
 
 FINISHED = {s.value for s in RunStatus if s.finished}
 
@@ -42,36 +44,25 @@ async def coalesced(
         if already_done is not None and await already_done():
             yield _message("done")
             return
-        stop = asyncio.ensure_future(stopping.wait())
-        getter: asyncio.Future | None = None
-        try:
-            while not stopping.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, stop}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    if stop in done:
-                        return
-                    yield ServerSentEventMessage(comment="keep-alive")
-                    continue
-                events = [getter.result()]
-                # let the burst settle, so many commits become one refresh
-                await asyncio.wait({stop}, timeout=window)
-                while True:
-                    try:
-                        events.append(queue.get_nowait())
-                    except asyncio.QueueEmpty:
-                        break
-                names, finished = signals(events)
-                for name in names:
-                    yield _message(name)
-                if finished:
-                    yield _message("done")
-                    return
-        finally:
-            stop.cancel()
-            if getter is not None:
-                getter.cancel()
+        async for first in queue_events(queue, stopping, heartbeat):
+            if first is None:
+                yield ServerSentEventMessage(comment="keep-alive")
+                continue
+            events = [first]
+            # let the burst settle, so many commits become one refresh
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), window)
+            while True:
+                try:
+                    events.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            names, finished = signals(events)
+            for name in names:
+                yield _message(name)
+            if finished:
+                yield _message("done")
+                return
 
 
 def run_signals(events: list[dict[str, Any]]) -> tuple[list[str], bool]:
