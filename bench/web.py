@@ -15,31 +15,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-DEADLINE = time.monotonic() + 110  # the whole bench, server start included
-FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-class OutOfTime(Exception):
-    pass
-
-
-def check_time() -> None:
-    if time.monotonic() > DEADLINE:
-        raise OutOfTime("the bench ran out of its time budget")
+from _server import (
+    FINISHED,
+    OutOfTime,
+    check_time,
+    ms,
+    pct,
+    report,
+    serving,
+    step_started_at,
+    wait_up,
+)
 
 
 def big_yaml(n: int) -> str:
@@ -57,31 +53,6 @@ DEFINITIONS = {
     "ticks.yaml": "steps:\n  - id: warmup\n    wait: 300ms\n" + "".join(
         f"  - id: t{i}\n    wait: 20ms\n" for i in range(TICKS)),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(defs: Path, db: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "runner", "serve", "--definitions", str(defs), "--db", f"sqlite:///{db}",
-           "--port", str(port), "--no-watch"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_up(client: httpx.Client, server: subprocess.Popen) -> None:
-    while True:
-        check_time()
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read() if server.stderr else ''}")
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
 
 
 def wait_finished(client: httpx.Client, workflow: str, run_id: str) -> None:
@@ -111,19 +82,6 @@ def timed(fn: Callable[[], Any], times: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
-def report(name: str, value: str, target: str) -> None:
-    print(f"{name}: {value} (target {target})", flush=True)
 
 
 # -- the figures ---------------------------------------------------------------------
@@ -160,13 +118,6 @@ def fetch(client: httpx.Client, url: str) -> None:
 
 def defs_dir(db: Path) -> Path:
     return db.parent / "definitions"
-
-
-def step_started_at(db: Path, run_id: str) -> float | None:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        row = conn.execute("SELECT min(started_at) FROM step_attempt WHERE run_id = ? AND attempt >= 1",
-                           (run_id,)).fetchone()
-    return row[0] if row else None
 
 
 def post_to_first_step(client: httpx.Client, db: Path, samples: int) -> None:
@@ -242,30 +193,18 @@ def main() -> int:
             (defs / name).write_text(text)
         for n, _ in sizes:  # written before the server starts: it does not watch the folder
             (defs / f"big{n}.yaml").write_text(big_yaml(n))
-        port = free_port()
-        server = start_server(defs, db, port)
-        # a last resort: whatever happens, nothing outlives the time budget
-        watchdog = threading.Timer(max(1.0, DEADLINE - time.monotonic() + 5), server.kill)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                wait_up(client, server)
-                print(f"treadle serve on :{port}, {os.cpu_count()} CPUs, SQLite at {db}", flush=True)
-                post_to_first_step(client, db, samples=30)
-                sse_delay(client, db)
-                for n, target in sizes:
-                    run_page(client, n, target)
-        except OutOfTime as exc:
-            print(f"stopped: {exc}", flush=True)
-            return 1
-        finally:
-            watchdog.cancel()
-            server.terminate()
+        with serving(defs, db) as (server, port):
             try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                    wait_up(client, server)
+                    print(f"treadle serve on :{port}, {os.cpu_count()} CPUs, SQLite at {db}", flush=True)
+                    post_to_first_step(client, db, samples=30)
+                    sse_delay(client, db)
+                    for n, target in sizes:
+                        run_page(client, n, target)
+            except OutOfTime as exc:
+                print(f"stopped: {exc}", flush=True)
+                return 1
     return 0
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .durations import parse_duration
+from .trigger_spec import ConcurrencySpec, NotifySpec, TriggersSpec
 
 KINDS = ("run", "http", "python", "set", "wait", "log", "workflow", "approval")
 TRIGGER_RULES = ("all_succeeded", "all_done", "any_succeeded", "any_failed")
@@ -279,6 +280,10 @@ class WorkflowSpec(_Model):
     outputs: dict[str, Any] | None = Field(
         None, description="templates for the run's outputs; default: the outputs of the last steps"
     )
+    triggers: TriggersSpec = Field(default_factory=TriggersSpec,
+                                   description="what starts runs besides a person: schedules, webhooks, events, files, other workflows")
+    concurrency: ConcurrencySpec | None = Field(None, description="how many runs may go at once, and what happens to more")
+    notify: list[NotifySpec] = Field(default_factory=list, description="POST a JSON event when a run ends")
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -313,16 +318,25 @@ def json_schema() -> dict[str, Any]:
                           {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$|^\s*\d+(\.\d+)?\s*$"}],
                 "description": "seconds, or 45s, 10m, 1h30m, 500ms"}
     one_or_many = {"type": "string"}
-    for props in [schema["properties"], *(d["properties"] for d in defs.values())]:
-        for key in ("timeout", "delay", "max_delay", "wait", "reset_after"):
+    for name, props in [("", schema["properties"]), *((n, d["properties"]) for n, d in defs.items())]:
+        for key in ("timeout", "delay", "max_delay", "wait", "reset_after", "settle"):
             if key in props:
                 props[key] = {**duration, **({"default": props[key]["default"]} if "default" in props[key] else {})}
+        ending = {"enum": ["succeeded", "failed", "cancelled"]}
         for key, item in (("needs", one_or_many), ("tags", one_or_many), ("on", {"type": "integer"}),
-                          ("expect_status", {"type": "integer"})):
-            if key in props:
+                          ("expect_status", {"type": "integer"}), ("status", ending)):
+            if key == "on" and name == "NotifySpec":
+                item = ending
+            if key in props and (key != "status" or name == "AfterSpec"):
                 props[key] = {"anyOf": [item, {"type": "array", "items": item}, {"type": "null"}]}
         if "retry" in props:
             props["retry"] = {"anyOf": [{"$ref": "#/$defs/RetrySpec"}, {"type": "integer", "minimum": 0}, {"type": "null"}]}
+    event = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/EventSpec"}]}
+    for key, item in (("schedule", {"$ref": "#/$defs/ScheduleSpec"}), ("event", event),
+                      ("file", {"$ref": "#/$defs/FileTriggerSpec"}), ("after", {"$ref": "#/$defs/AfterSpec"})):
+        defs["TriggersSpec"]["properties"][key] = {"anyOf": [item, {"type": "array", "items": item}]}
+    schema["properties"]["concurrency"] = {"anyOf": [{"$ref": "#/$defs/ConcurrencySpec"},
+                                                     {"type": "integer", "minimum": 1}, {"type": "null"}]}
     schema["properties"]["params"]["additionalProperties"] = {
         "anyOf": [{"$ref": "#/$defs/ParamSpec"}, {"enum": list(PARAM_TYPES)}]
     }

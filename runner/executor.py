@@ -57,6 +57,22 @@ class FinishedRun:
     error: str | None
 
 
+@dataclass
+class RunEnded:
+    """What `Engine.run_ended` callbacks learn when a run finishes (outputs masked)."""
+
+    run_id: str
+    workflow: str
+    status: str
+    trigger: str
+    started_at: float
+    finished_at: float
+    outputs: Any
+    error: str | None
+    definition: Definition
+    parent_run_id: str | None
+
+
 def version_row(definition: Definition, seen_at: float) -> dict[str, Any]:
     """The `workflow_version` row recording one text of a definition file."""
     return {
@@ -99,6 +115,9 @@ class Engine:
         # this process's name on the runs it drives (see leases in models.Run)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
         self.draining = False
+        # called when a run finishes (not when it is suspended to be resumed): chaining,
+        # queues, notifications; each callback must return quickly and never raise
+        self.run_ended: list[Callable[[RunEnded], None]] = []
         self._heartbeat: asyncio.Task | None = None
         if definitions_dir is not None and str(definitions_dir.resolve()) not in sys.path:
             sys.path.insert(0, str(definitions_dir.resolve()))
@@ -134,6 +153,16 @@ class Engine:
         if self._own_http:
             await self.http.aclose()
         await self.store.flush()
+
+    def run_finished(self, exe: RunExecution) -> None:
+        ended = RunEnded(exe.id, exe.definition.name, exe.status.value, exe.trigger, exe.started_at, time.time(),
+                         exe.mask.data(exe.outputs), exe.mask.text(exe.error) if exe.error else None,
+                         exe.definition, exe.parent_run_id)
+        for callback in list(self.run_ended):
+            try:
+                callback(ended)
+            except Exception:  # one broken listener must not stop the others or the run
+                log.exception("run_ended callback %r failed", callback)
 
     def _keep_leases(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
@@ -175,31 +204,59 @@ class Engine:
         trigger: str = "manual", parent_run_id: str | None = None, parent_step_id: str | None = None,
         retry_of: str | None = None, retry_from: str | None = None,
         reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
+        ref: str | None = None, queued_id: str | None = None,
     ) -> RunExecution:
-        """Validate and start a run; returns at once with the running execution."""
+        """Validate and start a run; returns at once with the running execution.
+
+        `ref`: what exactly started it (a schedule slot, a file, an upstream run).
+        `queued_id`: start this queued run (see `enqueue`) instead of a new one.
+        """
         if self.draining:
             raise ShuttingDown()
         checked, secret_values = self.prepare(definition, params, from_text=from_text)
         self._keep_leases()
-        run_id = new_run_id()
         now = time.time()
-        if (definition.name, definition.version) not in self._versions_written:
-            self.store.put_version(version_row(definition, now))
-            self._versions_written.add((definition.name, definition.version))
-        self.store.put_run({
-            "id": run_id, "workflow": definition.name, "version": definition.version,
-            "commit": definition.revision,
-            "status": RunStatus.RUNNING.value, "params": checked, "trigger": trigger,
-            "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
-            "retry_of": retry_of, "retry_from": retry_from, "created_at": now, "started_at": now,
-            "owner": self.owner, "lease_until": now + LEASE_SECONDS,
-        })
+        self._write_version(definition, now)
+        lease = {"status": RunStatus.RUNNING.value, "started_at": now, "owner": self.owner,
+                 "lease_until": now + LEASE_SECONDS}
+        if queued_id is not None:
+            run_id = queued_id
+            self.store.update_run({"id": run_id, "reason": None, **lease})
+        else:
+            run_id = new_run_id()
+            self.store.put_run({
+                "id": run_id, "workflow": definition.name, "version": definition.version,
+                "commit": definition.revision, "params": checked, "trigger": trigger, "trigger_ref": ref,
+                "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
+                "retry_of": retry_of, "retry_from": retry_from, "created_at": now, **lease,
+            })
         exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth,
                            parent=self.runs.get(parent_run_id) if parent_run_id else None)
+        exe.trigger, exe.started_at = trigger, now
         self.runs[run_id] = exe
         exe.start()
         exe.on_done(lambda: self.runs.pop(run_id, None))
         return exe
+
+    def enqueue(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
+                ref: str | None = None, reason: str, from_text: bool = False) -> tuple[str, dict[str, Any]]:
+        """Record a `queued` run (params checked now, so a bad start fails at once);
+        `start(..., queued_id=)` starts it later. Returns (run id, checked params)."""
+        checked, _ = self.prepare(definition, params, from_text=from_text)
+        now = time.time()
+        self._write_version(definition, now)
+        run_id = new_run_id()
+        self.store.put_run({
+            "id": run_id, "workflow": definition.name, "version": definition.version,
+            "commit": definition.revision, "status": RunStatus.QUEUED.value, "params": checked,
+            "trigger": trigger, "trigger_ref": ref, "reason": reason, "created_at": now,
+        })
+        return run_id, checked
+
+    def _write_version(self, definition: Definition, now: float) -> None:
+        if (definition.name, definition.version) not in self._versions_written:
+            self.store.put_version(version_row(definition, now))
+            self._versions_written.add((definition.name, definition.version))
 
     async def run(self, definition: Definition, params: dict[str, Any] | None = None, **kw: Any) -> RunExecution:
         """Start a run and wait for it to end."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from .catalog import Catalog
 from .executor import version_row
@@ -33,6 +34,8 @@ class Follower:
         self._recorded: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
+        # told after the catalog may have changed (schedules and file triggers re-read it)
+        self.listeners: list[Callable[[], None]] = []
 
     def record_versions(self, _touched: list[str] | None = None) -> None:
         """Store each text of each file once (valid or not), with when it was first seen.
@@ -47,6 +50,11 @@ class Follower:
                 if d is not None and (d.name, d.version) not in self._recorded and d.source.strip():
                     self._recorded.add((d.name, d.version))
                     self.store.put_version(version_row(d, now))
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not stop reloads
+                log.exception("catalog listener %r failed", listener)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.catalog.refresh_git)

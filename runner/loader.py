@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import definition as d
+from . import trigger_spec as t
 from .dag import Dag, build_dag
 from .errors import Problem
 from .templates import TemplateSyntax, check_template, step_refs
@@ -176,6 +177,13 @@ def _dotted(path: tuple) -> str:
     return out or "(top level)"
 
 
+# lists of mappings: what each item is
+_LIST_ITEMS: dict[str, type[BaseModel]] = {
+    "steps": d.StepSpec, "notify": t.NotifySpec, "schedule": t.ScheduleSpec, "event": t.EventSpec,
+    "file": t.FileTriggerSpec, "after": t.AfterSpec,
+}
+
+
 def _model_at(data_path: tuple) -> type[BaseModel] | None:
     """Which model describes the mapping at `data_path` (for key suggestions)."""
     shape: list[Any] = [d.WorkflowSpec]
@@ -184,7 +192,7 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
         if model is None:
             return None
         if isinstance(part, int):
-            model = d.StepSpec if shape[-1] == "steps" else None
+            model = _LIST_ITEMS.get(shape[-1]) if isinstance(shape[-1], str) else None
         else:
             model = {
                 (d.WorkflowSpec, "defaults"): d.DefaultsSpec,
@@ -203,8 +211,18 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
                 (d.StepSpec, "circuit_breaker"): d.CircuitBreakerSpec,
                 (d.DefaultsSpec, "circuit_breaker"): d.CircuitBreakerSpec,
                 ("params", None): d.ParamSpec,
+                (d.WorkflowSpec, "triggers"): t.TriggersSpec,
+                (d.WorkflowSpec, "concurrency"): t.ConcurrencySpec,
+                (d.WorkflowSpec, "notify"): "notify",
+                (t.TriggersSpec, "webhook"): t.WebhookSpec,
+                (t.TriggersSpec, "schedule"): "schedule",
+                (t.TriggersSpec, "event"): "event",
+                (t.TriggersSpec, "file"): "file",
+                (t.TriggersSpec, "after"): "after",
             }.get((model, None if model == "params" else part))
         shape.append(model)
+    if isinstance(model, str):  # a list written as its one item (`file: {path: ...}`)
+        model = _LIST_ITEMS.get(model)
     return model if isinstance(model, type) else None
 
 
@@ -445,8 +463,9 @@ def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Col
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         sid = step.get("id") if isinstance(step, dict) else None
         checker.visit(step, ("steps", i), sid if isinstance(sid, str) else f"<steps[{i}]>")
-    if isinstance(raw.get("outputs"), dict):
-        checker.visit(raw["outputs"], ("outputs",), None)
+    for key in ("outputs", "triggers"):
+        if isinstance(raw.get(key), dict):
+            checker.visit(raw[key], (key,), None)
 
 
 class _TemplateChecker:

@@ -72,7 +72,9 @@ class Run(SQLModel, table=True):
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     outputs: Any = Field(default=None, sa_column=Column(JSON))
     error: str | None = None
-    trigger: str = "manual"
+    trigger: str = "manual"  # manual | api | retry | workflow | schedule | webhook | event | file | after
+    trigger_ref: str | None = None  # what exactly: the slot, upstream run, file, event
+    reason: str | None = None  # why a run is `queued` (or was skipped)
     parent_run_id: str | None = Field(default=None, index=True)
     parent_step_id: str | None = None
     retry_of: str | None = None
@@ -117,4 +119,26 @@ class LogChunk(SQLModel, table=True):
     attempt: int = 1
     stream: str  # stdout | stderr | log | treadle
     text: str
+    at: float
+
+
+class WorkflowState(SQLModel, table=True):
+    """What a person set on a workflow that must survive restarts (pause)."""
+
+    __tablename__ = "workflow_state"
+    workflow: str = Field(primary_key=True)
+    paused: bool = False
+    changed_at: float
+    changed_by: str | None = None
+
+
+class TriggerMark(SQLModel, table=True):
+    """How far a trigger got: a schedule's last fired time, a file's last seen
+    fingerprint. Written (compare-and-set) before the run it leads to starts, so a
+    restart or a second server never fires the same thing twice."""
+
+    __tablename__ = "trigger_mark"
+    workflow: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)  # `schedule:<cron>|<zone>`, `file:<path>`
+    value: str
     at: float

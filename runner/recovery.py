@@ -46,6 +46,8 @@ async def resume_stale_runs(engine: Engine, *, workflow: str | None = None) -> l
     resumed = []
     for run, definition, state, secrets in plans:
         exe = RunExecution(engine, run["id"], definition, run["params"] or {}, secrets, {}, resumed=state)
+        exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
+        exe.parent_run_id = run["parent_run_id"]
         engine.runs[run["id"]] = exe
         exe.on_done(lambda rid=run["id"]: engine.runs.pop(rid, None))
         resumed.append(exe)

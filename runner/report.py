@@ -34,7 +34,8 @@ async def run_definition(store: Store, run: dict[str, Any]) -> Definition | None
 def run_summary(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": run["id"], "workflow": run["workflow"], "version": run["version"], "commit": run.get("commit"), "status": run["status"],
-        "params": run["params"], "trigger": run["trigger"], "error": run["error"], "outputs": run["outputs"],
+        "params": run["params"], "trigger": run["trigger"], "trigger_ref": run.get("trigger_ref"),
+        "reason": run.get("reason"), "error": run["error"], "outputs": run["outputs"],
         "parent_run_id": run["parent_run_id"], "parent_step_id": run["parent_step_id"],
         "retry_of": run["retry_of"], "compensated": run.get("compensated"), "retry_from": run["retry_from"],
         "created_at": iso(run["created_at"]), "started_at": iso(run["started_at"]),

@@ -94,6 +94,8 @@ class RunExecution:
         self.mask_values: list[str] = [*secrets.values(), *(parent.mask_values if parent else ())]
         self.mask = Masker(self.mask_values)
         self.status = RunStatus.RUNNING
+        self.trigger, self.started_at = "manual", time.time()  # set by Engine.start
+        self.parent_run_id = parent.id if parent else None
         self.error: str | None = None
         self.outputs: Any = None
         self.state: dict[str, StepStatus] = {}
@@ -212,6 +214,7 @@ class RunExecution:
             "compensated": compensated,
         })
         self._set_done()
+        self.engine.run_finished(self)
 
     # -- after the main steps: compensation (SAGA) and handlers --------------------
 

@@ -24,7 +24,7 @@ from sqlmodel import SQLModel
 
 from . import DEFAULT_DB
 from .events import Broker
-from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
+from .models import UNFINISHED_RUN_STATES, LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
 
 log = logging.getLogger("treadle.store")
 
@@ -135,7 +135,8 @@ class Store:
             stale = stale | Run.owner.in_(dead_owners)
         stmt = (
             update(Run)
-            .where(Run.status.in_(list(UNFINISHED_RUN_STATES)), stale,
+            # a queued run has nobody driving it on purpose: the launcher starts it
+            .where(Run.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]), stale,
                    *([Run.workflow == workflow] if workflow else []))
             .values(owner=owner, lease_until=until)
             .returning(*Run.__table__.columns)

@@ -44,6 +44,13 @@ DEFINITIONS = {
           - id: report
             log: "flaky said {{ steps.flaky.output }}"
     """,
+    "ticker.yaml": """
+        triggers:
+          schedule: [{cron: "0 6 * * *", timezone: Europe/Berlin}]
+          event: [tick]
+        concurrency: {limit: 1, policy: queue}
+        steps: [{id: a, log: tick}]
+    """,
     "ops/broken.yaml": """
         steps:
           - id: a
@@ -168,4 +175,29 @@ def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server:
     expect(prepare_row).to_contain_text("reused")
     page.click('.steps-table .step-id a:text-is("report")')
     expect(page.locator("#log-pre")).to_contain_text("flaky said recovered")
+    assert page.errors == []
+
+
+def test_triggers_panel_shows_the_next_time_and_pauses_the_workflow(page: Any, server: SimpleNamespace) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    page.goto(server.base + "/workflows/ticker")
+    panel = page.locator("#triggers")
+    expect(panel).to_contain_text("0 6 * * *")
+    next_fire = panel.locator("time.next-fire")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT06:00:00\+0[12]:00", next_fire.get_attribute("datetime"))
+    expect(panel).to_contain_text("limit 1, queue")
+    panel.get_by_role("button", name="Pause").click()
+    expect(panel.locator(".badge.s-paused")).to_be_visible()
+    assert httpx.get(server.base + "/api/workflows/ticker").json()["paused"] is True
+    # while paused, the event starts nothing
+    answer = httpx.post(server.base + "/api/events", json={"type": "tick"}).json()
+    assert [r["status"] for r in answer["runs"]] == ["paused"]
+    page.goto(server.base + "/")
+    expect(page.locator("table.workflows tr", has_text="ticker").locator(".badge.s-paused")).to_be_visible()
+    page.goto(server.base + "/workflows/ticker")
+    page.locator("#triggers").get_by_role("button", name="Resume").click()
+    expect(page.locator("#triggers .badge.s-paused")).to_have_count(0)
+    assert httpx.get(server.base + "/api/workflows/ticker").json()["paused"] is False
     assert page.errors == []

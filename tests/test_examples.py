@@ -32,6 +32,7 @@ class Case:
     params: list[str] = field(default_factory=list)
     check: Callable[[dict[str, Any], Any], None] | None = None  # (run document, cli)
     label: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # written to the temp folder; params may say {tmp}
 
     @property
     def id(self) -> str:
@@ -139,9 +140,15 @@ def check_error_handling(doc: dict[str, Any], cli: Cli) -> None:
     assert step(doc, "publish")["output"] == "published 3 rows; export was failed"
 
 
+def check_orders_inbox(doc: dict[str, Any], cli: Cli) -> None:
+    assert doc["outputs"] == {"count": {"file": "orders.csv", "orders": 3}}
+
+
 ALL = "succeeded"
 CASES = [
     Case("hello", {"greet": ALL}, check=check_hello),
+    Case("orders-inbox", {"count": ALL}, params=["path={tmp}/orders.csv"], check=check_orders_inbox,
+         files={"orders.csv": "id,amount\n1,9.5\n2,12\n3,4\n"}),
     Case("hello", {"greet": ALL}, params=["name=O'Brien $(whoami)"], check=check_hello_quoting,
          label="hello-quoting"),
     Case("fan-out", {"list_regions": ALL, "count_rows": ALL, "total": ALL}, check=check_fan_out),
@@ -185,7 +192,9 @@ def test_every_example_has_a_case() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_example_runs(case: Case, cli: Cli) -> None:
-    params = [arg for p in case.params for arg in ("-p", p)]
+    for name, text in case.files.items():
+        (cli.tmp / name).write_text(text)
+    params = [arg for p in case.params for arg in ("-p", p.replace("{tmp}", str(cli.tmp)))]
     result = cli("run", case.workflow, *params, "--definitions", str(DEFINITIONS), "--db", cli.db, "--json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_id = json.loads(result.stdout)["id"]

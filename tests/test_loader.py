@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from runner import definition as d
 from runner import loader
+from runner import trigger_spec as t
 from runner.catalog import Catalog, find_files
 from runner.errors import Problem
 from runner.loader import load_file, load_text
@@ -104,8 +105,11 @@ def test_good_full_uses_every_field_of_the_format() -> None:
     assert definition.valid, definition.problems
     used: dict[type, set[str]] = {}
     _fields_used(definition.spec, used)
-    for model in (d.WorkflowSpec, d.StepSpec, d.HttpSpec, d.RetrySpec, d.ParamSpec, d.DefaultsSpec):
-        missing = set(model.model_fields) - used.get(model, set())
+    for model in (d.WorkflowSpec, d.StepSpec, d.HttpSpec, d.RetrySpec, d.ParamSpec, d.DefaultsSpec,
+                  t.TriggersSpec, t.ScheduleSpec, t.WebhookSpec, t.EventSpec, t.FileTriggerSpec,
+                  t.AfterSpec, t.ConcurrencySpec, t.NotifySpec):
+        # token_env is the alternative to secret_env (one or the other): tested in test_webhooks
+        missing = set(model.model_fields) - used.get(model, set()) - ({"token_env"} if model is t.WebhookSpec else set())
         assert not missing, f"good_full.yaml never sets {model.__name__}.{sorted(missing)}"
     steps = definition.spec.steps
     assert {s.kind for s in steps} == set(d.KINDS)
@@ -482,3 +486,32 @@ def test_name_clash_appears_and_goes_with_reload(tmp_path: Path) -> None:
     b.unlink()
     catalog.reload([b])
     assert catalog.problems() == [] and catalog.get("same").valid
+
+
+def test_json_schema_describes_triggers_and_their_shorthands() -> None:
+    schema = d.json_schema()
+    defs = schema["$defs"]
+    assert {"TriggersSpec", "ScheduleSpec", "WebhookSpec", "EventSpec", "FileTriggerSpec", "AfterSpec",
+            "ConcurrencySpec", "NotifySpec"} <= set(defs)
+    ending = {"enum": ["succeeded", "failed", "cancelled"]}
+    assert ending in defs["NotifySpec"]["properties"]["on"]["anyOf"]
+    assert {"type": "integer"} in defs["RetrySpec"]["properties"]["on"]["anyOf"]  # exit codes stay numbers
+    assert ending in defs["AfterSpec"]["properties"]["status"]["anyOf"]
+    assert {"type": "string"} in defs["TriggersSpec"]["properties"]["event"]["anyOf"][1]["items"]["anyOf"]
+    assert {"type": "integer", "minimum": 1} in schema["properties"]["concurrency"]["anyOf"]
+    assert "pattern" in str(defs["FileTriggerSpec"]["properties"]["settle"])  # `2s` is a duration
+
+
+@pytest.mark.parametrize(("trigger", "message"), [
+    ('schedule: [{cron: "0 0 31 2 *"}]', "never matches a date"),
+    ('schedule: [{cron: "*/5 * * * * *"}]', "has 6 fields"),
+    ('schedule: [{cron: "*/5 * * * *", timezone: Mars/Olympus}]', "unknown time zone 'Mars/Olympus'"),
+    ("webhook: {params: {a: 1}}", "needs exactly one of 'secret_env'"),
+    ("webhook: {secret_env: A, token_env: B}", "needs exactly one of 'secret_env'"),
+    ('event: [{type: "x", params: {a: "{{ data.a "}}]', "template error"),
+    ("after: {workflow: w, status: done}", "'done' is not one of succeeded, failed, cancelled"),
+])
+def test_bad_triggers_are_reported_at_their_line(trigger: str, message: str) -> None:
+    text = f"triggers:\n  {trigger}\nsteps: [{{id: a, log: x}}]\n"
+    problems = load_text(text, "t.yaml").problems
+    assert any(p.line == 2 and message in p.message for p in problems), problems

@@ -42,7 +42,7 @@ def running_server(definitions: Path, db: str, *, watch: bool = True, **settings
     port = free_port()
     app = create_app(Settings(definitions=definitions, db=db, port=port, watch=watch, **settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=1, lifespan="on")
+                            timeout_graceful_shutdown=1, lifespan="on", loop="asyncio")  # as `serve`
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -34,7 +34,9 @@ from .sse import broker_messages, sse_response
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="items per page (1-500)")]
 _ERROR_TEXT = {400: "bad request: parameters, body or step", 404: "no such workflow, run or step",
-               409: "the workflow or run does not allow this now"}
+               409: "the workflow or run does not allow this now",
+               401: "missing or wrong credentials (signature, token)",
+               422: "the body does not give valid params", 503: "the server is not set up for this"}
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -77,7 +79,9 @@ class RunSummary(TypedDict):
     commit: str | None  # git revision of the definition the run ran (`abc..`, `abc..+dirty`), if in git
     status: str
     params: dict[str, Any]
-    trigger: str
+    trigger: str  # manual | api | dashboard | retry | workflow | schedule | webhook | event | file | after
+    trigger_ref: NotRequired[str | None]  # what exactly started it: the slot, upstream run, file, event id
+    reason: NotRequired[str | None]  # why it is `queued`
     error: str | None
     outputs: Any
     parent_run_id: str | None
@@ -139,6 +143,7 @@ class WorkflowItem(TypedDict):
     in_force: bool  # a version of this workflow can run (false only when it never loaded cleanly)
     commit: str | None  # git revision of the version in force (`abc..`, `abc..+dirty`), if in git
     last_run: RunSummary | None
+    paused: bool  # no trigger starts it until resumed (POST .../resume)
 
 
 class WorkflowPage(TypedDict):
@@ -166,6 +171,7 @@ class RunAccepted(TypedDict):
     url: str
     retry_of: NotRequired[str]
     retry_from: NotRequired[str | None]
+    reason: NotRequired[str]  # why a run is `queued`
 
 
 class Health(TypedDict):
@@ -185,14 +191,14 @@ def _services(request: Request) -> Services:
 # -- workflows -------------------------------------------------------------------
 
 
-def _workflow_item(definition: Definition, last: dict[str, Any] | None) -> WorkflowItem:
+def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: bool = False) -> WorkflowItem:
     spec = definition.spec
     return {
         "name": definition.name, "path": definition.path, "version": definition.version,
         "description": spec.description if spec else None, "tags": list(spec.tags) if spec else [],
         "valid": definition.healthy, "errors": [str(p) for p in definition.current_problems],
         "file_version": (definition.broken or definition).version, "in_force": definition.valid,
-        "commit": definition.revision, "last_run": run_summary(last) if last else None,
+        "commit": definition.revision, "last_run": run_summary(last) if last else None, "paused": paused,
     }
 
 
@@ -219,7 +225,8 @@ async def list_workflows(
     found = [d for d in services.catalog.entries() if _matches(d, tag, q)]
     last = await services.store.last_runs()
     start = (page - 1) * limit
-    items = [_workflow_item(d, last.get(d.name)) for d in found[start:start + limit]]
+    paused = await services.state.paused()
+    items = [_workflow_item(d, last.get(d.name), d.name in paused) for d in found[start:start + limit]]
     return {"items": items, "total": len(found), "page": page, "limit": limit}
 
 
@@ -250,7 +257,7 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
     spec = definition.spec
     last = (await services.store.list_runs(workflow=name, limit=1))[0]
     return {
-        **_workflow_item(definition, last[0] if last else None),
+        **_workflow_item(definition, last[0] if last else None, await services.state.is_paused(definition.name)),
         "source": (definition.broken or definition).source,  # the text on disk: errors point into it
         "params": {k: p.model_dump() for k, p in spec.params.items()} if spec else {},
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
@@ -273,8 +280,9 @@ def _graph(definition: Definition) -> dict[str, list[dict[str, Any]]]:
 @post("/api/workflows/{name:str}/runs", status_code=202, tags=["runs"], responses=_errors(400, 404, 409))
 async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> Response[RunAccepted]:
     """Start a run of the workflow's current version; returns once the run is recorded."""
-    exe = await start_run(_services(request), name, data.params if data else {})
-    return _accepted(exe.id, exe.status.value, name)
+    launch = await start_run(_services(request), name, data.params if data else {})
+    extra = {"reason": launch.reason} if launch.reason else {}
+    return _accepted(launch.run_id or "", "running" if launch.status == "started" else launch.status, name, **extra)
 
 
 def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response[RunAccepted]:

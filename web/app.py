@@ -32,8 +32,10 @@ from runner.errors import (
 from .api import API_ROUTES
 from .api_approvals import APPROVAL_ROUTES
 from .api_breakers import BREAKER_ROUTES
+from .api_triggers import TRIGGER_ROUTES
 from .api_versions import VERSION_ROUTES
 from .pages import PAGE_ROUTES, register_template_helpers
+from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
 from .services import RunConflict, Services, Settings
 
@@ -53,10 +55,10 @@ def error_response(request: Request, status: int, detail: str, code: str, extra:
 
 
 def _treadle_error(request: Request, exc: TreadleError) -> Response:
-    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
+    status = getattr(exc, "http_status", None) or next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
     extra: dict = {}
-    if isinstance(exc, ParamError):
-        extra["errors"] = exc.errors
+    if getattr(exc, "errors", None) is not None:  # ParamError, a webhook's rejected params
+        extra["errors"] = exc.errors  # type: ignore[attr-defined]
     if isinstance(exc, WorkflowInvalid):
         extra["errors"] = [str(p) for p in exc.problems]
     return error_response(request, status, str(exc), exc.error_code, extra)
@@ -93,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
     return Litestar(
-        route_handlers=[*API_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES,
+        route_handlers=[*API_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *TRIGGER_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),

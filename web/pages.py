@@ -28,6 +28,7 @@ from runner.loader import Definition
 from . import live
 from .api_approvals import decide
 from .api_breakers import reset_breakers
+from .api_triggers import trigger_summary
 from .dag_svg import STATES, layout_for, render_svg, state_class
 from .forms import form_fields, posted_params
 from .run_view import (
@@ -104,6 +105,7 @@ async def workflows_page(request: Request) -> Template:
     breakers = [b.snapshot() for b in services.engine.breakers.all()]
     waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN)
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
+                                               "paused": await services.state.paused(),
                                                "breakers": breakers, "approvals": waiting,
                                                "approvals_total": waiting_total})
 
@@ -133,7 +135,7 @@ async def _workflow_context(services: Services, definition: Definition, page: in
         "lines": (definition.broken or definition).source.splitlines(), "bad_lines": bad_lines,
         "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
-        "form_error": None,
+        "form_error": None, "triggers": await trigger_summary(services, definition),
     }
 
 
@@ -166,7 +168,7 @@ async def start_from_form(request: Request, name: FromPath[str]) -> Template | R
             continue  # an empty required field, or the empty choice of a select: not given
         params[field.name] = values[field.name]
     try:
-        exe = await start_run(services, name, params, from_text=True, trigger="dashboard")
+        launch = await start_run(services, name, params, from_text=True, trigger="dashboard")
     except ParamError as exc:
         context["fields"] = form_fields(definition.spec.params, values, exc.errors)
         context["form_error"] = "Some values are not right; see the marked fields."
@@ -174,9 +176,9 @@ async def start_from_form(request: Request, name: FromPath[str]) -> Template | R
     except TreadleError as exc:  # invalid file, missing secret: the server's setup (409)
         context["fields"] = form_fields(definition.spec.params, values)
         context["form_error"] = str(exc)
-        status = 409 if isinstance(exc, WorkflowInvalid | SecretMissing) else 400
+        status = 409 if isinstance(exc, WorkflowInvalid | SecretMissing | RunConflict) else 400
         return Template("workflow.html", context=context, status_code=status)
-    return Redirect(f"/runs/{quote(exe.id, safe='')}", status_code=303)
+    return Redirect(f"/runs/{quote(launch.run_id or '', safe='')}", status_code=303)
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ async def retry_from_form(request: Request, run_id: FromPath[str]) -> Template |
     except RunNotFound:
         return no_run(run_id)
     except TreadleError as exc:  # invalid file, run still going (409); no such step (400)
-        conflict = isinstance(exc, WorkflowInvalid) or exc.error_code in ("RUN_ACTIVE", "RUN_CONFLICT")
+        conflict = isinstance(exc, WorkflowInvalid | RunConflict)
         return error_page(409 if conflict else 400, "Cannot retry", str(exc))
     return Redirect(f"/runs/{quote(exe.id, safe='')}", status_code=303)
 

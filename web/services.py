@@ -15,20 +15,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 from jinja2 import Environment, TemplateSyntaxError, meta
 
 from runner.catalog import Catalog
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowNotFound
 from runner.events import Broker
 from runner.executor import Engine
+from runner.file_triggers import FileTriggers
 from runner.follower import Follower
 from runner.gitsync import GitSync, default_workdir
+from runner.launcher import Launch, Launcher
 from runner.loader import Definition
 from runner.models import RunStatus
+from runner.notify import Notifier
 from runner.params import validate_params
 from runner.run_execution import RunExecution, raw_inputs
+from runner.schedules import Scheduler
 from runner.store import DEFAULT_DB, Store
 from runner.templates import TemplateFailed, is_template, render, truthy
+from runner.trigger_state import TriggerState
 
 
 class RunConflict(TreadleError):
@@ -63,6 +69,11 @@ class Services:
     engine: Engine
     broker: Broker
     follower: Follower
+    state: TriggerState
+    launcher: Launcher
+    scheduler: Scheduler | None = None
+    files: FileTriggers | None = None
+    notifier: Notifier | None = None
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
 
@@ -78,22 +89,41 @@ class Services:
         await asyncio.to_thread(catalog.load_all)
         broker = Broker()
         async with Store(settings.db, broker) as store:
-            engine = Engine(store, lookup=catalog.get, definitions_dir=folder)
+            # one client for http steps and notifications, closed after both are done
+            http = httpx.AsyncClient(follow_redirects=True)
+            engine = Engine(store, lookup=catalog.get, definitions_dir=folder, http=http)
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
-            services = cls(settings, catalog, store, engine, broker, follower)
+            state = TriggerState(store)
+            launcher = Launcher(engine, state, catalog.entries)
+            notifier = Notifier(http, engine.environ)
+            engine.run_ended.append(notifier.on_run_ended)
+            files = FileTriggers(launcher, catalog.entries, state)
+            scheduler = Scheduler(launcher, catalog.entries, state)
+            follower.listeners += [files.refresh, scheduler.poke]
+            services = cls(settings, catalog, store, engine, broker, follower, state, launcher, notifier=notifier,
+                           files=files, scheduler=scheduler)
             await follower.start()
             resumed = await engine.recover()
             if resumed:
                 print(f"treadle: resuming {len(resumed)} unfinished run(s): {', '.join(e.id for e in resumed)}",
                       file=sys.stderr, flush=True)
+            await launcher.load_queued()
+            await launcher.catch_up_chains()
             recovery = asyncio.create_task(_recover_forever(engine))
+            await files.start()
+            schedules = asyncio.create_task(scheduler.run_forever(), name="treadle-schedules")
             try:
                 yield services
             finally:
                 services.stopping.set()
                 recovery.cancel()
+                schedules.cancel()
+                await files.stop()
                 await follower.stop()
                 await _graceful_shutdown(engine, settings.grace)
+                await launcher.close()
+                await notifier.close()
+                await http.aclose()
 
 
 async def _recover_forever(engine: Engine) -> None:
@@ -146,22 +176,24 @@ async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:
 
 
 async def start_run(services: Services, name: str, params: dict | None, *, from_text: bool = False,
-                    trigger: str = "api") -> RunExecution:
-    """Start a run of the current version of `name`; raises TreadleError subclasses.
-
-    Returns once the run row is committed, so a client that reads it next finds it.
-    """
+                    trigger: str = "api") -> Launch:
+    """Start (or queue) a run of the current version of `name` for a person or an API
+    client; raises TreadleError subclasses, RunConflict when the concurrency policy
+    skips it. Returns once the run row is committed, so a client that reads it next
+    finds it."""
     definition = services.catalog.get(name)
     if definition is None:
         raise WorkflowNotFound(name, services.catalog.names())
-    exe = await services.engine.start(definition, params, from_text=from_text, trigger=trigger)
+    launch = await services.launcher.launch(definition, params, from_text=from_text, trigger=trigger, manual=True)
+    if launch.status == "skipped":
+        raise RunConflict(f"workflow '{name}': {launch.reason}; try again when a run has ended", "CONCURRENCY_LIMIT")
     await services.store.flush()
-    return exe
+    return launch
 
 
 async def cancel_run(services: Services, run_id: str, *, compensate: bool = False) -> bool:
-    """Cancel a run; False when it had already finished. Raises RunNotFound."""
-    if services.engine.cancel(run_id, compensate=compensate):
+    """Cancel a run (a queued one too); False when it had already finished. Raises RunNotFound."""
+    if services.engine.cancel(run_id, compensate=compensate) or await services.launcher.cancel_queued(run_id):
         return True
     if await services.store.get_run(run_id) is None:
         raise RunNotFound(run_id)
@@ -185,9 +217,20 @@ async def retry_run(services: Services, run_id: str, from_step: str | None) -> R
 
     Raises RunNotFound, RunConflict (the run is still going), ParamError (no such step).
     """
-    if run_id in services.engine.runs:
-        raise RunConflict(f"run '{run_id}' is still running; cancel it or wait for it to end, "
+    if run_id in services.engine.runs or run_id in services.launcher.queued_ids():
+        raise RunConflict(f"run '{run_id}' has not ended; cancel it or wait for it to end, "
                           "then retry", "RUN_ACTIVE")
+    run = await services.store.get_run(run_id)
+    definition = services.catalog.get(run["workflow"]) if run else None
+    limits = definition.spec.concurrency if definition and definition.spec else None
+    if limits is not None and limits.policy != "cancel_previous":
+        # a retry is not queued (what it reuses lives in memory): it starts now or not at all
+        going = services.launcher.active(definition.name)
+        if len(going) >= limits.limit:
+            raise RunConflict(f"workflow '{definition.name}': concurrency limit {limits.limit} reached (going: "
+                              f"{', '.join(e.id for e in going)}); retry when a run has ended", "CONCURRENCY_LIMIT")
+    elif limits is not None:
+        await services.launcher.make_room(definition.name, limits.limit)
     exe = await services.engine.retry(run_id, from_step)
     await services.store.flush()
     return exe

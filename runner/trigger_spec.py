@@ -1,0 +1,155 @@
+"""The parts of the file format that start runs and report on them: `triggers`,
+`concurrency` and `notify` (pydantic models, like definition.py, which uses them).
+
+`triggers` and not `on:`: YAML 1.1 readers (and so many editors and linters) read a
+bare `on` key as the boolean true.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadDateError, croniter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .durations import parse_duration
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RUN_ENDINGS = ("succeeded", "failed", "cancelled")
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Ending = Literal["succeeded", "failed", "cancelled"]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | dict) else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+_PARAMS_DOC = "templates giving the run's params; default: see docs/triggers.md"
+
+
+class ScheduleSpec(_Model):
+    cron: str = Field(description="five-field cron expression (or @hourly, @daily, ...)")
+    timezone: str = Field("UTC", description="IANA zone the cron is read in, e.g. Europe/Berlin")
+    catchup: Literal["none", "latest", "all"] = Field(
+        "latest", description="times missed while Treadle was down: none, the latest one, or all of them")
+    params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a cron expression; write five fields "
+                             "'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'")
+        if len(value.split()) > 5:
+            raise ValueError(f"'{value}' has {len(value.split())} fields; Treadle takes five "
+                             "(minute hour day-of-month month day-of-week), no seconds")
+        try:  # `0 0 31 2 *` is well formed but never comes
+            croniter(value).get_next()
+        except CroniterBadDateError:
+            raise ValueError(f"'{value}' never matches a date; check the day of month and month") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{value}'; use an IANA name like UTC or Europe/Berlin") from None
+        return value
+
+    @property
+    def key(self) -> str:
+        """Names this schedule in the stored state (its last fired time)."""
+        return f"schedule:{self.cron}|{self.timezone}"
+
+
+class WebhookSpec(_Model):
+    secret_env: str | None = Field(None, pattern=ENV_NAME_PATTERN,
+                                   description="environment variable holding the HMAC-SHA256 key senders sign with")
+    token_env: str | None = Field(None, pattern=ENV_NAME_PATTERN,
+                                  description="environment variable holding a bearer token, for senders that cannot sign")
+    params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC + " (`body`, `headers`, `query`)")
+
+    @model_validator(mode="after")
+    def _one_check(self) -> WebhookSpec:
+        if (self.secret_env is None) == (self.token_env is None):
+            raise ValueError("a webhook needs exactly one of 'secret_env' (signed calls) or 'token_env' "
+                             "(a bearer token); an unauthenticated webhook would let anyone start runs")
+        return self
+
+
+class EventSpec(_Model):
+    type: str = Field(min_length=1, description="event type to listen to; * matches any text, e.g. order.*")
+    params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC + " (`type`, `data`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
+class FileTriggerSpec(_Model):
+    path: str = Field(min_length=1, description="glob of the files to watch, relative to the definition's folder; ** for any depth")
+    settle: Duration = Field(1.0, description="a file must stay unchanged this long before a run starts")
+    params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC + " (`file.path`, `file.name`, `file.size`)")
+
+
+class AfterSpec(_Model):
+    workflow: str = Field(min_length=1, description="the workflow whose runs this one follows")
+    status: list[Ending] = Field(default_factory=lambda: ["succeeded"], description="which endings start this one")
+    params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC + " (`upstream.id`, `.outputs`, ...)")
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TriggersSpec(_Model):
+    schedule: list[ScheduleSpec] = Field(default_factory=list)
+    webhook: WebhookSpec | None = None
+    event: list[EventSpec] = Field(default_factory=list)
+    file: list[FileTriggerSpec] = Field(default_factory=list)
+    after: list[AfterSpec] = Field(default_factory=list)
+
+    @field_validator("schedule", "event", "file", "after", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class ConcurrencySpec(_Model):
+    limit: int = Field(1, ge=1, le=10_000, description="runs of this workflow going at once")
+    policy: Literal["queue", "skip", "cancel_previous"] = Field(
+        "queue", description="when the limit is reached: queue the new run, skip it, or cancel the oldest")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"limit": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class NotifySpec(_Model):
+    on: list[Ending] = Field(default_factory=lambda: list(RUN_ENDINGS), description="which endings are posted")
+    webhook: str = Field(description="http(s) URL the JSON event is POSTed to")
+    secret_env: str | None = Field(None, pattern=ENV_NAME_PATTERN,
+                                   description="sign the body like incoming webhooks (X-Treadle-Signature)")
+    retries: int = Field(3, ge=0, le=20, description="tries after the first when the receiver fails")
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http:// or https:// URL")
+        return value
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _on_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
