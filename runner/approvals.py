@@ -171,10 +171,14 @@ class Approvals:
             self.store.update_run({"id": run_id, "status": RunStatus.RUNNING.value})
 
     async def pending(self, *, run_id: str | None = None, step_id: str | None = None,
-                      offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
-        """The approvals waiting now (of unfinished runs), oldest first; and how many."""
+                      offset: int = 0, limit: int = 50, workflows: list[str] | None = None,
+                      ) -> tuple[list[dict[str, Any]], int]:
+        """The approvals waiting now (of unfinished runs), oldest first; and how many.
+        `workflows`: only those of these workflows (a namespace's)."""
         await self._ensure_table()
         conds = [ApprovalRow.decision.is_(None), Run.status.in_(list(UNFINISHED_RUN_STATES))]
+        if workflows is not None:
+            conds.append(ApprovalRow.workflow.in_(workflows))
         if run_id is not None:
             conds.append(ApprovalRow.run_id == run_id)
         if step_id is not None:

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.add_argument("--grace", type=_duration_arg, default="30s",
                    help="on Ctrl-C/SIGTERM, how long running steps may finish (default 30s)")
+    secrets_file_option(p)
     _common(p, d)
     p.set_defaults(func=cmd_run)
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
     p.set_defaults(func=cmd_show)
 
+    from .cli_tokens import register as register_tokens
+
+    register_tokens(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)
     return parser
@@ -87,6 +91,26 @@ def _duration_arg(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def secrets_file_option(p: argparse.ArgumentParser) -> None:
+    """`--secrets-file` (also used by `serve`)."""
+    from .secrets_file import ENV_VAR
+
+    p.add_argument("--secrets-file", metavar="PATH", default=os.environ.get(ENV_VAR) or None,
+                   help=f"a dotenv file (KEY=value lines) of secrets, besides the environment, which wins "
+                        f"(env {ENV_VAR})")
+
+
+def load_secrets_file(path: str | None, command: str) -> dict[str, str] | None:
+    """The environment completed by the secrets file (None without one); warns on stderr
+    when other users can read the file. Raises SecretsFileError (exit code 2)."""
+    from .secrets_file import loose_permissions, with_secrets_file
+
+    environ = with_secrets_file(path)
+    if path and (warning := loose_permissions(path)):
+        print(f"treadle {command}: warning: {warning}", file=sys.stderr)
+    return environ
 
 
 def _common(p: argparse.ArgumentParser, d: dict[str, str]) -> None:
@@ -188,6 +212,7 @@ def _find_definition(name: str, definitions: Path) -> tuple[Definition, Catalog]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.environ = load_secrets_file(args.secrets_file, "run")
     definition, catalog = _find_definition(args.name, Path(args.definitions))
     params = _parse_params(args.param)
     return asyncio.run(_run(definition, catalog, params, args))
@@ -200,7 +225,8 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
 
     quiet = args.json
     async with Store(args.db) as store:
-        engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root)
+        engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root,
+                        environ=getattr(args, "environ", None))
         stopping = _GracefulStop(engine, args.grace)
         try:
             # runs of this workflow that an earlier `treadle run` left unfinished go on first

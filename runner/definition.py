@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,6 +24,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .durations import parse_duration
+from .limits import (
+    DEFAULT_RUN_TIMEOUT,
+    MAX_PARALLEL,
+    MAX_RETRIES,
+    MAX_RUN_TIMEOUT,
+    MAX_STEPS,
+    duration_text,
+)
 from .trigger_spec import ConcurrencySpec, NotifySpec, TriggersSpec
 
 KINDS = ("run", "http", "python", "set", "wait", "log", "workflow", "approval")
@@ -32,7 +41,13 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def _a_number(seconds: float) -> float:
+    if seconds != seconds:  # `.nan`: a step would time out at once, a `wait` never end
+        raise ValueError("the duration is not a number (.nan); write e.g. 30s")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_a_number)]
 
 
 def _error_at(key: str, message: str) -> PydanticCustomError:
@@ -49,7 +64,7 @@ class _Model(BaseModel):
 
 
 class RetrySpec(_Model):
-    limit: int = Field(0, ge=0, le=1000, description="retries after the first attempt")
+    limit: int = Field(0, ge=0, le=MAX_RETRIES, description="retries after the first attempt")
     backoff: Literal["none", "fixed", "linear", "exponential"] = "fixed"
     delay: Duration = Field(1.0, description="base delay between attempts")
     max_delay: Duration = Field(300.0, description="upper bound of any one delay")
@@ -266,16 +281,21 @@ class WorkflowSpec(_Model):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     env: dict[str, Any] = Field(default_factory=dict)
     secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(default_factory=list)
-    max_parallel: int = Field(16, ge=1, le=1024)
-    timeout: Duration | None = None
+    max_parallel: int = Field(16, ge=1, le=MAX_PARALLEL)
+    timeout: Duration | None = Field(
+        None, description=f"the whole run, counted from its start (default {duration_text(DEFAULT_RUN_TIMEOUT)}, "
+                          f"at most {duration_text(MAX_RUN_TIMEOUT)})"
+    )
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
-    steps: list[StepSpec] = Field(min_length=1)
+    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
     resume: bool = Field(
         True, description="after a crash or a stop, resume unfinished runs (false: mark them failed)"
     )
-    on_failure: list[StepSpec] = Field(default_factory=list, description="steps run when the run failed")
-    on_success: list[StepSpec] = Field(default_factory=list, description="steps run when the run succeeded")
-    finally_: list[StepSpec] = Field(default_factory=list, alias="finally",
+    on_failure: list[StepSpec] = Field(default_factory=list, max_length=MAX_STEPS,
+                                       description="steps run when the run failed")
+    on_success: list[StepSpec] = Field(default_factory=list, max_length=MAX_STEPS,
+                                       description="steps run when the run succeeded")
+    finally_: list[StepSpec] = Field(default_factory=list, alias="finally", max_length=MAX_STEPS,
                                      description="steps run at the end whatever happened")
     outputs: dict[str, Any] | None = Field(
         None, description="templates for the run's outputs; default: the outputs of the last steps"
@@ -289,6 +309,16 @@ class WorkflowSpec(_Model):
     @classmethod
     def _tags_list(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator("timeout")
+    @classmethod
+    def _run_timeout(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_RUN_TIMEOUT:
+            raise ValueError(
+                f"{duration_text(value)} is more than the limit of {duration_text(MAX_RUN_TIMEOUT)} for a run; "
+                "split the work into several runs (a `schedule` or `after` trigger can start the next one)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _inherit_circuit_breaker(self) -> WorkflowSpec:

@@ -14,6 +14,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}; use e.g. 45s, 10m, 1h30m or a number of seconds")
     if isinstance(value, int | float):
+        if value != value:  # `.nan`: a timeout would fire at once, a wait never end
+            raise ValueError("the duration is not a number (.nan); write e.g. 30s")
         if value < 0:
             raise ValueError(f"duration {value} is negative")
         return float(value)

@@ -40,6 +40,7 @@ from .models import RunStatus, StepStatus
 from .params import validate_params
 from .run_execution import RunExecution
 from .store import Store
+from .templates import Masker
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
@@ -224,9 +225,12 @@ class Engine:
             self.store.update_run({"id": run_id, "reason": None, **lease})
         else:
             run_id = new_run_id()
+            parent = self.runs.get(parent_run_id) if parent_run_id else None
             self.store.put_run({
                 "id": run_id, "workflow": definition.name, "version": definition.version,
-                "commit": definition.revision, "params": checked, "trigger": trigger, "trigger_ref": ref,
+                "commit": definition.revision, "trigger": trigger, "trigger_ref": ref,
+                "params": self._recorded_params(run_id, definition, checked,
+                                                [*secret_values.values(), *(parent.mask_values if parent else ())]),
                 "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
                 "retry_of": retry_of, "retry_from": retry_from, "created_at": now, **lease,
             })
@@ -242,16 +246,30 @@ class Engine:
                 ref: str | None = None, reason: str, from_text: bool = False) -> tuple[str, dict[str, Any]]:
         """Record a `queued` run (params checked now, so a bad start fails at once);
         `start(..., queued_id=)` starts it later. Returns (run id, checked params)."""
-        checked, _ = self.prepare(definition, params, from_text=from_text)
+        checked, secret_values = self.prepare(definition, params, from_text=from_text)
         now = time.time()
         self._write_version(definition, now)
         run_id = new_run_id()
         self.store.put_run({
             "id": run_id, "workflow": definition.name, "version": definition.version,
-            "commit": definition.revision, "status": RunStatus.QUEUED.value, "params": checked,
+            "commit": definition.revision, "status": RunStatus.QUEUED.value,
+            "params": self._recorded_params(run_id, definition, checked, list(secret_values.values())),
             "trigger": trigger, "trigger_ref": ref, "reason": reason, "created_at": now,
         })
         return run_id, checked
+
+    def _recorded_params(self, run_id: str, definition: Definition, params: dict[str, Any],
+                         secrets: list[str]) -> dict[str, Any]:
+        """The params as stored: a secret's value in them (in any form the Masker finds)
+        is masked. The run itself goes on with the real values (held in memory)."""
+        if not secrets or not params:
+            return params
+        masked = Masker(secrets).data(params)
+        if masked == params:
+            return params
+        log.warning("run %s of %s: a param holds the value of a secret; it is recorded masked (a retry, "
+                    "or a resume after a restart, gets *** in its place)", run_id, definition.name)
+        return masked
 
     def _write_version(self, definition: Definition, now: float) -> None:
         if (definition.name, definition.version) not in self._versions_written:

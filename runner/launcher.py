@@ -327,13 +327,15 @@ class Launcher:
 
     # -- events --------------------------------------------------------------------
 
-    async def emit(self, event_type: str, data: Any, *, event_id: str | None = None) -> list[Launch]:
-        """Start every workflow listening to `event_type`, with `data` as params."""
+    async def emit(self, event_type: str, data: Any, *, event_id: str | None = None,
+                   only: set[str] | None = None) -> list[Launch]:
+        """Start every workflow listening to `event_type` (of `only`, if given), with
+        `data` as params."""
         event_id = event_id or new_event_id()
         context = {"type": event_type, "data": data, "id": event_id}
         launches = []
         for definition in self.definitions():
-            if not definition.valid or definition.spec is None:
+            if not definition.valid or definition.spec is None or (only is not None and definition.name not in only):
                 continue
             spec = next((e for e in definition.spec.triggers.event if fnmatch.fnmatchcase(event_type, e.type)), None)
             if spec is not None:

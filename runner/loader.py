@@ -12,6 +12,7 @@ import difflib
 import gc
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -20,16 +21,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml.reader
 from pydantic import BaseModel, ValidationError
 
 from . import definition as d
 from . import trigger_spec as t
 from .dag import Dag, build_dag
+from .durations import parse_duration
 from .errors import Problem
+from .limits import (
+    DEFAULT_RUN_TIMEOUT,
+    MAX_FILE_BYTES,
+    MAX_FOREACH_ITEMS,
+    MAX_PROBLEMS,
+    MAX_RUN_TIMEOUT,
+    duration_text,
+    size_text,
+)
 from .templates import TemplateSyntax, check_template, step_refs
 from .yaml_source import Source, YamlSyntaxError, parse
 
-MAX_FILE_BYTES = 1_000_000
+log = logging.getLogger("treadle.loader")
 
 
 @dataclass
@@ -85,7 +97,7 @@ def load_file(path: Path, shown_as: str | None = None) -> Definition:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            return _failed(name, shown, "", f"file is {size} bytes; the limit is {MAX_FILE_BYTES} (split the workflow into smaller ones)")
+            return _failed(name, shown, "", _too_big(size))
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         return _failed(name, shown, "", f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")
@@ -108,22 +120,71 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _too_big(size: int) -> str:
+    return (f"file is {size:,} bytes; the limit is {size_text(MAX_FILE_BYTES)} (split the workflow into "
+            "smaller ones: a `workflow` step runs another workflow as a child)")
+
+
 def load_text(text: str, path: str, *, name: str | None = None, base_dir: Path | None = None) -> Definition:
-    """Load a definition from text; `path` is used in messages and `name` is the default name."""
-    with _without_cyclic_gc():
-        return _load_text(text, path, name=name, base_dir=base_dir)
+    """Load a definition from text; `path` is used in messages and `name` is the default name.
+
+    Never raises for any text: every problem, even one in Treadle itself, is a Problem.
+    """
+    name = name or Path(path).stem
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (`"\ud800"` in a JSON string)
+        line, col = _position(text, exc.start)
+        shown = text.encode("utf-8", "replace").decode("utf-8")
+        return _failed(name, path, shown, f"the text is not valid Unicode ({exc.reason} at character {exc.start + 1})",
+                       at=(line, col))
+    if len(data) > MAX_FILE_BYTES:
+        return _failed(name, path, text, _too_big(len(data)))
+    try:
+        with _without_cyclic_gc():
+            return _load_text(text, path, name=name, base_dir=base_dir, version=hashlib.sha256(data).hexdigest()[:12])
+    except Exception as exc:  # a bug in Treadle: report it on the file rather than crash the caller
+        log.exception("loading %s", path)
+        return _failed(name, path, text, f"internal error while checking this file: {type(exc).__name__}: {exc} "
+                                         "(a bug in Treadle; please report it with the file)")
 
 
-def _load_text(text: str, path: str, *, name: str | None, base_dir: Path | None) -> Definition:
-    result = Definition(
-        name=name or Path(path).stem, path=path, source=text, version=version_of(text),
-        base_dir=base_dir or Path.cwd(),
-    )
-    problems = _Collector(path)
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # YAML's line breaks
+_NOT_YAML = re.compile(yaml.reader.Reader.NON_PRINTABLE.pattern)  # what YAML refuses to read
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of character `index` of `text`, as YAML counts them."""
+    breaks = list(_LINE_BREAK.finditer(text, 0, index))
+    start = breaks[-1].end() if breaks else 0
+    return len(breaks) + 1, index - start + 1
+
+
+def _unreadable(text: str) -> Problem | None:
+    """A character YAML does not allow (control characters, U+FFFE, U+FFFF), with its
+    position; the YAML reader itself says only `position 40` (characters from the start)."""
+    found = _NOT_YAML.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a control character" if ord(char) < 0xA0 else "not a character"
+    return Problem("", *_position(text, found.start()),
+                   f"invalid YAML: the character U+{ord(char):04X} ({kind}) is not allowed; remove it")
+
+
+def _load_text(text: str, path: str, *, name: str, base_dir: Path | None, version: str) -> Definition:
+    result = Definition(name=name, path=path, source=text, version=version, base_dir=base_dir or Path.cwd())
+    problems = _Collector(path, text)
+    unreadable = _unreadable(text)
+    if unreadable is not None:
+        problems.add(unreadable.line, unreadable.column, unreadable.message)
+        result.problems = problems.items
+        return result
     try:
         src = parse(text)
     except YamlSyntaxError as exc:
-        result.problems = [Problem(path, exc.line, exc.column, exc.args[0])]
+        problems.add(exc.line, exc.column, exc.args[0])
+        result.problems = problems.items
         return result
     for dup_path, line, col, first in src.duplicates:
         problems.add(line, col, f"{_dotted(dup_path)}: key '{dup_path[-1]}' written twice (first on line {first}); remove one, YAML would keep only the last")
@@ -147,27 +208,47 @@ def _load_text(text: str, path: str, *, name: str | None, base_dir: Path | None)
     _check_templates(src, dag, {sid for sid, _ in links}, problems)
     _check_handlers(src, {sid for sid, _ in links}, problems)
     _check_text_values(src, problems)
+    _check_run_limits(src, problems)
     result.problems = problems.items
     if not result.problems and spec is not None:
         result.spec, result.dag = spec, dag
     return result
 
 
-def _failed(name: str, path: str, source: str, message: str) -> Definition:
+def _failed(name: str, path: str, source: str, message: str, at: tuple[int, int] = (1, 1)) -> Definition:
     return Definition(name=name, path=path, source=source, version=version_of(source),
-                      problems=[Problem(path, 1, 1, message)])
+                      problems=[Problem(path, *at, message)])
 
 
 class _Collector:
-    def __init__(self, path: str):
-        self.path = path
-        self.items: list[Problem] = []
+    """The problems found, each once, in file order; at most MAX_PROBLEMS of them."""
+
+    def __init__(self, path: str, text: str = ""):
+        self.path, self._text = path, text
+        self._seen: dict[Problem, None] = {}  # in the order found (a set would lose it)
+        self._lines: int | None = None
+
+    @property
+    def lines(self) -> int:
+        """Lines of the text, as YAML counts them."""
+        if self._lines is None:
+            self._lines = sum(1 for _ in _LINE_BREAK.finditer(self._text)) + 1
+        return self._lines
 
     def add(self, line: int, column: int, message: str) -> None:
-        problem = Problem(self.path, line, column, message)
-        if problem not in self.items:
-            self.items.append(problem)
-            self.items.sort(key=lambda p: (p.line, p.column))
+        if not message.isprintable():  # a key or value with a line break: one problem, one line
+            message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self._seen.setdefault(Problem(self.path, line, column, message))
+
+    @property
+    def items(self) -> list[Problem]:
+        found = sorted(self._seen, key=lambda p: (p.line, p.column))  # stable: same place, order found
+        if len(found) > MAX_PROBLEMS:
+            rest = found[MAX_PROBLEMS]
+            found = [*found[:MAX_PROBLEMS], Problem(
+                self.path, rest.line, rest.column,
+                f"{len(found) - MAX_PROBLEMS:,} more problems not shown; fix the ones above first")]
+        return found
 
 
 def _dotted(path: tuple) -> str:
@@ -324,6 +405,12 @@ def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -
         problems.add(*src.where(data_path), f"{where}: {value!r} is not allowed: {hint}")
     elif kind == "too_short":
         problems.add(*src.where(data_path), f"{where}: the list is empty; give at least {ctx.get('min_length', 1)} item")
+    elif kind == "too_long" and data_path and data_path[-1] in _STEP_LISTS:
+        count, limit = ctx.get("actual_length"), ctx.get("max_length")
+        shown = f"{count:,}" if isinstance(count, int) else "too many"
+        problems.add(*src.where(data_path, key=True),
+                     f"{where}: {shown} steps, more than the limit of {limit:,} per list; split the workflow "
+                     "into smaller ones (a `workflow` step runs another workflow as a child)")
     else:
         message = err["msg"].removeprefix("Value error, ")
         if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
@@ -486,12 +573,23 @@ class _TemplateChecker:
             try:
                 check_template(value)
             except TemplateSyntax as exc:
-                self.problems.add(*self.src.where_in(path, exc.lineno), f"{_dotted(path)}: template error: {exc.message}")
+                self.problems.add(*self._at(path, exc.lineno), f"{_dotted(path)}: template error: {exc.message}")
                 return
             for ref, lineno in step_refs(value):
                 message = _ref_problem(ref, step_id, self.dag, self.ids)
                 if message:
-                    self.problems.add(*self.src.where_in(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
+                    self.problems.add(*self._at(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
+
+    def _at(self, path: tuple, lineno: int) -> tuple[int, int]:
+        """Where line `lineno` of the template at `path` is written. Only a `|` or `>`
+        block keeps the file's lines; in a quoted or plain value a line break comes
+        from an escape (`"a\\nb"`) or an empty line, so the value's start is shown."""
+        if lineno > 1 and path not in self.src.blocks:
+            return self.src.where(path)
+        line, column = self.src.where_in(path, lineno)
+        if line > self.problems.lines:  # never past the end of the file
+            return self.src.where(path)
+        return line, column
 
 
 def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) -> str | None:
@@ -514,6 +612,39 @@ def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) 
 
 
 _TEXT_VALUES = (("env",), ("steps", int, "env"), ("steps", int, "http", "headers"))
+
+
+def _check_run_limits(src: Source, problems: _Collector) -> None:
+    """Limits a run would hit for sure, reported at load: a literal `foreach` list that is
+    too long, a `wait` or `approval.timeout` of a main step longer than the run may last."""
+    raw = src.data
+    # a run without `timeout` has the default limit: a longer wait cannot end (with a
+    # `timeout`, the author chose it; it is at most MAX_RUN_TIMEOUT, checked by the model)
+    capped = raw.get("timeout") is None
+    longer = (f"a run without `timeout` may last ({duration_text(DEFAULT_RUN_TIMEOUT)}); set the workflow's "
+              f"`timeout` (at most {duration_text(MAX_RUN_TIMEOUT)}) or wait less")
+    for key in _STEP_LISTS:
+        steps = raw.get(key)
+        for i, step in enumerate(steps if isinstance(steps, list) else []):
+            if not isinstance(step, dict):
+                continue
+            items = step.get("foreach")
+            if isinstance(items, list) and len(items) > MAX_FOREACH_ITEMS:
+                problems.add(*src.where((key, i, "foreach"), key=True),
+                             f"{key}[{i}].foreach: {len(items):,} items, more than the limit of "
+                             f"{MAX_FOREACH_ITEMS:,} per step; split the list into batches (e.g. one child "
+                             "`workflow` run per batch)")
+            if key != "steps" or not capped:  # handlers run after the main steps, outside the run's timeout
+                continue
+            approval = step.get("approval")
+            for at, value in (((key, i, "wait"), step.get("wait")),
+                              ((key, i, "approval", "timeout"), approval.get("timeout") if isinstance(approval, dict) else None)):
+                try:
+                    seconds = parse_duration(value) if value is not None else None
+                except ValueError:  # reported by the model
+                    continue
+                if seconds is not None and seconds > DEFAULT_RUN_TIMEOUT:
+                    problems.add(*src.where(at), f"{_dotted(at)}: {duration_text(seconds)} is longer than {longer}")
 
 
 def _check_text_values(src: Source, problems: _Collector) -> None:

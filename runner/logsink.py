@@ -5,6 +5,11 @@ chatty command makes a few rows, not one per line, and a reader following the lo
 sees it within a fraction of a second). Past `limit` bytes per step the middle is
 dropped: the head and the last `tail` bytes are kept, with a marker saying how much
 was left out.
+
+Secrets are masked in every write, and never split between two writes: the end of
+a stream that could be the beginning of a secret (in any form the Masker knows,
+line breaks inside it included) waits for the next write. Where truncation cuts
+the text, a piece of a secret on either side of the cut is masked too.
 """
 
 from __future__ import annotations
@@ -13,17 +18,30 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_LIMIT = 1_000_000
+from .limits import LOG_TAIL_BYTES, MAX_LOG_BYTES
+
+if TYPE_CHECKING:
+    from .templates import Masker
+
+DEFAULT_LIMIT = MAX_LOG_BYTES  # see runner/limits.py
 
 
 class LogSink:
     def __init__(
         self, emit: Callable[[dict[str, Any]], None], key: dict[str, Any],
-        mask: Callable[[str], str], *, limit: int = DEFAULT_LIMIT, tail: int = 64_000,
+        mask: Callable[[str], str], *, limit: int = DEFAULT_LIMIT, tail: int = LOG_TAIL_BYTES,
         interval: float = 0.05, safe_cut: Callable[[str], int] | None = None,
+        masker: Masker | None = None,
     ):
+        # `masker` gives `mask` and `safe_cut` at once; a `safe_cut` that is a bound
+        # Masker method gives it too (to mask the edges of a truncation cut)
+        if masker is None and hasattr(getattr(safe_cut, "__self__", None), "hide_cut_end"):
+            masker = safe_cut.__self__  # type: ignore[union-attr]
+        if masker:
+            safe_cut = safe_cut or masker.safe_cut
+        self._masker = masker if masker else None
         self._emit, self._key, self._mask = emit, key, mask
         # a secret printed in two pieces must not be written as two unmasked halves:
         # the end of each stream that could start a secret waits for the next flush
@@ -107,13 +125,28 @@ class LogSink:
     def close(self) -> None:
         """Write what is pending, and the marker and tail if the limit was reached."""
         if self._tail:
+            # the head first: what each stream holds back ends where the text was cut
+            self.flush()
+            if self._masker is not None:
+                self._carry = {stream: self._masker.hide_cut_end(text) for stream, text in self._carry.items()}
+            self.flush(final=True)
             kept = sum(len(t.encode("utf-8", "replace")) for _, t in self._tail)
             self._pending.append((
                 "treadle",
                 f"\n[treadle: log truncated: the limit is {self._limit} bytes per step; "
                 f"{self.dropped - kept} bytes left out; the last {kept} bytes follow]\n",
             ))
-            self._pending.extend(self._tail)
+            for stream, text in self._tail:
+                if self._pending[-1][0] == stream:
+                    self._pending[-1] = (stream, self._pending[-1][1] + text)
+                else:
+                    self._pending.append((stream, text))
+            if self._masker is not None:  # and each stream's tail starts where it was cut
+                started: set[str] = set()
+                for i, (stream, text) in enumerate(self._pending):
+                    if stream != "treadle" and stream not in started:
+                        started.add(stream)
+                        self._pending[i] = (stream, self._masker.hide_cut_start(text))
             self._tail.clear()
             self._tail_bytes = 0
             self.dropped = 0

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import limits
 from .dag import Dag, build_dag, steps_of
 from .definition import RetrySpec, StepSpec
 from .durations import format_duration
@@ -100,6 +101,7 @@ class RunExecution:
         self.outputs: Any = None
         self.state: dict[str, StepStatus] = {}
         self.results: dict[str, dict[str, Any]] = {}  # what templates see as steps.<id>
+        self._sizes: dict[str, int] = {}  # bytes of each step's output as JSON, measured when it was made
         self._remaining = {sid: len(deps) for sid, deps in self.dag.deps.items()}
         self._sem = asyncio.Semaphore(self.spec.max_parallel)
         self._tasks: dict[str, asyncio.Task] = {}
@@ -169,10 +171,11 @@ class RunExecution:
             if self._cancel_request is not None:  # cancelled before it began
                 raise asyncio.CancelledError
             self.context = self._base_context()
-            async with asyncio.timeout(self.spec.timeout):
+            deadline, timed_out = self._deadline()
+            async with asyncio.timeout_at(deadline):
                 await self._execute_graph()
         except TimeoutError:
-            status, error = RunStatus.FAILED, f"run timed out after {format_duration(self.spec.timeout)}"
+            status, error = RunStatus.FAILED, timed_out
             await self._stop_all()
         except asyncio.CancelledError:
             if self._suspending:
@@ -195,16 +198,48 @@ class RunExecution:
         if isinstance(outputs, _OutputsFailed):
             status, error, outputs = RunStatus.FAILED, str(outputs), None
         try:
-            compensated = None
-            if status == RunStatus.FAILED or (status == RunStatus.CANCELLED and self._compensate_on_cancel):
-                compensated = await self._compensate()
-            await self._handlers(status, error)
+            compensated = await self._wind_up(status, error)
         except asyncio.CancelledError:
             if not self._suspending:
                 raise
             await self._suspend_steps()  # the run resumes later and winds up again
             return
         self._finish(status, error, outputs, compensated)
+
+    def _deadline(self) -> tuple[float, str]:
+        """When the main steps must be done (event loop time), and the error saying so.
+
+        Counted from the run's start, so a run resumed after a restart does not get
+        more time; a run without `timeout` has the default limit."""
+        limit = self.spec.timeout
+        if limit is None:
+            limit = limits.DEFAULT_RUN_TIMEOUT
+            why = (f"run timed out after {limits.duration_text(limit)}, the limit for a run without `timeout`; "
+                   f"set the workflow's `timeout` (at most {limits.duration_text(limits.MAX_RUN_TIMEOUT)}) "
+                   "if it needs longer")
+        else:
+            why = f"run timed out after {format_duration(limit)}"
+        left = self.started_at + limit - time.time()
+        return asyncio.get_running_loop().time() + max(left, 0.0), why
+
+    async def _wind_up(self, status: RunStatus, error: str | None) -> str | None:
+        """Compensation (when the run failed) and the handlers, within WIND_UP_TIMEOUT;
+        returns what `compensated` records."""
+        compensating = status == RunStatus.FAILED or (status == RunStatus.CANCELLED and self._compensate_on_cancel)
+        compensated = None
+        try:
+            async with asyncio.timeout(limits.WIND_UP_TIMEOUT):
+                if compensating:
+                    compensated = await self._compensate()
+                    compensating = False
+                await self._handlers(status, error)
+        except TimeoutError:
+            log.warning("run %s: compensation and handlers still running after %s; stopped", self.id,
+                        limits.duration_text(limits.WIND_UP_TIMEOUT))
+            await self._stop_all()
+            if compensating:  # stopped in the middle of undoing
+                compensated = "partial"
+        return compensated
 
     def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
@@ -319,13 +354,27 @@ class RunExecution:
                 self.state[sid] = StepStatus.CANCELLED
 
     def _outputs(self) -> Any:
+        limit = limits.MAX_GATHERED_OUTPUT_BYTES
         if self.spec.outputs is None:
-            return {sid: self.results[sid].get("output") for sid in self.dag.leaves
-                    if self.state.get(sid) == StepStatus.SUCCEEDED}
+            outputs = {sid: self.results[sid].get("output") for sid in self.dag.leaves
+                       if self.state.get(sid) == StepStatus.SUCCEEDED}
+            # the steps' outputs were measured as they were made: add up, do not walk them again
+            total = 2 * len(outputs) if outputs else 2
+            for sid, value in outputs.items():
+                size = self._sizes.get(sid)
+                if size is None:  # reused, or finished before a restart
+                    size, _ = limits.check_json(value, limit, "outputs", "")
+                total += limits.json_size(sid, limit) + 2 + size
+            if total <= limit:
+                return outputs
+            return _OutputsFailed(limits.too_big("outputs", limit, "write `outputs:` to keep only what matters "
+                                                                  "(without it, the outputs are those of the last steps)"))
         try:
-            return render(self.spec.outputs, self.context)
+            outputs = render(self.spec.outputs, self.context)
         except TemplateFailed as exc:
             return _OutputsFailed(f"outputs: {exc}")
+        _, problem = limits.check_json(outputs, limit, "outputs", "keep only what matters in `outputs`")
+        return _OutputsFailed(problem) if problem else outputs
 
     # -- scheduling --------------------------------------------------------------
 
@@ -414,6 +463,8 @@ class RunExecution:
                 status, result = StepStatus.SUCCEEDED, {"output": output}
             else:
                 outcome = await self._attempts(step, self.context, item=-1)
+                if outcome.size is not None:
+                    self._sizes[sid] = outcome.size
                 status = StepStatus.SUCCEEDED
                 result = {"output": outcome.output, "exit_code": outcome.exit_code, **outcome.extra}
         except _Failed as exc:
@@ -438,10 +489,10 @@ class RunExecution:
         for dep in self._complete(sid, status, result):
             self._ready(dep)
 
-    def _record_failure_row(self, sid: str, item: int, error: str) -> None:
+    def _record_failure_row(self, sid: str, item: int, error: str, attempt: int = 1) -> None:
         now = time.time()
         self.store.put_step({
-            "run_id": self.id, "step_id": sid, "item": item, "attempt": 1, "status": StepStatus.FAILED.value,
+            "run_id": self.id, "step_id": sid, "item": item, "attempt": attempt, "status": StepStatus.FAILED.value,
             "started_at": now, "finished_at": now, "error": self.mask.text(error),
         })
 
@@ -456,22 +507,29 @@ class RunExecution:
             items = [{"key": k, "value": v} for k, v in items.items()]
         if not isinstance(items, list):
             raise _Failed(self._fail_parent(step.id, f"foreach: expected a list, got {type(items).__name__}"))
+        most = limits.MAX_FOREACH_ITEMS
+        if len(items) > most:
+            raise _Failed(self._fail_parent(
+                step.id, f"foreach: {len(items):,} items, more than the limit of {most:,} per step; split the list "
+                         f"into batches of at most {most:,} (e.g. one child `workflow` run per batch)"))
         started = time.time()
         parent = {"run_id": self.id, "step_id": step.id, "item": -1, "attempt": 1,
                   "status": StepStatus.RUNNING.value, "started_at": started, "input": self.mask.data({"items": len(items)})}
         self.store.put_step(parent)
         results: list[Any] = [None] * len(items)
+        sizes: list[int | None] = [4] * len(items)  # JSON bytes of each output (`null` until it has one)
         failures: list[tuple[int, str]] = []
 
         done_items = self.resumed.items.get(step.id, {}) if self.resumed else {}
 
         async def one(index: int, item: Any) -> None:
             if index in done_items:  # finished before a crash: keep its output
-                results[index] = done_items[index]
+                results[index], sizes[index] = done_items[index], None
                 return
             ctx = {**self.context, "item": item, "index": index}
             try:
-                results[index] = (await self._attempts(step, ctx, item=index)).output
+                outcome = await self._attempts(step, ctx, item=index)
+                results[index], sizes[index] = outcome.output, outcome.size
             except _Failed as exc:
                 failures.append((index, str(exc)))
 
@@ -480,16 +538,43 @@ class RunExecution:
         except asyncio.CancelledError:
             self.store.put_step({**parent, "status": StepStatus.CANCELLED.value, "finished_at": time.time()})
             raise
+        size = self._gathered_size(results, sizes)
+        limit = limits.MAX_GATHERED_OUTPUT_BYTES
+        too_big = None if size <= limit else limits.too_big(
+            "foreach", limit, "the outputs of all its items together are too big; return less from each item, "
+                              "or split the list")
         if failures:
             failures.sort()
             index, message = failures[0]
             error = f"{len(failures)} of {len(items)} items failed; item {index}: {message}"
+            if too_big:
+                error += f" (the items' outputs were not kept: {too_big})"
+            kept = None if too_big else results
             self.store.put_step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
-                                 "error": self.mask.text(error), "output": self.mask.data(results)})
-            raise _Failed(StepFailed(error, output=results))
+                                 "error": self.mask.text(error), "output": self.mask.data(kept)})
+            raise _Failed(StepFailed(error, output=kept))
+        if too_big:
+            self.store.put_step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
+                                 "error": too_big})
+            raise _Failed(StepFailed(too_big, retryable=False))
         self.store.put_step({**parent, "status": StepStatus.SUCCEEDED.value, "finished_at": time.time(),
                              "output": self.mask.data(results)})
+        self._sizes[step.id] = size
         return results
+
+    @staticmethod
+    def _gathered_size(results: list[Any], sizes: list[int | None]) -> int:
+        """Bytes of a foreach's list of outputs as JSON (past the limit: limit + 1). The
+        items' outputs were measured when each finished, so this adds them up."""
+        limit = limits.MAX_GATHERED_OUTPUT_BYTES
+        total = 2 * len(results) if results else 2  # [ ] and ", " between items
+        for value, size in zip(results, sizes, strict=True):
+            if size is None:  # an output kept from before a restart
+                size, _ = limits.check_json(value, limit, "output", "")
+            total += size
+            if total > limit:
+                return limit + 1
+        return total
 
     def _fail_parent(self, sid: str, error: str) -> StepFailed:
         self._record_failure_row(sid, -1, error)
@@ -514,8 +599,12 @@ class RunExecution:
                 try:
                     inp = render(raw, ctx)
                 except TemplateFailed as exc:
-                    self._record_failure_row(step.id, item, f"input: {exc}")
+                    self._record_failure_row(step.id, item, f"input: {exc}", attempt)
                     raise _Failed(StepFailed(f"input: {exc}", retryable=False)) from None
+                in_size, too_big = limits.check_json(inp, limits.MAX_INPUT_BYTES, "input", limits.INPUT_FIX)
+                if too_big:  # recorded without the input, which the database could not take
+                    self._record_failure_row(step.id, item, too_big, attempt)
+                    raise _Failed(StepFailed(too_big, retryable=False))
                 logs.set_attempt(attempt)
                 async with self._sem:
                     row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
@@ -548,6 +637,12 @@ class RunExecution:
                         log.exception("step %s of run %s", step.id, self.id)
                         error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
                 finished = time.time()
+                if error is None and outcome.size is None and len(inp) == 1:
+                    # `set` gives its input back as its output: its size is known already
+                    (field, value), = inp.items()
+                    if outcome.output is value:
+                        outcome.size = in_size - 4 - limits.json_size(field, in_size)
+                error = self._check_output(outcome if error is None else None, error)
                 if error is None:
                     self.store.put_step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
                                          "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
@@ -573,6 +668,26 @@ class RunExecution:
                     raise
         finally:
             logs.close()
+
+    @staticmethod
+    def _check_output(outcome: StepOutcome | None, error: StepFailed | None) -> StepFailed | None:
+        """An output over the limit fails the attempt (not retried); a failed attempt's
+        output over the limit is dropped. Sets `outcome.size` (JSON bytes) when it fits."""
+        if outcome is not None:
+            limit = limits.MAX_OUTPUT_BYTES
+            if outcome.size is not None:  # measured by the kind (it encoded the value anyway)
+                too_big = limits.too_big("output", limit, limits.OUTPUT_FIX) if outcome.size > limit else None
+            else:
+                outcome.size, too_big = limits.check_json(outcome.output, limit, "output", limits.OUTPUT_FIX)
+            if too_big is None:
+                return None
+            return StepFailed(too_big, exit_code=outcome.exit_code, http_status=outcome.http_status, retryable=False)
+        if error is not None and error.output is not None:
+            _, too_big = limits.check_json(error.output, limits.MAX_OUTPUT_BYTES, "output", limits.OUTPUT_FIX)
+            if too_big:
+                return StepFailed(f"{error} (its output was not kept: {too_big})", exit_code=error.exit_code,
+                                  http_status=error.http_status, retryable=error.retryable)
+        return error
 
 
 class _OutputsFailed(str):

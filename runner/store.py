@@ -110,6 +110,10 @@ class Store:
         """Insert or replace one step attempt, keyed by run, step, item and attempt."""
         self._queue.put_nowait(("step", row))
 
+    def put_row(self, table: Any, row: dict[str, Any]) -> None:
+        """Insert a row into another table in the next batch (in order with the rest)."""
+        self._queue.put_nowait(("insert", (table, row)))
+
     def put_log(self, row: dict[str, Any]) -> None:
         self._queue.put_nowait(("log", row))
 
@@ -169,6 +173,7 @@ class Store:
         steps: dict[tuple, dict] = {}
         logs: list[dict] = []
         leases: dict[str, float] = {}
+        inserts: dict[Any, list[dict]] = {}  # plain rows of other tables (the audit log)
         for kind, row in batch:
             if kind == "lease":
                 leases[row["owner"]] = row["until"]
@@ -185,7 +190,10 @@ class Store:
                     updates[row["id"]] = {**updates.get(row["id"], {}), **row}
             elif kind == "version":
                 versions[(row["workflow"], row["version"])] = row
+            elif kind == "insert":
+                inserts.setdefault(row[0], []).append(row[1])
         statements = self._statements(versions, runs, updates, steps, logs)
+        statements += [(table.insert(), rows) for table, rows in inserts.items()]
         statements += [
             (update(Run).where(Run.owner == owner, Run.status.in_(list(UNFINISHED_RUN_STATES)))
              .values(lease_until=until), None)
@@ -278,11 +286,13 @@ class Store:
 
     async def list_runs(
         self, *, workflow: str | None = None, status: str | None = None,
-        parent: str | None = None, offset: int = 0, limit: int = 50,
+        parent: str | None = None, offset: int = 0, limit: int = 50, workflows: list[str] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first. `workflows`: only runs of these (a namespace's); None: all."""
         query = select(Run)
         count = select(func.count()).select_from(Run)
         for cond in (
+            Run.workflow.in_(workflows) if workflows is not None else None,
             Run.workflow == workflow if workflow else None,
             Run.status == status if status else None,
             Run.parent_run_id == parent if parent else None,
@@ -371,9 +381,16 @@ _LOG_INSERT = f"INSERT INTO log_chunk ({', '.join(_LOG_COLS)}) VALUES ({', '.joi
 
 
 def _step_tuple(row: dict[str, Any]) -> tuple:
-    return tuple(
-        json.dumps(row.get(c), default=str) if c in _STEP_JSON else row.get(c) for c in _STEP_COLS
-    )
+    return tuple(_json(row.get(c)) if c in _STEP_JSON else row.get(c) for c in _STEP_COLS)
+
+
+def _json(value: Any) -> str:
+    """JSON of a step's input or output; a value JSON cannot hold (an integer of more
+    than 4,300 digits) is stored as a note instead of stopping the writer."""
+    try:
+        return json.dumps(value, default=str)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return json.dumps({"unstorable": f"{type(exc).__name__}: {str(exc)[:200]}"})
 
 
 async def _execute(conn: Any, stmt: Any, params: Any) -> None:

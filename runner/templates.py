@@ -7,14 +7,17 @@ templates are cached, since the same step text is rendered for every run and ite
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 
@@ -27,34 +30,91 @@ MAX_SIZE = 1_000_000  # longest string or list `*` may build in a template
 MAX_EXPONENT = 1_000
 
 
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, plus limits on `*` and `**` so one template cannot exhaust memory or CPU.
+_WIDE = re.compile(r"\d{7,}")  # a format width of a million characters or more
+
+
+def _check_growth(name: str, text: Any, args: tuple) -> None:
+    """Refuse string methods and filters that would build a value over MAX_SIZE."""
+    if not isinstance(text, str):
+        return
+    size = len(text)
+    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        size = max(size, args[0])
+    elif name == "expandtabs":
+        size += text.count("\t") * (args[0] if args and isinstance(args[0], int) else 8)
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        size += (text.count(args[0]) if args[0] else len(text) + 1) * max(len(args[1]) - len(args[0]), 0)
+    elif name == "indent" and args and isinstance(args[0], int):
+        size += args[0] * (text.count("\n") + 1)
+    elif name == "format" and _WIDE.search(text):
+        size = MAX_SIZE + 1
+    if size > MAX_SIZE:
+        raise SecurityError(f"'{name}' would build a value of {size} characters (at most {MAX_SIZE})")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox (immutable: a template cannot change the params or outputs it reads),
+    plus limits on `*`, `**`, `%` and the string methods and filters that grow text, so
+    one template cannot exhaust memory or CPU.
 
     The data templates read is JSON, so `x.items` is the key "items" of a mapping
     when it has one, not the `dict.items` method (plain Jinja looks at methods first).
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+        name = getattr(__obj, "__name__", "")
+        _check_growth(name, getattr(__obj, "__self__", None), args)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:
             return obj[attribute]
+        if attribute in ("format", "format_map"):
+            _check_growth("format", obj, ())  # str.format is wrapped by Jinja, not seen by `call`
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT and not (isinstance(left, int | float) and abs(left) <= 1):
                 raise SecurityError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_SIZE:
+                raise SecurityError(f"the power would have more than {MAX_SIZE} bits")
+        elif operator == "%":
+            if isinstance(left, str) and _WIDE.search(left):
+                raise SecurityError(f"a format width of more than {MAX_SIZE} characters")
         else:
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_SIZE:
-                    raise SecurityError(f"'*' would build a value of {len(seq) * times} items (at most {MAX_SIZE})")
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    # a list counts the size of its items: [long_text] * 3 is three long texts
+                    size = len(seq) if isinstance(seq, str) else sum(
+                        len(x) if isinstance(x, str | list | tuple | dict) else 1 for x in seq)
+                    if size * times > MAX_SIZE:
+                        raise SecurityError(f"'*' would build a value of {size * times} items (at most {MAX_SIZE})")
         return super().call_binop(context, operator, left, right)
 
 
 _env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.filters["tojson"] = _tojson
 _env.filters["fromjson"] = json.loads
+
+
+def _guarded(name: str, plain: Any) -> Any:
+    """`plain` with a size check first; keeps Jinja's pass_eval_context marker (replace has it)."""
+    passes = getattr(plain, "jinja_pass_arg", None)
+
+    def filter_(*args: Any, **kwargs: Any) -> Any:
+        value, rest = (args[1], args[2:]) if passes else (args[0], args[1:])
+        _check_growth(name, value, rest)
+        return plain(*args, **kwargs)
+    if passes is not None:
+        filter_.jinja_pass_arg = passes  # type: ignore[attr-defined]
+    return filter_
+
+
+for _name in ("center", "replace", "format", "indent"):
+    _env.filters[_name] = _guarded(_name, _env.filters[_name])
 
 
 class TemplateSyntax(Exception):
@@ -214,38 +274,223 @@ def truthy(value: Any) -> bool:
     return bool(value)
 
 
+MASK = "***"  # what a secret is replaced with
+ENCODED_MIN = 8  # shortest encoded form (base64, hex) worth masking: shorter ones are noise
+LINE_MIN = 8  # forms at least this long are also found split across lines
+PARTIAL_MIN = 4  # a piece of a secret this long, cut off by log truncation, is hidden too
+SHORT_TEXT = 64  # below this length one regular expression checks faster than `in` per form
+
+
+def _unbroken(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "") if ("\n" in text or "\r" in text) else text
+
+
+def _text_forms(secret: str) -> set[str]:
+    """The ways a secret is commonly printed: as is, URL-encoded, JSON-escaped, and
+    base64 (both alphabets; alone, or anywhere inside a longer base64 text) or hex
+    encoded. Text around a secret inside base64 changes the characters at its edges,
+    so for each of the 3 byte offsets it may start at, only the characters that
+    depend on the secret's bytes alone are kept."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    try:  # the environment gives bytes that are not UTF-8 as lone surrogates
+        data = secret.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return forms
+    forms |= {quote(data, safe=""), quote(data), quote_plus(data)}
+    encoded = {data.hex()}
+    for altchars in (None, b"-_"):
+        whole = base64.b64encode(data, altchars).decode()
+        encoded |= {whole, whole.rstrip("=")}
+        for offset in (0, 1, 2):
+            text = base64.b64encode(bytes(offset) + data, altchars).decode()
+            # character i holds bits 6i..6i+5 of the data; the secret's are 8*offset on
+            first, last = -(-8 * offset // 6), 8 * (offset + len(data)) // 6
+            encoded.add(text[first:last])
+    return forms | {e for e in encoded if len(e) >= ENCODED_MIN}
+
+
+@dataclass(frozen=True)
+class _Forms:
+    """Everything a Masker searches for, computed once per set of secrets."""
+
+    lined: tuple[str, ...]  # forms (without line breaks) also found across lines
+    cores: tuple[str, ...]  # the lined forms containing no other one: the quick check
+    containing: dict[str, tuple[tuple[str, int], ...]]  # core -> (lined form, offset of the core in it)
+    quick: re.Pattern[str]  # any core (for short texts)
+    exact: tuple[str, ...]  # short forms, found only as written
+    longest: int
+    longest_exact: int
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    found, i = [], text.find(part)
+    while i >= 0:
+        found.append(i)
+        i = text.find(part, i + 1)
+    return found
+
+
+@lru_cache(maxsize=256)
+def _forms(values: tuple[str, ...]) -> _Forms:
+    every: set[str] = set()
+    for value in values:
+        every |= _text_forms(value)
+    lined = sorted({_unbroken(f) for f in every if len(_unbroken(f)) >= LINE_MIN}, key=len)
+    exact = sorted({f for f in every if len(_unbroken(f)) < LINE_MIN}, key=len, reverse=True)
+    cores: list[str] = []
+    for form in lined:  # shortest first: a form containing a core is found through it
+        if not any(core in form for core in cores):
+            cores.append(form)
+    containing = {core: tuple((f, i) for f in lined for i in _occurrences(f, core)) for core in cores}
+    return _Forms(
+        lined=tuple(reversed(lined)), cores=tuple(cores), containing=containing, exact=tuple(exact),
+        quick=re.compile("|".join(re.escape(c) for c in cores) or "(?!)"),
+        longest=max(map(len, lined), default=0), longest_exact=max(map(len, exact), default=0),
+    )
+
+
+def _in_text(text: str, indices: list[int]) -> dict[int, int]:
+    """Where the characters at `indices` of `_unbroken(text)` are in `text`."""
+    where: dict[int, int] = {}
+    breaks = pos = 0  # breaks: how many line-break characters text[:pos] holds
+    for i in sorted(set(indices)):
+        at = i + breaks
+        while extra := text.count("\n", pos, at + 1) + text.count("\r", pos, at + 1):
+            breaks += extra
+            pos, at = at + 1, i + breaks
+        where[i] = at
+        pos = at + 1
+    return where
+
+
+def _visible(text: str) -> int:
+    return len(text) - text.count("\n") - text.count("\r")
+
+
+def _open_end(text: str, forms: tuple[str, ...]) -> int:
+    """Where the longest end of `text` that is a proper beginning of one of `forms`
+    starts; len(text) when there is none."""
+    n = best = len(text)
+    for form in forms:
+        j = text.find(form[0], max(n - len(form) + 1, 0), best)
+        while j != -1:
+            rest = n - j
+            if text.startswith(form[:min(rest, 8)], j) and (rest <= 8 or text.startswith(form[:rest], j)):
+                best = j
+                break
+            j = text.find(form[0], j + 1, best)
+    return best
+
+
+def _open_start(text: str, forms: tuple[str, ...]) -> int:
+    """Where the longest beginning of `text` that is a proper end of one of `forms`
+    ends; 0 when there is none."""
+    best = 0
+    for form in forms:
+        hi = min(len(text), len(form) - 1)
+        p = text.rfind(form[-1], best, hi)
+        while p != -1:
+            e = p + 1
+            if text.endswith(form[-min(e, 8):], 0, e) and (e <= 8 or text.startswith(form[len(form) - e:])):
+                best = e
+                break
+            p = text.rfind(form[-1], best, p)
+    return best
+
+
+def _back(text: str, end: int, count: int) -> int:
+    """Where a stretch of `text` ending at `end` with at least `count` characters other
+    than line breaks starts (0 when there are not that many)."""
+    size = count
+    while True:
+        start = max(end - size, 0)
+        if start == 0 or _visible(text[start:end]) >= count:
+            return start
+        size *= 2
+
+
+def _ahead(text: str, start: int, count: int) -> int:
+    """Where a stretch of `text` from `start` with at least `count` characters other
+    than line breaks ends (len(text) when there are not that many)."""
+    size = count
+    while True:
+        end = min(start + size, len(text))
+        if end == len(text) or _visible(text[start:end]) >= count:
+            return end
+        size *= 2
+
+
 class Masker:
-    """Replaces secret values with *** in anything about to be recorded or shown."""
+    """Replaces secret values with *** in anything about to be recorded or shown.
+
+    Found: each secret as is, URL-encoded, JSON-escaped, base64 (standard and URL-safe
+    alphabets, alone or inside a longer base64 text) and hex encoded; forms of 8
+    characters or more also when line breaks split them (`fold`, `base64 -w 76`).
+    When no secret is present, masking costs one `in` test per form (fewer: a form
+    containing another is only looked for where that one is found).
+    """
 
     def __init__(self, secrets: list[str] | None = None):
-        values = {s for s in (secrets or []) if s}
-        self._values = sorted(values, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(v) for v in self._values)) if values else None
+        values = tuple(sorted({s for s in (secrets or []) if s}))
+        self._forms = _forms(values) if values else None
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return self._forms is not None
 
     @property
     def longest(self) -> int:
-        return len(self._values[0]) if self._values else 0
+        """The longest form searched for (line breaks inside it not counted)."""
+        f = self._forms
+        return max(f.longest, f.longest_exact) if f else 0
 
-    def safe_cut(self, text: str) -> int:
-        """Where `text`, which more text may follow, can be cut so that no secret is
-        split between what is written now and what comes next: before the last
-        `longest - 1` characters, and before any secret that straddles that point."""
-        if self._pattern is None:
-            return len(text)
-        cut = max(len(text) - (self.longest - 1), 0)
-        for match in self._pattern.finditer(text):
-            if match.start() < cut < match.end():
-                return match.start()
-        return cut
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every stretch of `text` to mask, in order, not overlapping."""
+        f = self._forms
+        if f is None:
+            return []
+        found: list[tuple[int, int]] = []
+        for form in f.exact:
+            found += ((i, i + len(form)) for i in _occurrences(text, form))
+        if f.lined:
+            flat = _unbroken(text)
+            if len(flat) < SHORT_TEXT:
+                hits = [core for core in f.cores if core in flat] if f.quick.search(flat) else []
+            else:
+                hits = [core for core in f.cores if core in flat]
+            lined: list[tuple[int, int]] = []
+            for core in hits:  # each form holding a core is checked where the core is
+                for i in _occurrences(flat, core):
+                    lined += ((i - at, i - at + len(form)) for form, at in f.containing[core]
+                              if i >= at and flat.startswith(form, i - at))
+            if lined and flat is not text:
+                where = _in_text(text, [i for span in lined for i in (span[0], span[1] - 1)])
+                lined = [(where[start], where[end - 1] + 1) for start, end in lined]
+            found += lined
+        if not found:
+            return []
+        found.sort()
+        merged = [found[0]]
+        for start, end in found[1:]:
+            if start < merged[-1][1]:
+                if end > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        return merged
 
     def text(self, text: str) -> str:
-        return self._pattern.sub("***", text) if self._pattern else text
+        spans = self.spans(text) if self._forms else None
+        if not spans:
+            return text
+        parts, pos = [], 0
+        for start, end in spans:
+            parts += (text[pos:start], MASK)
+            pos = end
+        parts.append(text[pos:])
+        return "".join(parts)
 
     def data(self, value: Any) -> Any:
-        if self._pattern is None:
+        if self._forms is None:
             return value
         if isinstance(value, str):
             return self.text(value)
@@ -254,3 +499,72 @@ class Masker:
         if isinstance(value, list | tuple):
             return [self.data(v) for v in value]
         return value
+
+    def open_end(self, text: str) -> int:
+        """Where the longest end of `text` that could be the beginning of a secret
+        (of one of its forms, line breaks allowed inside) starts; len(text) if none."""
+        f = self._forms
+        best = len(text)
+        if f is None or not text:
+            return best
+        if f.lined:
+            start = _back(text, len(text), f.longest - 1)
+            tail = text[start:]
+            flat = _unbroken(tail)
+            at = _open_end(flat, f.lined)
+            if at < len(flat):
+                best = start + (_in_text(tail, [at])[at] if flat is not tail else at)
+        if f.exact:
+            best = min(best, _open_end(text, f.exact))
+        return best
+
+    def open_start(self, text: str) -> int:
+        """Where the longest beginning of `text` that could be the end of a secret ends; 0 if none."""
+        f = self._forms
+        best = 0
+        if f is None or not text:
+            return best
+        if f.lined:
+            end = _ahead(text, 0, f.longest - 1)
+            head = text[:end]
+            flat = _unbroken(head)
+            at = _open_start(flat, f.lined)
+            if at:
+                best = (_in_text(head, [at - 1])[at - 1] if flat is not head else at - 1) + 1
+        if f.exact:
+            best = max(best, _open_start(text, f.exact))
+        return best
+
+    def safe_cut(self, text: str) -> int:
+        """Where `text`, which more text may follow, can be cut so that no secret is
+        split between what is written now and what comes next: before the end that
+        could begin a secret (line breaks inside it included), and before any secret
+        that straddles that point."""
+        f = self._forms
+        if f is None:
+            return len(text)
+        cut = self.open_end(text)
+        reach = 2 * max(f.longest, f.longest_exact)
+        while cut > 0:
+            start = _back(text, cut, reach)
+            moved = cut
+            for s, e in self.spans(text[start:]):
+                if start + s < cut < start + e:
+                    moved = start + s
+                    break
+            if moved == cut:
+                return cut
+            cut = moved
+        return cut
+
+    def hide_cut_end(self, text: str) -> str:
+        """`text` ends where the rest was dropped (log truncation): a beginning of a
+        secret at its end (at least PARTIAL_MIN characters) becomes ***."""
+        at = self.open_end(text)
+        return text[:at] + MASK if _visible(text[at:]) >= PARTIAL_MIN else text
+
+    def hide_cut_start(self, text: str) -> str:
+        """`text` starts where what came before was dropped: an end of a secret at
+        its start (at least PARTIAL_MIN characters) becomes ***."""
+        at = self.open_start(text)
+        return MASK + text[at:] if _visible(text[:at]) >= PARTIAL_MIN else text

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.crash_harness import Server
-from tests.web_server import free_port, serving, write_definitions
+from tests.web_server import free_port, serving, with_csrf, write_definitions
 
 GATE = """
     params:
@@ -64,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def client(server: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server, timeout=10) as c:
-        yield c
+        yield with_csrf(c)
 
 
 def wait_for(check: Callable[[], Any], what: str, limit: float = 20.0) -> Any:

@@ -51,6 +51,15 @@ DEFINITIONS = {
         concurrency: {limit: 1, policy: queue}
         steps: [{id: a, log: tick}]
     """,
+    "xss.yaml": """
+        description: "<img src=x onerror=alert('description')>"
+        params: {evil: {type: string, default: "<script>alert('param')</script>"}}
+        steps:
+          - id: shout
+            run: printf '%s\\n' "<script>alert('log')</script><img src=x onerror=alert('img')>"
+          - id: shaped
+            set: {html: "<svg onload=alert('output')></svg>{{ params.evil }}"}
+    """,
     "ops/broken.yaml": """
         steps:
           - id: a
@@ -200,4 +209,28 @@ def test_triggers_panel_shows_the_next_time_and_pauses_the_workflow(page: Any, s
     page.locator("#triggers").get_by_role("button", name="Resume").click()
     expect(page.locator("#triggers .badge.s-paused")).to_have_count(0)
     assert httpx.get(server.base + "/api/workflows/ticker").json()["paused"] is False
+    assert page.errors == []
+
+
+def test_html_printed_by_a_step_is_shown_as_text_and_never_runs(page: Any, server: SimpleNamespace) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    run_id = httpx.post(server.base + "/api/workflows/xss/runs", json={}).json()["run_id"]
+    for _ in range(200):
+        if httpx.get(f"{server.base}/api/runs/{run_id}").json()["status"] == "succeeded":
+            break
+        page.wait_for_timeout(50)
+    page.goto(f"{server.base}/runs/{run_id}?step=shout")
+    expect(page.locator("#log-pre")).to_contain_text("<script>alert('log')</script>")
+    page.goto(f"{server.base}/runs/{run_id}?step=shaped")
+    expect(page.locator("#step-detail")).to_contain_text("<svg onload=alert('output')></svg>")
+    page.goto(f"{server.base}/workflows/xss")
+    expect(page.locator(".lead")).to_contain_text("<img src=x onerror=alert('description')>")
+    page.goto(f"{server.base}/")
+    page.wait_for_timeout(300)  # give any injected handler the chance to fire
+    assert dialogs == []
+    assert page.locator("img[src=x]").count() == 0 and page.locator("svg[onload]").count() == 0
     assert page.errors == []

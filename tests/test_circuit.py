@@ -21,7 +21,7 @@ from runner.definition import json_schema
 from runner.loader import load_text
 from tests.exec_support import by_id, run_yaml
 from tests.http_server import LoopbackServer, closed_port, http_server_fixture  # noqa: F401  (the fixture)
-from tests.web_server import running_server
+from tests.web_server import running_server, with_csrf
 
 OPEN_MARK = "circuit open for "
 
@@ -334,7 +334,7 @@ def served(tmp_path: Path, http_server: LoopbackServer):
     """).lstrip())
     with running_server(defs, f"sqlite:///{tmp_path / 'treadle.db'}", watch=False) as base, \
             httpx.Client(base_url=base, timeout=10) as client:
-        yield client
+        yield with_csrf(client)
 
 
 def run_down(client: httpx.Client) -> dict:

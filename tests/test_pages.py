@@ -19,7 +19,7 @@ from web import pages
 from web.dag_svg import layers_of, layout, render_svg
 from web.live import coalesced, run_signals
 
-from .web_server import serving
+from .web_server import serving, with_csrf
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -100,7 +100,7 @@ DEFINITIONS = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("pages")
     with serving(root, DEFINITIONS) as base, httpx.Client(base_url=base, timeout=20) as client:
-        yield SimpleNamespace(base=base, client=client, root=root)
+        yield SimpleNamespace(base=base, client=with_csrf(client), root=root)
 
 
 def wait_for(check: Callable[[], Any], what: str, limit: float = 20.0) -> Any:

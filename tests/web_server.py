@@ -73,3 +73,19 @@ def serving(root: Path, definitions: dict[str, str], **settings: object) -> Iter
     defs = write_definitions(root / "definitions", definitions)
     with running_server(defs, f"sqlite:///{root / 'treadle.db'}", **settings) as base:
         yield base
+
+
+def csrf_token(client: httpx.Client) -> str:
+    """The CSRF token of the dashboard pages `client` sees (forms must send it)."""
+    import re
+
+    page = client.get("/runs").text
+    found = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', page)
+    assert found, "no csrf-token meta on the page"
+    return found.group(1)
+
+
+def with_csrf(client: httpx.Client) -> httpx.Client:
+    """Let `client` post dashboard forms, as a browser showing the page would."""
+    client.headers["X-CSRF-Token"] = csrf_token(client)
+    return client

@@ -5,9 +5,10 @@ in `services` (shared with the dashboard's forms). Errors are raised, never buil
 here: `app.py` turns them into the SPEC's JSON error form.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations` here: with string annotations, Python
+# (3.11-3.13) cannot see `NotRequired[...]` in a TypedDict, every key becomes required
+# and /schema then demands keys the answers rightly leave out (tests/test_api_schema.py)
 
-import os
 import time
 from typing import Annotated, Any, NotRequired, TypedDict
 
@@ -24,9 +25,11 @@ from runner import __version__
 from runner.errors import RunNotFound, WorkflowNotFound
 from runner.loader import Definition
 from runner.models import RunStatus
+from runner.notify import redact_url
 from runner.report import iso, run_document, run_summary
 from runner.run_execution import raw_inputs
 
+from .auth import visible, visible_names
 from .run_view import definition_of
 from .services import Services, cancel_conflict, cancel_run, plan_run, retry_run, start_run
 from .sse import broker_messages, sse_response
@@ -35,12 +38,16 @@ Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based pa
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="items per page (1-500)")]
 _ERROR_TEXT = {400: "bad request: parameters, body or step", 404: "no such workflow, run or step",
                409: "the workflow or run does not allow this now",
-               401: "missing or wrong credentials (signature, token)",
-               422: "the body does not give valid params", 503: "the server is not set up for this"}
+               401: "missing or wrong credentials (signature, token)", 403: "the token's scope does not allow this",
+               422: "the body does not give valid params", 503: "the server is not set up for this",
+               429: "too many requests from this address; see Retry-After"}
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
-    return {c: ResponseSpec(ErrorBody, description=_ERROR_TEXT[c]) for c in codes}
+    # 400 always: Litestar otherwise declares its own 400 body ({status_code, detail,
+    # extra}) on every route with parameters, and ours is the ErrorBody form; 401 and
+    # 403 always: web/auth.py may answer them on any route
+    return {c: ResponseSpec(ErrorBody, description=_ERROR_TEXT[c]) for c in sorted({400, 401, 403, *codes})}
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -222,7 +229,7 @@ async def list_workflows(
     `tag` keeps the workflows carrying that tag; `q` searches name, path and description.
     """
     services = _services(request)
-    found = [d for d in services.catalog.entries() if _matches(d, tag, q)]
+    found = [d for d in visible(request, services.catalog.entries()) if _matches(d, tag, q)]
     last = await services.store.last_runs()
     start = (page - 1) * limit
     paused = await services.state.paused()
@@ -277,7 +284,7 @@ def _graph(definition: Definition) -> dict[str, list[dict[str, Any]]]:
     return {"nodes": nodes, "edges": [{"from": u, "to": v} for u, v in dag.graph.edges]}
 
 
-@post("/api/workflows/{name:str}/runs", status_code=202, tags=["runs"], responses=_errors(400, 404, 409))
+@post("/api/workflows/{name:str}/runs", status_code=202, opt={"audit": "run.start"}, tags=["runs"], responses=_errors(400, 404, 409))
 async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> Response[RunAccepted]:
     """Start a run of the workflow's current version; returns once the run is recorded."""
     launch = await start_run(_services(request), name, data.params if data else {})
@@ -291,12 +298,12 @@ def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response
     return Response(body, status_code=202, headers={"Location": body["url"]})
 
 
-@post("/api/workflows/{name:str}/dry-run", status_code=200, tags=["workflows"], responses=_errors(400, 404),
+@post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"], responses=_errors(400, 404),
       sync_to_thread=True)  # rendering thousands of templates must not stall the event loop
 def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> dict[str, Any]:
     """The plan of a run without running anything: order, inputs rendered where known, problems."""
     definition = _definition(_services(request), name)
-    return plan_run(definition, data.params if data else {}, os.environ)
+    return plan_run(definition, data.params if data else {}, _services(request).engine.environ)  # --secrets-file too
 
 
 # -- runs --------------------------------------------------------------------------
@@ -310,7 +317,7 @@ async def list_runs(
     """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps."""
     rows, total = await _services(request).store.list_runs(
         workflow=workflow, status=status.value if status else None, parent=parent,
-        offset=(page - 1) * limit, limit=limit)
+        offset=(page - 1) * limit, limit=limit, workflows=visible_names(request))
     return {"items": [run_summary(r) for r in rows], "total": total, "page": page, "limit": limit}
 
 
@@ -375,7 +382,8 @@ def _run_over(event: dict[str, Any]) -> bool:
     return event["type"] == "run" and RunStatus(event.get("status", "running")).finished
 
 
-@get("/api/runs/{run_id:str}/events", tags=["runs"], responses=_errors(404))
+@get("/api/runs/{run_id:str}/events", media_type="text/event-stream", tags=["runs"],  # /schema: not JSON
+     responses=_errors(404))
 async def run_events(request: Request, run_id: FromPath[str], logs: FromQuery[bool] = True) -> ServerSentEvent:
     """Server-sent events `run`, `step` and `log` (unless `logs=false`), one per change.
 
@@ -414,7 +422,7 @@ _RUN_EVENT_KEYS = ("id", "workflow", "version", "status", "error", "outputs", "c
                    "finished_at", "retry_of", "parent_run_id")
 
 
-@post("/api/runs/{run_id:str}/cancel", status_code=202, tags=["runs"], responses=_errors(404, 409))
+@post("/api/runs/{run_id:str}/cancel", status_code=202, opt={"audit": "run.cancel"}, tags=["runs"], responses=_errors(404, 409))
 async def cancel(request: Request, run_id: FromPath[str], data: JSONBody[CancelRequest | None] = None) -> Response[RunAccepted]:
     """Ask a run to stop: running steps are stopped (their process group is killed).
 
@@ -427,7 +435,7 @@ async def cancel(request: Request, run_id: FromPath[str], data: JSONBody[CancelR
     return _accepted(run_id, "cancelling", run["workflow"] if run else "")
 
 
-@post("/api/runs/{run_id:str}/retry", status_code=202, tags=["runs"], responses=_errors(400, 404, 409))
+@post("/api/runs/{run_id:str}/retry", status_code=202, opt={"audit": "run.retry"}, tags=["runs"], responses=_errors(400, 404, 409))
 async def retry(request: Request, run_id: FromPath[str], data: JSONBody[RetryRequest | None] = None) -> Response[RunAccepted]:
     """A new run reusing the outputs of what succeeded upstream.
 
@@ -447,11 +455,13 @@ def _git_status(services: Services) -> dict[str, Any] | None:
     if sync is None:
         return None
     st = sync.state
-    return {"url": st.url, "branch": st.branch, "commit": st.commit, "error": st.error,
+    return {"url": redact_url(st.url), "branch": st.branch, "commit": st.commit, "error": st.error,
             "last_attempt_at": iso(st.last_attempt_at), "last_success_at": iso(st.last_success_at)}
 
 
-@get("/health", tags=["health"], responses={503: ResponseSpec(Health, description="the database does not answer")})
+# public: load balancers and probes call it without a token (the git URL loses its credentials)
+@get("/health", tags=["health"], opt={"public": True},
+     responses={503: ResponseSpec(Health, description="the database does not answer")})
 async def health(request: Request) -> Response[Health]:
     """Liveness and a summary: version, database, active runs, the last 24 h, workflows."""
     services = _services(request)

@@ -19,6 +19,7 @@ from runner.models import RunStatus
 from runner.report import iso
 
 from .api import Limit, Page, _errors, _services
+from .auth import visible_names
 from .run_view import definition_of
 from .services import RunConflict, Services
 
@@ -125,7 +126,7 @@ async def _decide(request: Request, run_id: str, step_id: str, approve: bool,
                         comment=body.comment, index=body.index)
 
 
-@post("/api/runs/{run_id:str}/steps/{step_id:str}/approve", status_code=200, tags=["approvals"],
+@post("/api/runs/{run_id:str}/steps/{step_id:str}/approve", status_code=200, opt={"audit": "approval.approve"}, tags=["approvals"],
       responses=_errors(400, 404, 409))
 async def approve(request: Request, run_id: FromPath[str], step_id: FromPath[str],
                   data: JSONBody[DecisionRequest | None] = None) -> DecisionDoc:
@@ -138,7 +139,7 @@ async def approve(request: Request, run_id: FromPath[str], step_id: FromPath[str
     return await _decide(request, run_id, step_id, True, data)
 
 
-@post("/api/runs/{run_id:str}/steps/{step_id:str}/reject", status_code=200, tags=["approvals"],
+@post("/api/runs/{run_id:str}/steps/{step_id:str}/reject", status_code=200, opt={"audit": "approval.reject"}, tags=["approvals"],
       responses=_errors(400, 404, 409))
 async def reject(request: Request, run_id: FromPath[str], step_id: FromPath[str],
                  data: JSONBody[DecisionRequest | None] = None) -> DecisionDoc:
@@ -149,7 +150,8 @@ async def reject(request: Request, run_id: FromPath[str], step_id: FromPath[str]
 @get("/api/approvals", tags=["approvals"], responses=_errors(400))
 async def list_approvals(request: Request, page: Page = 1, limit: Limit = 50) -> ApprovalPage:
     """The approvals waiting for a decision now, oldest first."""
-    rows, total = await _services(request).engine.approvals.pending(offset=(page - 1) * limit, limit=limit)
+    rows, total = await _services(request).engine.approvals.pending(offset=(page - 1) * limit, limit=limit,
+                                                                    workflows=visible_names(request))
     return {"items": [approval_doc(r) for r in rows], "total": total, "page": page, "limit": limit}
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from runner.errors import TreadleError, WorkflowInvalid, WorkflowNotFound
@@ -23,7 +24,9 @@ from runner.loader import Definition
 from runner.notify import redact_url
 from runner.signing import SignatureError, check_bearer, verify
 
+from . import rate_limits
 from .api import _errors, _services
+from .auth import visible_names
 from .services import Services
 
 # headers a webhook's `params:` templates may not read: credentials
@@ -84,8 +87,11 @@ def _launch_response(launch: Launch) -> Response:
     return Response(body, status_code=200)  # skipped by the concurrency policy: nothing wrong with the call
 
 
-@post("/hooks/{workflow:str}", status_code=202, tags=["triggers"], responses=_errors(400, 401, 404, 409, 422, 503))
-async def webhook(request: Request, workflow: FromPath[str]) -> Response:
+@post("/hooks/{workflow:str}", status_code=202, opt={"public": True, "audit": "run.start", "who": "webhook"},
+      middleware=[rate_limits.TRIGGERS.middleware], tags=["triggers"], responses={
+          **_errors(400, 401, 404, 409, 422, 429, 503),
+          200: ResponseSpec(LaunchDoc, description="skipped by the concurrency policy: nothing started")})
+async def webhook(request: Request, workflow: FromPath[str]) -> Response[LaunchDoc]:
     """Start a run from a signed (or bearer-token) call; its JSON body gives the params.
 
     Signed: `X-Treadle-Timestamp: <unix seconds>` (within 5 minutes) and
@@ -142,7 +148,8 @@ class _Rejected(TreadleError):
         self.http_status = 422 if launch.errors else 409
 
 
-@post("/api/events", status_code=202, tags=["triggers"], responses=_errors(400))
+@post("/api/events", status_code=202, opt={"audit": "event.emit"}, middleware=[rate_limits.TRIGGERS.middleware],
+      tags=["triggers"], responses=_errors(400, 429))
 async def post_event(request: Request, data: JSONBody[EventRequest]) -> Response[EventAccepted]:
     """Start every workflow whose `triggers.event` matches `type`, with `data` as params.
 
@@ -150,7 +157,9 @@ async def post_event(request: Request, data: JSONBody[EventRequest]) -> Response
     `queued`, `skipped`, `paused`, or `rejected` with the reason)."""
     services = _services(request)
     event_id = new_event_id()
-    launches = await services.launcher.emit(data.type, data.data, event_id=event_id)
+    names = visible_names(request)  # a namespaced token starts only its namespace's workflows
+    launches = await services.launcher.emit(data.type, data.data, event_id=event_id,
+                                            only=None if names is None else set(names))
     await services.store.flush()
     body: EventAccepted = {"event_id": event_id, "type": data.type,
                            "runs": [launch.as_dict() for launch in launches]}  # type: ignore[misc]
@@ -169,13 +178,13 @@ async def set_paused(services: Services, name: str, paused: bool, by: str | None
     return {"workflow": definition.name, "paused": paused, "changed": changed, "queued_started": started}
 
 
-@post("/api/workflows/{name:str}/pause", status_code=200, tags=["workflows"], responses=_errors(404))
+@post("/api/workflows/{name:str}/pause", status_code=200, opt={"scope": "admin", "audit": "workflow.pause"}, tags=["workflows"], responses=_errors(404))
 async def pause(request: Request, name: FromPath[str]) -> PauseDoc:
     """No trigger starts the workflow until it is resumed (people still can); survives restarts."""
     return await set_paused(_services(request), name, True)  # type: ignore[return-value]
 
 
-@post("/api/workflows/{name:str}/resume", status_code=200, tags=["workflows"], responses=_errors(404))
+@post("/api/workflows/{name:str}/resume", status_code=200, opt={"scope": "admin", "audit": "workflow.resume"}, tags=["workflows"], responses=_errors(404))
 async def resume(request: Request, name: FromPath[str]) -> PauseDoc:
     """Triggers start the workflow again; queued runs that waited for it start."""
     return await set_paused(_services(request), name, False)  # type: ignore[return-value]

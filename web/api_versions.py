@@ -107,7 +107,7 @@ async def diff(
             "diff": await diff_versions(services, name, from_, to)}
 
 
-@post("/api/sync", status_code=200, tags=["health"], responses=_errors(409))
+@post("/api/sync", status_code=200, opt={"scope": "admin", "global": True, "audit": "git.sync"}, tags=["health"], responses=_errors(409))
 async def sync(request: Request) -> dict[str, Any]:
     """Pull the followed repository now (`serve --git`); 409 when not following one."""
     services = _services(request)

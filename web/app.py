@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from jinja2 import FileSystemLoader
 from jinja2.sandbox import SandboxedEnvironment
 from litestar import Litestar, Request, Response
+from litestar.datastructures import ResponseHeader
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
@@ -28,13 +28,20 @@ from runner.errors import (
     WorkflowInvalid,
     WorkflowNotFound,
 )
+from runner.limits import MAX_REQUEST_BODY_BYTES
 
 from .api import API_ROUTES
+from .api_admin import ADMIN_ROUTES
 from .api_approvals import APPROVAL_ROUTES
 from .api_breakers import BREAKER_ROUTES
 from .api_triggers import TRIGGER_ROUTES
 from .api_versions import VERSION_ROUTES
+from .auth import auth_middleware
+from .errors_json import error_body
+from .headers import SECURITY_HEADERS
 from .pages import PAGE_ROUTES, register_template_helpers
+from .pages_audit import AUDIT_PAGES
+from .pages_auth import AUTH_PAGES
 from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
 from .services import RunConflict, Services, Settings
@@ -49,9 +56,8 @@ _STATUS = {WorkflowNotFound: 404, RunNotFound: 404, WorkflowInvalid: 409, Secret
 def error_response(request: Request, status: int, detail: str, code: str, extra: dict | None = None,
                    headers: dict[str, str] | None = None) -> Response:
     """The SPEC's JSON error form."""
-    body = {"detail": detail, "error_code": code, "path": request.url.path,
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    body = error_body(request.url.path, detail, code, extra)
+    return Response(body, status_code=status, media_type="application/json", headers={**SECURITY_HEADERS, **(headers or {})})
 
 
 def _treadle_error(request: Request, exc: TreadleError) -> Response:
@@ -74,13 +80,22 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     elif isinstance(exc.__cause__, SerializationException):
         # msgspec's decode errors ("Input data was truncated") say nothing about JSON
         code, detail = "MALFORMED_BODY", f"the body is not valid JSON: {detail}"
-    return error_response(request, exc.status_code, detail, code, extra, exc.headers)  # e.g. Allow on 405
+    if exc.status_code == 413:
+        detail = f"the request body is larger than the limit of {MAX_REQUEST_BODY_BYTES // 1024} KiB; send less"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 429 and "RateLimit-Reset" in headers:
+        headers["Retry-After"] = headers["RateLimit-Reset"]  # seconds until the window frees a slot
+        detail = "too many requests from this address; try again after Retry-After seconds"
+    return error_response(request, exc.status_code, detail, code, extra, headers)  # e.g. Allow on 405
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(request, 500, f"internal error ({type(exc).__name__}); see the server log",
                           "INTERNAL_ERROR")
+
+
+SECURITY = [ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -95,13 +110,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
     return Litestar(
-        route_handlers=[*API_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *TRIGGER_PAGES,
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),
         # /schema is the OpenAPI document itself (JSON); /schema/swagger a browsable view
         openapi_config=OpenAPIConfig(title="Treadle", version=__version__, path="/schema",
                                      render_plugins=[JsonRenderPlugin(path="/"), SwaggerRenderPlugin()]),
+        middleware=[auth_middleware],
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        response_headers=SECURITY,
         exception_handlers={TreadleError: _treadle_error, HTTPException: _http_error, Exception: _internal_error},
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),
         debug=False,

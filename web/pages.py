@@ -1,8 +1,9 @@
 """Dashboard pages (SPEC §5): server-rendered Jinja2, made live with htmx over SSE.
 
 Every page and fragment is rendered from the database (and the catalog for
-definitions); the page streams in `live.py` only say when to fetch again. Forms post
-to the same origin only (see `same_origin`) and redirect (303) after success.
+definitions); the page streams in `live.py` only say when to fetch again. Forms carry
+a CSRF token and are checked in `auth.py` (origin, identity, scope); they redirect
+(303) after success.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-from jinja2 import Environment
+from jinja2 import Environment, pass_context
 from litestar import Request, get, post
-from litestar.connection import ASGIConnection
-from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 from markupsafe import Markup
@@ -29,6 +28,7 @@ from . import live
 from .api_approvals import decide
 from .api_breakers import reset_breakers
 from .api_triggers import trigger_summary
+from .auth import visible, visible_names
 from .dag_svg import STATES, layout_for, render_svg, state_class
 from .forms import form_fields, posted_params
 from .run_view import (
@@ -58,22 +58,6 @@ def _page_number(value: int | None) -> int:
     return max(1, value or 1)
 
 
-def same_origin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Refuse form posts from other sites: a foreign Origin (or Referer) means 403.
-
-    A request with neither header (curl, scripts) is not a browser form sent from
-    another site, so it passes; browsers always send Origin on a cross-site POST.
-    """
-    host = connection.headers.get("host", "")
-    origin = connection.headers.get("origin") or connection.headers.get("referer")
-    if connection.headers.get("sec-fetch-site") == "cross-site":
-        raise PermissionDeniedException("cross-site form posts are refused")
-    if origin is None:
-        return
-    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
-        raise PermissionDeniedException("form posts must come from this dashboard (Origin does not match Host)")
-
-
 def error_page(status: int, title: str, message: str) -> Template:
     return Template("error.html", context={"title": title, "message": message}, status_code=status)
 
@@ -97,20 +81,21 @@ def namespace(definition: Definition) -> str:
 @get("/", name="page-workflows", include_in_schema=False)
 async def workflows_page(request: Request) -> Template:
     services = _services(request)
-    entries = services.catalog.entries()
+    entries = visible(request, services.catalog.entries())
     last = await services.store.last_runs()
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
     broken = [d for d in entries if not d.healthy]
     sync = services.gitsync.state if services.gitsync is not None else None
     breakers = [b.snapshot() for b in services.engine.breakers.all()]
-    waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN)
+    waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN,
+                                                                     workflows=visible_names(request))
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
                                                "paused": await services.state.paused(),
                                                "breakers": breakers, "approvals": waiting,
                                                "approvals_total": waiting_total})
 
 
-@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, guards=[same_origin])
+@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, opt={"audit": "breaker.reset"})
 async def reset_breaker_from_form(request: Request) -> Template | Redirect:
     host = str((await request.form()).get("host") or "")
     if not reset_breakers(_services(request), host):
@@ -148,7 +133,7 @@ async def workflow_page(request: Request, name: FromPath[str], page: FromQuery[i
     return Template("workflow.html", context=await _workflow_context(services, definition, _page_number(page)))
 
 
-@post("/workflows/{name:str}/runs", name="page-start-run", include_in_schema=False, guards=[same_origin])
+@post("/workflows/{name:str}/runs", name="page-start-run", include_in_schema=False, opt={"audit": "run.start"})
 async def start_from_form(request: Request, name: FromPath[str]) -> Template | Redirect:
     services = _services(request)
     definition = services.catalog.get(name)
@@ -190,11 +175,13 @@ async def runs_page(request: Request, workflow: FromQuery[str | None] = None, st
     services = _services(request)
     page = _page_number(page)
     status = state_q if state_q in RUN_STATES else None
-    runs, total = await services.store.list_runs(workflow=workflow or None, status=status,
+    names = visible_names(request)
+    runs, total = await services.store.list_runs(workflow=workflow or None, status=status, workflows=names,
                                                  offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
     context = {
         "runs": runs, "total": total, "page": page, "pages": max(1, -(-total // RUNS_PER_PAGE)),
-        "workflow": workflow or "", "state": status or "", "names": services.catalog.names(), "nav": "runs",
+        "workflow": workflow or "", "state": status or "", "nav": "runs",
+        "names": services.catalog.names() if names is None else sorted(names),
         "run_states": RUN_STATES,
     }
     return Template("runs.html", context=context)
@@ -289,7 +276,7 @@ async def step_log_part(request: Request, run_id: FromPath[str], step_id: FromPa
                                                  "step": step_id, "oob": True})
 
 
-@post("/runs/{run_id:str}/cancel", name="page-cancel", include_in_schema=False, guards=[same_origin])
+@post("/runs/{run_id:str}/cancel", name="page-cancel", include_in_schema=False, opt={"audit": "run.cancel"})
 async def cancel_from_form(request: Request, run_id: FromPath[str]) -> Template | Redirect:
     try:
         await cancel_run(_services(request), run_id)
@@ -298,7 +285,7 @@ async def cancel_from_form(request: Request, run_id: FromPath[str]) -> Template 
     return Redirect(f"/runs/{quote(run_id, safe='')}", status_code=303)
 
 
-@post("/runs/{run_id:str}/retry", name="page-retry", include_in_schema=False, guards=[same_origin])
+@post("/runs/{run_id:str}/retry", name="page-retry", include_in_schema=False, opt={"audit": "run.retry"})
 async def retry_from_form(request: Request, run_id: FromPath[str]) -> Template | Redirect:
     form = await request.form()
     from_step = form.get("from") or None
@@ -330,13 +317,13 @@ async def _decide_from_form(request: Request, run_id: str, step_id: str, approve
 
 
 @post("/runs/{run_id:str}/steps/{step_id:str}/approve", name="page-approve", include_in_schema=False,
-      guards=[same_origin])
+      opt={"audit": "approval.approve"})
 async def approve_from_form(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> Template | Redirect:
     return await _decide_from_form(request, run_id, step_id, True)
 
 
 @post("/runs/{run_id:str}/steps/{step_id:str}/reject", name="page-reject", include_in_schema=False,
-      guards=[same_origin])
+      opt={"audit": "approval.reject"})
 async def reject_from_form(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> Template | Redirect:
     return await _decide_from_form(request, run_id, step_id, False)
 
@@ -386,12 +373,28 @@ def _query(**values: Any) -> str:
     return urlencode({k: v for k, v in values.items() if v not in (None, "", 0)})
 
 
+@pass_context
+def _csrf_field(context: Any) -> Markup:
+    """The hidden CSRF field every form posting to the dashboard carries (see auth.py)."""
+    request = context.get("request")
+    token = request.scope.get("state", {}).get("csrf", "") if request is not None else ""
+    return Markup('<input type="hidden" name="csrf_token" value="{}">').format(token)
+
+
+@pass_context
+def _viewer(context: Any) -> Any:
+    """Who is looking: the identity auth.py found (None outside a request)."""
+    request = context.get("request")
+    return request.scope.get("state", {}).get("identity") if request is not None else None
+
+
 def register_template_helpers(env: Environment) -> None:
     """Filters and globals the page templates use."""
     env.filters.update({
         "clock": _clock, "iso": _iso, "ago": _ago, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
         "show": show_value,
     })
-    env.globals.update({"duration": _duration, "query": _query, "STATES": STATES, "sc": state_class})
+    env.globals.update({"duration": _duration, "query": _query, "STATES": STATES, "sc": state_class,
+                        "csrf_field": _csrf_field, "viewer": _viewer})
     env.trim_blocks = True
     env.lstrip_blocks = True

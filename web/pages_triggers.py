@@ -12,7 +12,7 @@ from runner.errors import WorkflowNotFound
 
 from .api import _services
 from .api_triggers import set_paused
-from .pages import no_workflow, same_origin
+from .pages import no_workflow
 
 
 async def _set(request: Request, name: str, paused: bool) -> Template | Redirect:
@@ -23,12 +23,14 @@ async def _set(request: Request, name: str, paused: bool) -> Template | Redirect
     return Redirect(f"/workflows/{quote(name, safe='')}#triggers", status_code=303)
 
 
-@post("/workflows/{name:str}/pause", name="page-pause", include_in_schema=False, guards=[same_origin])
+@post("/workflows/{name:str}/pause", name="page-pause", include_in_schema=False,
+      opt={"scope": "admin", "audit": "workflow.pause"})
 async def pause_from_form(request: Request, name: FromPath[str]) -> Template | Redirect:
     return await _set(request, name, True)
 
 
-@post("/workflows/{name:str}/resume", name="page-resume", include_in_schema=False, guards=[same_origin])
+@post("/workflows/{name:str}/resume", name="page-resume", include_in_schema=False,
+      opt={"scope": "admin", "audit": "workflow.resume"})
 async def resume_from_form(request: Request, name: FromPath[str]) -> Template | Redirect:
     return await _set(request, name, False)
 

@@ -6,6 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner.cli import load_secrets_file, secrets_file_option
+
+if TYPE_CHECKING:
+    from .services import Settings
 
 
 def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
@@ -24,6 +30,16 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
     p.add_argument("--grace", default="30s",
                    help="on SIGTERM/SIGINT, how long running steps may finish before they are "
                         "interrupted (default 30s); unfinished runs resume at the next start")
+    secrets_file_option(p)
+    p.add_argument("--admin-token", default=os.environ.get("TREADLE_ADMIN_TOKEN"),
+                   help="a known admin token for automation (env TREADLE_ADMIN_TOKEN); turns sign-in on")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   default=[h for h in os.environ.get("TREADLE_ALLOWED_HOSTS", "").split(",") if h.strip()],
+                   help="a Host name the server answers to besides the bind address, e.g. the name behind "
+                        "a proxy (repeatable; env TREADLE_ALLOWED_HOSTS, comma-separated)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow running without tokens on an address other than loopback (anyone who reaches "
+                        "it can start shell steps)")
     p.set_defaults(func=serve)
 
 
@@ -31,6 +47,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from runner.durations import parse_duration
+    from runner.errors import TreadleError
 
     from .app import create_app
     from .services import Settings
@@ -40,9 +57,21 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"treadle serve: {exc}", file=sys.stderr)
         return 2
+    try:  # read now, to stop with a clear message before anything starts; read again by the app
+        load_secrets_file(args.secrets_file, "serve")
+    except TreadleError as exc:
+        print(f"treadle serve: {exc}", file=sys.stderr)
+        return exc.cli_exit_code
     settings = Settings(definitions=Path(args.definitions), db=args.db, host=args.host, port=args.port,
                         watch=not args.no_watch, git_url=args.git, git_branch=args.branch,
-                        git_interval=interval, grace=grace)
+                        git_interval=interval, grace=grace,
+                        secrets_file=Path(args.secrets_file) if args.secrets_file else None,
+                        admin_token=args.admin_token or None,
+                        insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host])
+    refusal = exposed_without_tokens(settings)
+    if refusal:
+        print(f"treadle serve: {refusal}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
           file=sys.stderr, flush=True)
@@ -52,3 +81,26 @@ def serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2,
                 loop="asyncio")
     return 0
+
+
+def exposed_without_tokens(settings: Settings) -> str | None:
+    """Why the server must not start: bound beyond loopback with nobody able to sign in."""
+    import asyncio
+
+    from runner.store import Store
+    from runner.tokens import Tokens
+
+    from .auth import is_loopback
+
+    if is_loopback(settings.host) or settings.insecure or settings.admin_token:
+        return None
+
+    async def any_token() -> bool:
+        async with Store(settings.db) as store:
+            return await Tokens(store).required()
+
+    if asyncio.run(any_token()):
+        return None
+    return (f"refusing to listen on {settings.host} without authentication: anyone who reaches it could start "
+            "shell steps. Create a token first (`treadle token create admin --scope admin`), set "
+            "TREADLE_ADMIN_TOKEN, or pass --insecure if this network is trusted.")

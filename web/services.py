@@ -32,9 +32,13 @@ from runner.notify import Notifier
 from runner.params import validate_params
 from runner.run_execution import RunExecution, raw_inputs
 from runner.schedules import Scheduler
+from runner.secrets_file import with_secrets_file
 from runner.store import DEFAULT_DB, Store
 from runner.templates import TemplateFailed, is_template, render, truthy
+from runner.tokens import Tokens
 from runner.trigger_state import TriggerState
+
+from .auth import Gate
 
 
 class RunConflict(TreadleError):
@@ -57,6 +61,10 @@ class Settings:
     git_interval: float = 30.0
     git_workdir: Path | None = None  # default: .treadle/git/<hash of the url>
     grace: float = 30.0  # at shutdown, how long running steps may finish
+    secrets_file: Path | None = None  # a dotenv file of secrets, besides the environment (which wins)
+    admin_token: str | None = None  # a known admin token for automation (TREADLE_ADMIN_TOKEN)
+    insecure: bool = False  # allow running open on a non-loopback address
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
 
 
 @dataclass
@@ -71,6 +79,8 @@ class Services:
     follower: Follower
     state: TriggerState
     launcher: Launcher
+    tokens: Tokens
+    gate: Gate
     scheduler: Scheduler | None = None
     files: FileTriggers | None = None
     notifier: Notifier | None = None
@@ -91,7 +101,8 @@ class Services:
         async with Store(settings.db, broker) as store:
             # one client for http steps and notifications, closed after both are done
             http = httpx.AsyncClient(follow_redirects=True)
-            engine = Engine(store, lookup=catalog.get, definitions_dir=folder, http=http)
+            engine = Engine(store, lookup=catalog.get, definitions_dir=folder, http=http,
+                            environ=with_secrets_file(settings.secrets_file))
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
             state = TriggerState(store)
             launcher = Launcher(engine, state, catalog.entries)
@@ -100,8 +111,10 @@ class Services:
             files = FileTriggers(launcher, catalog.entries, state)
             scheduler = Scheduler(launcher, catalog.entries, state)
             follower.listeners += [files.refresh, scheduler.poke]
-            services = cls(settings, catalog, store, engine, broker, follower, state, launcher, notifier=notifier,
-                           files=files, scheduler=scheduler)
+            tokens = Tokens(store, admin_token=settings.admin_token)
+            gate = Gate(bind_host=settings.host, allowed_hosts=settings.allowed_hosts, insecure=settings.insecure)
+            services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
+                           notifier=notifier, files=files, scheduler=scheduler)
             await follower.start()
             resumed = await engine.recover()
             if resumed:

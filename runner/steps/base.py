@@ -46,6 +46,7 @@ class StepOutcome:
     exit_code: int | None = None
     http_status: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more names for templates (stdout, ...)
+    size: int | None = None  # bytes of `output` as JSON, when the kind has encoded it (else the engine measures it)
 
 
 class StepKind(Protocol):

@@ -11,12 +11,13 @@ import httpx
 
 from ..circuit import BreakerSettings, Permit
 from ..errors import StepFailed
+from ..limits import MAX_HTTP_RESPONSE_BYTES, MAX_HTTP_TEXT_CHARS, size_text
 from .base import StepContext, StepOutcome
 
 name = "http"
 # `circuit_breaker` is a step key: the workflow's default is copied into each http step at load
 fields = ("http", "circuit_breaker")
-TEXT_LIMIT = 1_000_000
+TEXT_LIMIT = MAX_HTTP_TEXT_CHARS  # characters of the body kept as `output.text`; see runner/limits.py
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -49,7 +50,7 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     permit = ctx.engine.breakers.admit(url, BreakerSettings.of(breaker)) if breaker else None  # may raise CircuitOpen
     started = time.monotonic()
     try:
-        response = await _send(ctx, method, url, target, timeout, kwargs, permit)
+        response, content = await _send(ctx, method, url, target, timeout, kwargs, permit)
     except asyncio.CancelledError:
         # the step's own timeout races httpx's (same length): stopped there, it is a timeout
         if permit is not None and ctx.timeout and time.monotonic() - started >= ctx.timeout * 0.9:
@@ -58,15 +59,15 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     finally:
         if permit is not None:
             permit.release()  # cancelled, or an invalid request: no verdict on the host
-    text = response.text
+    text = content.decode(response.encoding or "utf-8", "replace")
     if len(text) > TEXT_LIMIT:
         text = text[:TEXT_LIMIT] + f"\n[treadle: body truncated at {TEXT_LIMIT} characters]"
     try:
-        body_json = response.json() if response.content else None
+        body_json = json.loads(content) if content else None
     except ValueError:
         body_json = None
     output = {"status": response.status_code, "headers": dict(response.headers), "json": body_json, "text": text}
-    ctx.log(f"{method} {url} -> {response.status_code} ({len(response.content)} bytes)\n")
+    ctx.log(f"{method} {url} -> {response.status_code} ({len(content)} bytes)\n")
     expected = spec.get("expect_status")
     ok = response.status_code in expected if expected else 200 <= response.status_code < 300
     if not ok:
@@ -79,12 +80,35 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     return StepOutcome(output=output, http_status=response.status_code)
 
 
+class _TooBig(Exception):
+    pass
+
+
+async def _read(response: httpx.Response) -> bytes:
+    """The body (decoded from gzip & co), read as it comes; _TooBig past the limit, so a
+    server sending gigabytes costs at most MAX_HTTP_RESPONSE_BYTES of memory."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_HTTP_RESPONSE_BYTES:
+            raise _TooBig
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL, timeout: float,
-                kwargs: dict[str, Any], permit: Permit | None) -> httpx.Response:
-    """The request; tells the breaker (if any) whether the host answered well."""
+                kwargs: dict[str, Any], permit: Permit | None) -> tuple[httpx.Response, bytes]:
+    """The request and its body; tells the breaker (if any) whether the host answered well."""
     failure: str | None = None
+    too_big = False
     try:
-        response = await ctx.http.request(method, target, **kwargs)
+        response = await ctx.http.send(ctx.http.build_request(method, target, **kwargs), stream=True)
+        try:
+            content = await _read(response)
+        except _TooBig:
+            too_big = True
+        finally:
+            await response.aclose()
     except httpx.InvalidURL as exc:
         raise StepFailed(f"invalid URL '{url}': {exc}", retryable=False) from None
     except httpx.UnsupportedProtocol:
@@ -108,7 +132,15 @@ async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL
             permit.failed(f"{method} {url} answered {response.status_code}")
         else:  # 4xx says the host is up: the request is at fault, not the host
             permit.succeeded()
-    return response
+    if too_big:
+        raise StepFailed(
+            f"{method} {url} answered {response.status_code} with a body of more than "
+            f"{size_text(MAX_HTTP_RESPONSE_BYTES)}, the limit for an http step; download big files with a "
+            "`run` step (e.g. curl -fsSo file URL) and pass the file's path",
+            # the same body will come again; an error status may not
+            http_status=response.status_code, retryable=response.status_code >= 500 or response.status_code == 429,
+        )
+    return response, content
 
 
 def _reason(exc: BaseException) -> str:

@@ -57,10 +57,10 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     except Exception as exc:
         raise StepFailed(f"{inp['python']} raised {type(exc).__name__}: {exc}") from None
     try:
-        json.dumps(result)
-    except (TypeError, ValueError):
+        size = len(json.dumps(result))  # the engine checks the size against the limit: no second encoding
+    except (TypeError, ValueError, RecursionError):
         raise StepFailed(
             f"{inp['python']} returned a {type(result).__name__}, which is not JSON-serialisable; "
             "return dicts, lists, strings, numbers, booleans or None", retryable=False,
         ) from None
-    return StepOutcome(output=result)
+    return StepOutcome(output=result, size=size)

@@ -16,11 +16,12 @@ import subprocess
 from typing import Any
 
 from ..errors import StepFailed
+from ..limits import MAX_STDOUT_BYTES
 from .base import StepContext, StepOutcome
 
 name = "run"
 fields = ("run", "cwd", "env")
-OUTPUT_LIMIT = 1_000_000  # bytes of stdout kept for the step's output
+OUTPUT_LIMIT = MAX_STDOUT_BYTES  # bytes of stdout (and of stderr) kept for the step's output; see runner/limits.py
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 DRAIN_GRACE = 2.0  # seconds to read the rest of the output once the command has ended
 

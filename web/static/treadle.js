@@ -20,6 +20,11 @@
     if (e.detail.elt && e.detail.elt.id === "step-detail") { pinLog(); }
   });
   document.addEventListener("DOMContentLoaded", pinLog);
+  // requests htmx sends on its own carry the page's CSRF token (see web/auth.py)
+  document.addEventListener("htmx:configRequest", function (e) {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    if (meta && e.detail.verb !== "get") { e.detail.headers["X-CSRF-Token"] = meta.getAttribute("content"); }
+  });
   document.addEventListener("click", function (e) {
     var a = e.target.closest ? e.target.closest(".steps-table .step-id a") : null;
     if (!a) { return; }

@@ -1,0 +1,526 @@
+"""Hardened inputs: every limit of runner/limits.py, with the message it gives.
+
+Definition files (size, steps, literal foreach lists, durations) are checked at load
+and reported as path:line:column; what a run makes (foreach lists, inputs, outputs,
+http bodies, its duration) fails the step or the run with a message naming the
+limit and the fix. The template sandbox is probed last: what it refuses, and (as
+strict xfails, to be turned into plain tests when runner/templates.py closes them)
+what still gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import jinja2.sandbox
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner import executor, limits, templates, yaml_source
+from runner.executor import Engine
+from runner.limits import NotJson, json_size
+from runner.loader import load_file, load_text
+from runner.logsink import LogSink
+from runner.steps import http as http_step
+from runner.steps import shell
+from runner.templates import TemplateFailed, render
+from tests.conftest import definition
+from tests.exec_support import by_id, recorded, run_yaml, write_module
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems_of(text: str) -> list[str]:
+    return [str(p) for p in load_text(text, "wf.yaml").problems]
+
+
+# -- the list itself ---------------------------------------------------------------------
+
+
+def test_limits_mirrored_from_other_modules_agree_with_them() -> None:
+    assert yaml_source.MAX_VALUES == limits.MAX_YAML_VALUES
+    assert yaml_source.MAX_DEPTH == limits.MAX_YAML_DEPTH
+    assert templates.MAX_SIZE == limits.MAX_TEMPLATE_SIZE
+    assert templates.MAX_EXPONENT == limits.MAX_TEMPLATE_EXPONENT
+    assert jinja2.sandbox.MAX_RANGE == limits.MAX_TEMPLATE_RANGE
+    assert executor.MAX_CHILD_DEPTH == limits.MAX_CHILD_DEPTH
+    assert shell.OUTPUT_LIMIT == limits.MAX_STDOUT_BYTES
+    assert http_step.TEXT_LIMIT == limits.MAX_HTTP_TEXT_CHARS
+
+
+def test_the_docs_list_every_limit_with_its_value() -> None:
+    text = (ROOT / "docs" / "definitions.md").read_text()
+    section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    for shown in ("1,000,000 bytes", "10,000 steps", "10,000 items", "4 MiB", "64 MiB", "1 MiB",
+                  "100,000 values", "200 levels", "64,000 bytes", "7 days", "30 days", "1,024", "1,000 retries",
+                  "10 levels", "1,000 problems"):
+        assert shown in section, shown
+    assert "more than the limit of" in section  # the error texts are quoted
+
+
+def test_sizes_and_durations_read_well_in_messages() -> None:
+    assert limits.size_text(4 * 1024 * 1024) == "4 MiB (4,194,304 bytes)"
+    assert limits.size_text(1_000_000) == "1,000,000 bytes"
+    assert [limits.duration_text(s) for s in (7 * 86400, 30 * 86400, 5400, 90061, 0.5, float("inf"))] == [
+        "7d", "30d", "1h30m", "1d1h1m1s", "0.5s", "forever"]
+
+
+# -- definition files --------------------------------------------------------------------
+
+
+def test_file_size_is_limited_for_text_as_for_files(tmp_path: Path) -> None:
+    # counted in UTF-8 bytes: 500,001 two-byte characters are over the limit
+    body = "steps: [{id: a, log: x}]\n# "
+    text = body + "\u00e9" * ((limits.MAX_FILE_BYTES - len(body)) // 2 + 1)
+    assert len(text) < limits.MAX_FILE_BYTES < len(text.encode())
+    [problem] = load_text(text, "big.yaml").problems
+    assert str(problem).startswith("big.yaml:1:1: file is 1,000,0")
+    assert "the limit is 1,000,000 bytes (split the workflow into smaller ones" in problem.message
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    [from_file] = load_file(path).problems
+    assert from_file.message == problem.message
+    exactly = body + "x" * (limits.MAX_FILE_BYTES - len(body))
+    assert len(exactly.encode()) == limits.MAX_FILE_BYTES and load_text(exactly, "ok.yaml").valid
+
+
+def test_text_that_is_not_unicode_is_a_problem_not_an_exception() -> None:
+    [problem] = load_text("steps: [{id: a, log: x}]\n# \ud800\n", "s.yaml").problems
+    assert str(problem).startswith("s.yaml:2:3: the text is not valid Unicode")
+
+
+def big_workflow(n: int, key: str = "steps") -> str:
+    steps = "".join(f"  - id: {key[:1]}{i}\n    log: x\n" for i in range(n))
+    main = "steps: [{id: main, log: x}]\n" if key != "steps" else ""
+    return f"name: big\n{main}{key}:\n{steps}"
+
+
+def test_ten_thousand_steps_load_and_one_more_is_reported_at_the_steps_key() -> None:
+    assert load_text(big_workflow(limits.MAX_STEPS), "big.yaml").valid  # bench/reload.py's size
+    assert problems_of(big_workflow(limits.MAX_STEPS + 1)) == [
+        "wf.yaml:2:1: steps: 10,001 steps, more than the limit of 10,000 per list; split the workflow into "
+        "smaller ones (a `workflow` step runs another workflow as a child)"]
+
+
+@pytest.mark.parametrize("key", ["on_failure", "on_success", "finally"])
+def test_handler_lists_have_the_same_limit(key: str) -> None:
+    [problem] = problems_of(big_workflow(limits.MAX_STEPS + 1, key))
+    assert problem.startswith(f"wf.yaml:3:1: {key}: 10,001 steps, more than the limit of 10,000 per list")
+
+
+def test_a_literal_foreach_list_over_the_limit_is_reported_at_load() -> None:
+    items = ", ".join(["1"] * (limits.MAX_FOREACH_ITEMS + 1))
+    assert problems_of(f"steps:\n  - id: a\n    foreach: [{items}]\n    log: x\n") == [
+        "wf.yaml:3:5: steps[0].foreach: 10,001 items, more than the limit of 10,000 per step; split the list "
+        "into batches (e.g. one child `workflow` run per batch)"]
+    items = ", ".join(["1"] * limits.MAX_FOREACH_ITEMS)
+    assert problems_of(f"steps:\n  - id: a\n    foreach: [{items}]\n    log: x\n") == []
+
+
+def test_run_timeout_over_the_limit_and_waits_longer_than_a_run_are_reported() -> None:
+    assert problems_of("timeout: 31d\nsteps: [{id: a, log: x}]\n") == [
+        "wf.yaml:1:10: timeout: 31d is more than the limit of 30d for a run; split the work into several "
+        "runs (a `schedule` or `after` trigger can start the next one)"]
+    assert problems_of("timeout: 30d\nsteps: [{id: a, wait: 20d}]\n") == []
+    assert problems_of("timeout: .nan\nsteps: [{id: a, wait: .nan}]\n") == [
+        "wf.yaml:1:10: timeout: the duration is not a number (.nan); write e.g. 30s",
+        "wf.yaml:2:23: steps[0].wait: the duration is not a number (.nan); write e.g. 30s"]
+    text = "steps:\n  - {id: a, wait: 8d}\n  - {id: b, approval: {message: ok?, timeout: 10d}}\n" \
+           "finally:\n  - {id: c, wait: 8d}\n"
+    assert problems_of(text) == [
+        "wf.yaml:2:19: steps[0].wait: 8d is longer than a run without `timeout` may last (7d); set the "
+        "workflow's `timeout` (at most 30d) or wait less",
+        "wf.yaml:3:47: steps[1].approval.timeout: 10d is longer than a run without `timeout` may last (7d); "
+        "set the workflow's `timeout` (at most 30d) or wait less"]
+    # the handlers run after the main steps (outside `timeout`), within their own limit
+    assert problems_of("steps: [{id: a, log: x}]\nfinally: [{id: c, wait: 8d}]\n") == []
+
+
+def test_a_file_with_a_problem_in_every_step_loads_quickly_and_shows_the_first_thousand() -> None:
+    # the problems used to be kept in a list searched and sorted on every add: this
+    # 600 KB file took 6 minutes to load
+    text = "steps:\n" + "".join("  - {id: x, log: a}\n" for _ in range(30_000))
+    t0 = time.perf_counter()
+    problems = load_text(text, "dup.yaml").problems
+    assert time.perf_counter() - t0 < 15
+    assert len(problems) == limits.MAX_PROBLEMS + 1
+    assert str(problems[0]) == "dup.yaml:1:1: steps: 30,000 steps, more than the limit of 10,000 per list; " \
+        "split the workflow into smaller ones (a `workflow` step runs another workflow as a child)"
+    assert str(problems[-1]) == "dup.yaml:1002:10: 29,000 more problems not shown; fix the ones above first"
+
+
+def test_the_json_schema_shows_the_step_limit() -> None:
+    from runner.definition import json_schema
+
+    assert json_schema()["properties"]["steps"]["maxItems"] == limits.MAX_STEPS
+
+
+# -- the size of a value as JSON ---------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=5) | st.integers() | st.booleans() | st.none() | st.floats(), inner, max_size=4)
+    | st.tuples(inner, inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(json_values)
+def test_json_size_is_the_length_of_json_dumps(value: object) -> None:
+    expected = len(json.dumps(value, default=str))
+    assert json_size(value, 10**9) == expected
+    assert json_size(value, expected) == expected
+    assert json_size(value, expected - 1) == expected  # just over: limit + 1
+
+
+def test_json_size_stops_early_and_refuses_what_json_cannot_hold() -> None:
+    big = "x" * 1_000_000
+    shared = [big] * 100_000  # 100 GB of JSON made of references to one string
+    t0 = time.perf_counter()
+    assert json_size(shared, limits.MAX_OUTPUT_BYTES) == limits.MAX_OUTPUT_BYTES + 1
+    assert time.perf_counter() - t0 < 0.5
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(NotJson, match="contains itself"):
+        json_size({"a": loop}, 10**9)
+    with pytest.raises(NotJson, match="more than 4,300 digits"):
+        json_size([9 ** 5000], 10**9)
+    with pytest.raises(NotJson, match="key that is not text"):
+        json_size({(1, 2): 3}, 10**9)
+    assert json_size({"a": object}, 10**9) == len(json.dumps({"a": object}, default=str))
+
+
+# -- runs: foreach, inputs, outputs --------------------------------------------------------
+
+
+async def test_a_rendered_foreach_list_over_the_limit_fails_the_step_before_any_item(engine, tmp_path):
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - id: many
+            foreach: "{{ range(10001) | list }}"
+            log: "{{ item }}"
+    """)
+    assert exe.status == "failed"
+    step = by_id(doc)["many"]
+    assert step["status"] == "failed" and step["error"] == (
+        "foreach: 10,001 items, more than the limit of 10,000 per step; split the list into batches of at most "
+        "10,000 (e.g. one child `workflow` run per batch)")
+    assert "items" not in step and step["attempts"] == 1
+
+
+@pytest.fixture
+def small_outputs(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(limits, "MAX_OUTPUT_BYTES", 1000)
+    monkeypatch.setattr(limits, "MAX_INPUT_BYTES", 2000)
+    monkeypatch.setattr(limits, "MAX_GATHERED_OUTPUT_BYTES", 5000)
+    return 1000
+
+
+OVER_OUTPUT = "output: more than the limit of 1,000 bytes as JSON; return less (write big data to a file"
+
+
+async def test_outputs_over_the_limit_fail_the_step_without_retries(engine, tmp_path, small_outputs):
+    mod = write_module(tmp_path, "def make(n):\n    return ['x' * 10] * n\n")
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: fits, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+          - {id: set_big, needs: [], retry: 3, set: {v: "{{ 'x' * 1500 }}"}}
+          - id: run_big
+            needs: []
+            run: python3 -c "print('[' + ','.join(['1'] * 600) + ']')"
+          - {id: py_big, needs: [], retry: 2, python: "MOD:make", with: {n: 100}}
+          - {id: after, needs: [set_big], trigger_rule: all_done, log: "{{ steps.set_big.output }}"}
+    """.replace("MOD", mod))
+    steps = by_id(doc)
+    assert steps["fits"]["status"] == "succeeded"
+    for sid in ("set_big", "run_big", "py_big"):
+        assert steps[sid]["status"] == "failed", sid
+        assert steps[sid]["error"].startswith(OVER_OUTPUT), steps[sid]["error"]
+        assert steps[sid]["output"] is None and steps[sid]["attempts"] == 1, sid
+    assert steps["run_big"]["exit_code"] == 0  # the command worked; its output did not fit
+    assert steps["after"]["output"] == "None"  # later steps never see a cut value
+    assert exe.status == "failed" and doc["error"].startswith("step 'set_big' failed: output: more than")
+
+
+async def test_a_failed_attempts_big_output_is_dropped_with_a_note(engine, tmp_path, small_outputs):
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - id: bad
+            run: python3 -c "import sys; print('[' + ','.join(['1'] * 600) + ']'); sys.exit(3)"
+    """)
+    step = by_id(doc)["bad"]
+    assert step["status"] == "failed" and step["exit_code"] == 3 and step["output"] is None
+    assert step["error"].startswith("exit code 3: ") and "(its output was not kept: output: more than" in step["error"]
+
+
+async def test_inputs_over_the_limit_or_not_json_fail_before_the_step_runs(engine, tmp_path, small_outputs):
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: a, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+          - {id: big_in, needs: [a], http: {url: "http://127.0.0.1:9/", json: "{{ [steps.a.output] * 3 }}"}}
+          - {id: huge_int, needs: [], set: {v: "{{ 9 ** 999 * 9 ** 999 * 9 ** 999 * 9 ** 999 * 9 ** 999 }}"}}
+          - {id: later, needs: [huge_int], trigger_rule: all_done, log: still recorded}
+    """)
+    steps = by_id(doc)
+    assert steps["big_in"]["error"].startswith(
+        "input: more than the limit of 2,000 bytes as JSON; pass less data to the step")
+    assert steps["big_in"]["input"] is None and steps["big_in"]["attempts"] == 1
+    # a value the database could not take never reaches it (it would stop the writer)
+    assert steps["huge_int"]["error"] == "input: cannot be stored: it has a number with more than 4,300 digits, which JSON cannot hold"
+    assert steps["later"]["status"] == "succeeded"
+
+
+async def test_a_foreach_list_over_the_gathered_limit_fails(engine, tmp_path, small_outputs):
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: each, foreach: "{{ range(10) | list }}", set: {v: "{{ 'x' * 600 }}"}}
+    """)
+    step = by_id(doc)["each"]
+    assert step["status"] == "failed" and step["output"] is None
+    assert step["error"].startswith("foreach: more than the limit of 5,000 bytes as JSON; the outputs of all its items")
+    assert [i["status"] for i in step["items"]] == ["succeeded"] * 10  # each item fitted
+
+
+async def test_run_outputs_over_the_limit_fail_the_run(engine, tmp_path, small_outputs):
+    text = """
+        steps:
+          - {id: a, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+          - {id: b, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+        OUTPUTS
+    """
+    exe, doc = await run_yaml(engine, tmp_path, text.replace("OUTPUTS", "outputs: {v: \"{{ [steps.a.output] * 6 }}\"}"))
+    assert exe.status == "failed" and doc["outputs"] is None
+    assert doc["error"] == "outputs: more than the limit of 5,000 bytes as JSON; keep only what matters in `outputs`"
+    exe, doc = await run_yaml(engine, tmp_path, text.replace("OUTPUTS", "outputs: {v: \"{{ steps.a.output }}\"}"))
+    assert exe.status == "succeeded" and doc["outputs"] == {"v": {"v": "x" * 900}}
+
+
+async def test_default_outputs_over_the_limit_say_to_write_outputs(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_GATHERED_OUTPUT_BYTES", 1500)
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: a, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+          - {id: b, needs: [], set: {v: "{{ 'x' * 900 }}"}}
+    """)
+    assert exe.status == "failed" and doc["error"] == (
+        "outputs: more than the limit of 1,500 bytes as JSON; write `outputs:` to keep only what matters "
+        "(without it, the outputs are those of the last steps)")
+
+
+# -- http response bodies ------------------------------------------------------------------
+
+
+async def test_an_endless_http_body_is_cut_off_at_the_limit(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(http_step, "MAX_HTTP_RESPONSE_BYTES", 200_000)
+    sent = 0
+
+    async def endless():
+        nonlocal sent
+        while True:
+            sent += 65536
+            yield b"x" * 65536
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/small":
+            return httpx.Response(200, json={"ok": True})
+        return httpx.Response(200, content=endless(), headers={"content-type": "text/plain"})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    engine = Engine(store, definitions_dir=tmp_path, http=client)
+    try:
+        exe = await asyncio.wait_for(engine.run(definition("""
+            steps:
+              - {id: small, needs: [], http: {url: "http://api.test/small"}}
+              - {id: endless, needs: [], retry: 2, http: {url: "http://api.test/endless"}}
+        """, tmp_path)), 30)
+        doc = await recorded(engine, exe.id)
+    finally:
+        await engine.close()
+        await client.aclose()
+    steps = by_id(doc)
+    assert steps["small"]["output"]["json"] == {"ok": True}
+    assert steps["endless"]["status"] == "failed" and steps["endless"]["attempts"] == 1
+    assert steps["endless"]["http_status"] == 200
+    assert steps["endless"]["error"] == (
+        "GET http://api.test/endless answered 200 with a body of more than 200,000 bytes, the limit for an http "
+        "step; download big files with a `run` step (e.g. curl -fsSo file URL) and pass the file's path")
+    assert sent < 400_000  # reading stopped at the limit
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+def test_a_steps_log_keeps_the_limits_head_and_tail() -> None:
+    rows: list[dict] = []
+    sink = LogSink(rows.append, {"attempt": 1}, str)
+    for _ in range(30):
+        sink.write("stdout", "y" * 50_000)  # 1,500,000 bytes
+    sink.close()
+    text = "".join(r["text"] for r in rows)
+    marker = (f"[treadle: log truncated: the limit is {limits.MAX_LOG_BYTES} bytes per step; "
+              f"{1_500_000 - limits.MAX_LOG_BYTES - limits.LOG_TAIL_BYTES} bytes left out; "
+              f"the last {limits.LOG_TAIL_BYTES} bytes follow]")
+    assert marker in text
+    assert len(text) == limits.MAX_LOG_BYTES + limits.LOG_TAIL_BYTES + len(marker) + 2
+
+
+# -- how long a run may last -------------------------------------------------------------------
+
+
+async def test_a_run_without_timeout_stops_at_the_default_limit(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "DEFAULT_RUN_TIMEOUT", 0.3)
+    t0 = time.monotonic()
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: nap, wait: 20s}
+    """)
+    assert time.monotonic() - t0 < 5
+    assert exe.status == "failed" and doc["error"] == (
+        "run timed out after 0.3s, the limit for a run without `timeout`; set the workflow's `timeout` "
+        "(at most 30d) if it needs longer")
+    assert by_id(doc)["nap"]["status"] == "cancelled"
+
+
+async def test_the_run_timeout_counts_from_the_runs_start(engine, tmp_path):
+    """A run resumed after a restart keeps its start time: it gets no new window."""
+    exe = await engine.start(definition("""
+        timeout: 50s
+        steps:
+          - {id: nap, wait: 20s}
+    """, tmp_path))
+    exe.started_at = time.time() - 49.7  # as a resumed run started long ago would have
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(exe.wait(), 10) == "failed"
+    assert time.monotonic() - t0 < 5 and exe.error == "run timed out after 50.0s"
+
+
+async def test_handlers_that_never_end_are_stopped(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "WIND_UP_TIMEOUT", 0.3)
+    t0 = time.monotonic()
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: a, log: hi}
+        finally:
+          - {id: stuck, wait: 20s}
+    """)
+    assert time.monotonic() - t0 < 5
+    assert exe.status == "succeeded"  # handlers never change the run's result
+    assert by_id(doc)["stuck"]["status"] == "cancelled"
+
+
+# -- the template sandbox ----------------------------------------------------------------------
+
+CONTEXT = {"params": {"xs": [1, 2], "s": "abc"}, "steps": {}, "run": {"id": "r"}, "env": {}, "secrets": {}}
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ params.__class__ }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ joiner.__init__.__globals__ }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{{ lipsum.__globals__ }}",
+    "{{ self.__dict__ }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ params.s.format.__globals__ }}",
+    "{{ '{0.__class__}'.format(params) }}",
+    "{{ params.xs.pop.__self__ }}",
+    "{{ params | attr('__class__') }}",
+    "{{ params.__init__ }}",
+    "{% for c in ''.__class__.__mro__[1].__subclasses__() %}{{ c }}{% endfor %}",
+])
+def test_templates_cannot_reach_python_internals(template: str) -> None:
+    with pytest.raises(TemplateFailed, match="not allowed in a template|has no attribute"):
+        render(template, dict(CONTEXT))
+
+
+@pytest.mark.parametrize("template", [
+    "{{ range(10**9) | length }}",
+    "{{ range(100001) | list | length }}",
+    "{{ 'a' * 10**9 }}",
+    "{{ [1] * 10**9 }}",
+    "{{ 10 ** 100000 }}",
+    "{{ (range(100000) | list | join(',') * 10) | length }}",
+])
+def test_templates_cannot_build_huge_values_with_range_star_or_power(template: str) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(TemplateFailed):
+        render(template, dict(CONTEXT))
+    assert time.perf_counter() - t0 < 1
+
+
+GROWERS = [
+    pytest.param("{{ 'a' | center(2000000) }}", id="center-filter"),
+    pytest.param("{{ 'a'.ljust(2000000) }}", id="str-ljust"),
+    pytest.param("{{ 'a'.zfill(2000000) }}", id="str-zfill"),
+    pytest.param("{{ '{:>2000000}'.format('a') }}", id="str-format-width"),
+    pytest.param("{{ '%2000000s' % 'a' }}", id="percent-format-width"),
+    pytest.param("{{ '%2000000s' | format('a') }}", id="format-filter-width"),
+    pytest.param("{{ ('\t' * 1000).expandtabs(2000) }}", id="expandtabs"),
+    pytest.param("{{ ('a' * 100000) | replace('a', 'aaaaaaaaaaaaaaaaaaaa') }}", id="replace-filter"),
+    pytest.param("{{ ('a' * 100000).replace('a', 'aaaaaaaaaaaaaaaaaaaa') }}", id="str-replace"),
+    pytest.param("{{ ((10 ** 1000) ** 1000) ** 2 }}", id="power-of-a-huge-base"),
+    pytest.param("{{ params.xs.append(0) }}", id="mutating-run-data"),
+    pytest.param("{{ params.update({'x': 1}) }}", id="mutating-params"),
+]
+
+
+@pytest.mark.parametrize("template", GROWERS)
+def test_templates_cannot_exhaust_memory_or_change_run_data(template: str) -> None:
+    data = {**CONTEXT, "params": {"xs": [1, 2], "s": "abc"}}
+    with pytest.raises(TemplateFailed):
+        render(template, data)
+    assert data["params"] == {"xs": [1, 2], "s": "abc"}
+
+
+def test_the_same_methods_work_at_a_normal_size() -> None:
+    assert render("{{ 'ab'.center(6) }}|{{ '%05d' % 42 }}|{{ '{}/{}'.format(1, 2) }}|{{ 'aa' | replace('a', 'b') }}",
+                  dict(CONTEXT)) == "  ab  |00042|1/2|bb"
+    assert render("{{ 2 ** 100 }}", dict(CONTEXT)) == 2 ** 100
+
+
+# Still possible (reported in the closing note): `~` doubling a long string in a
+# `{% set %}` loop, and nested loops over allowed ranges, cost time and memory that
+# the sandbox does not count; bounding them needs a render deadline in another thread.
+HOLES = [
+    pytest.param("{% set a = 'a' * 1000000 %}{% set a = a ~ a %}{{ a }}", id="concat-doubling"),
+    pytest.param("{% for i in range(2000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}", id="nested-loops"),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="not bounded yet: needs a render deadline (see the closing note)")
+@pytest.mark.parametrize("template", HOLES)
+def test_templates_cannot_exhaust_time_with_loops_or_concatenation(template: str) -> None:
+    with pytest.raises(TemplateFailed):
+        render(template, {**CONTEXT, "params": {"xs": [1, 2], "s": "abc"}})
+
+
+# `*` counts the size of a list's items (three references to a 1,000,000 character
+# text are 3,000,000 characters once printed, joined or `tojson`-ed); `indent` checks its width.
+SIZE_GROWERS = [
+    pytest.param("x {{ ['a' * 1000000] * 3 }}", id="printed-list-of-references"),
+    pytest.param("{{ (['a' * 1000000] * 3) | join }}", id="joined-references"),
+    pytest.param("{{ (['a' * 1000000] * 3) | tojson }}", id="tojson-of-references"),
+    pytest.param("{{ 'a' | indent(2000000, true) }}", id="indent-width"),
+]
+
+
+@pytest.mark.parametrize("template", SIZE_GROWERS)
+def test_templates_cannot_build_huge_text_from_references_or_indent(template: str) -> None:
+    with pytest.raises(TemplateFailed):
+        render(template, dict(CONTEXT))
+    assert render("{{ (['ab'] * 3) | join }}|{{ 'a\nb' | indent(2) }}", dict(CONTEXT)) == "ababab|a\n  b"
+
+
+def test_the_docs_quote_the_output_error_as_the_engine_says_it() -> None:
+    text = (ROOT / "docs" / "definitions.md").read_text()
+    said = limits.too_big("output", limits.MAX_OUTPUT_BYTES, limits.OUTPUT_FIX)
+    assert re.sub(r"\s+", " ", said) in re.sub(r"\s+", " ", text)
