@@ -11,13 +11,15 @@ import base64
 import difflib
 import json
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 
@@ -95,7 +97,50 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+class _CodeGen(CodeGenerator):
+    """Compiles `a ~ b` to a join that checks the size first: doubling a text in a few
+    `{% set %}` statements would otherwise reach gigabytes."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.sized_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+# how many `range` items one render may create in all: nested loops over ranges are
+# what can make a template run for minutes (each range alone is at most 100,000)
+MAX_RANGE_ITEMS = 1_000_000
+_range_left: ContextVar[int | None] = ContextVar("treadle_range_left", default=None)
+
+
+def _budgeted_range(*args: int) -> range:
+    numbers = safe_range(*args)
+    left = _range_left.get()
+    if left is not None:
+        left -= len(numbers)
+        if left < 0:
+            raise SecurityError(f"loops over range() would go through more than {MAX_RANGE_ITEMS} items in all")
+        _range_left.set(left)
+    return numbers
+
+
+_Sandbox.code_generator_class = _CodeGen
+
+
+def _sized_join(self: _Sandbox, parts: tuple) -> str:
+    texts = [p if isinstance(p, str) else str(p) for p in parts]
+    size = sum(map(len, texts))
+    if size > MAX_SIZE:
+        raise SecurityError(f"'~' would build a text of {size} characters (at most {MAX_SIZE})")
+    return "".join(texts)
+
+
+_Sandbox.sized_join = _sized_join  # type: ignore[attr-defined]
+
 _env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env.globals["range"] = _budgeted_range
 _env.filters["tojson"] = _tojson
 _env.filters["fromjson"] = json.loads
 
@@ -244,6 +289,7 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             found = _follow(context, path)
             if found is not _MISS:
                 return found
+        budget = _range_left.set(MAX_RANGE_ITEMS)
         try:
             how, compiled = _compile(value)
             if how == "expr":
@@ -260,6 +306,8 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             raise TemplateFailed(f"template error: {exc.message}") from None
         except Exception as exc:  # a filter or expression raised
             raise TemplateFailed(f"{type(exc).__name__}: {exc} in template {value!r}") from None
+        finally:
+            _range_left.reset(budget)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):

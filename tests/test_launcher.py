@@ -237,12 +237,13 @@ async def test_a_ring_of_after_triggers_stops(engine: Engine, store: Store, stat
     launcher = Launcher(engine, state, Catalog(ping, pong).entries)
     await launcher.launch(ping, {}, trigger="api", manual=True)
 
-    async def settled() -> bool:
-        await asyncio.sleep(0.3)
-        total = (await store.list_runs())[1]
-        await asyncio.sleep(0.3)
-        return total == (await store.list_runs())[1] and not engine.runs
-    await until(settled, timeout=30)
+    async def reached_the_guard() -> bool:
+        await store.flush()
+        return (await store.list_runs())[1] >= MAX_CHAIN + 1
+    await until(reached_the_guard, timeout=60)
+    await asyncio.sleep(1.0)  # time for one more link, if the guard let it through
+    await launcher.close()
+    await store.flush()
     assert (await store.list_runs())[1] == MAX_CHAIN + 1
 
 
