@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -87,9 +87,13 @@ class Notifier:
     """
 
     def __init__(self, http: httpx.AsyncClient, environ: Mapping[str, str], *,
-                 delays: Sequence[float] = (1, 4, 16, 60), timeout: float = 10.0):
+                 delays: Sequence[float] = (1, 4, 16, 60), timeout: float = 10.0,
+                 committed: Callable[[], Awaitable[None]] | None = None):
         if not delays:
             raise ValueError("delays needs at least one value (the wait before a retry)")
+        # awaited before the first try (the store's flush): a receiver that reads the run
+        # back through the API must find it recorded as ended
+        self.committed = committed
         self.http = http
         self.environ = environ
         self.delays = tuple(delays)
@@ -144,6 +148,8 @@ class Notifier:
         shown = redact_url(entry.webhook)
         tries = 0
         try:
+            if self.committed is not None:
+                await self.committed()
             while True:
                 tries += 1
                 outcome, retryable, wait = await self._try(entry.webhook, body, headers, secret)

@@ -106,7 +106,7 @@ class Services:
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
             state = TriggerState(store)
             launcher = Launcher(engine, state, catalog.entries)
-            notifier = Notifier(http, engine.environ)
+            notifier = Notifier(http, engine.environ, committed=store.flush)
             engine.run_ended.append(notifier.on_run_ended)
             files = FileTriggers(launcher, catalog.entries, state)
             scheduler = Scheduler(launcher, catalog.entries, state)
