@@ -22,6 +22,7 @@ from runner.errors import TreadleError, WorkflowInvalid, WorkflowNotFound
 from runner.launcher import Launch, new_event_id
 from runner.loader import Definition
 from runner.notify import redact_url
+from runner.report import iso
 from runner.signing import SignatureError, check_bearer, verify
 
 from . import rate_limits
@@ -210,7 +211,6 @@ async def trigger_summary(services: Services, definition: Definition) -> dict[st
                            "after": [], "concurrency": None, "queued": services.launcher.queued(definition.name),
                            "notify": []}
     if definition.name in paused:
-        from runner.report import iso
         out["paused_since"] = iso(paused[definition.name]["changed_at"])
     if spec is None:
         return out

@@ -24,6 +24,7 @@ import json
 import secrets
 from collections.abc import Iterable
 from hashlib import sha256
+from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -292,8 +293,6 @@ async def _redirect(send: Send, location: str) -> None:
 
 
 async def _page_error(send: Send, status: int, detail: str) -> None:
-    from html import escape
-
     page = (f"<!doctype html><meta charset=utf-8><title>Treadle: refused</title>"
             f"<link rel=stylesheet href=/static/treadle.css><main class=page><h1>Refused</h1>"
             f"<p>{escape(detail)}</p><p><a href=/>Back to the dashboard</a> · <a href=/signin>Sign in</a></p></main>")
