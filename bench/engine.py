@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.executor import Engine  # noqa: E402
-from runner.loader import load_text  # noqa: E402
-from runner.store import Store  # noqa: E402
+from runner.dsl.loader import load_text  # noqa: E402
+from runner.engine.engine import Engine  # noqa: E402
+from runner.storage.store import Store  # noqa: E402
 
 BODIES = {"set": 'set: {i: "{{ run.id }}"}', "run": 'run: "true"', "argv": 'run: ["true"]'}
 

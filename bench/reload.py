@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from runner.catalog import Catalog  # noqa: E402
-from runner.loader import load_file, version_of  # noqa: E402
+from runner.dsl.loader import load_file, version_of  # noqa: E402
+from runner.gitops.catalog import Catalog  # noqa: E402
 from tests.web_server import running_server  # noqa: E402
 
 

@@ -50,7 +50,7 @@ from _server import (  # noqa: E402
     wait_up,
 )
 
-from runner.signing import signed_headers  # noqa: E402
+from runner.triggers.signing import signed_headers  # noqa: E402
 
 HOOK_ENV = "BENCH_HOOK_SECRET"
 EVENT_TYPE = "bench.burst"

@@ -105,12 +105,16 @@ class StepFailed(TreadleError):
         http_status: int | None = None,
         output: object = None,
         retryable: bool = True,
+        host_error: str | None = None,
     ):
         super().__init__(message)
         self.exit_code = exit_code
         self.http_status = http_status
         self.output = output
         self.retryable = retryable
+        # an http call's verdict on its host for the circuit breaker: the failure
+        # (connection, timeout, 5xx/429) when the host is at fault, else None
+        self.host_error = host_error
 
     @property
     def code(self) -> int | None:
@@ -136,3 +140,4 @@ class ShuttingDown(TreadleError):
 
     def __init__(self) -> None:
         super().__init__("Treadle is shutting down and starts no new run; try again once it is back")
+

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.executor import Engine
-from runner.loader import Definition, load_text
-from runner.store import Store
+from runner.dsl.loader import Definition, load_text
+from runner.engine.engine import Engine
+from runner.storage.store import Store
 
 
 @pytest.fixture

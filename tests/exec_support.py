@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runner.executor import Engine
-from runner.report import run_document
-from runner.run_execution import RunExecution
+from runner.engine.engine import Engine
+from runner.engine.report import run_document
+from runner.engine.run import RunExecution
 from tests.conftest import definition
 
 # a shell fragment that records when a step (or foreach item) starts and ends

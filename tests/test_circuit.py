@@ -16,9 +16,16 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from runner.circuit import Breaker, Breakers, BreakerSettings, CircuitOpen, CircuitState, host_of
-from runner.definition import json_schema
-from runner.loader import load_text
+from runner.dsl.definition import json_schema
+from runner.dsl.loader import load_text
+from runner.engine.circuit import (
+    Breaker,
+    Breakers,
+    BreakerSettings,
+    CircuitOpen,
+    CircuitState,
+    host_of,
+)
 from tests.exec_support import by_id, run_yaml
 from tests.http_server import LoopbackServer, closed_port, http_server_fixture  # noqa: F401  (the fixture)
 from tests.web_server import running_server, with_csrf

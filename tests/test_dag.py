@@ -7,8 +7,8 @@ import textwrap
 import networkx as nx
 import pytest
 
-from runner.dag import Dag, build_dag, resolve_needs, steps_of
-from runner.loader import load_text
+from runner.dsl.dag import Dag, build_dag, resolve_needs, steps_of
+from runner.dsl.loader import load_text
 
 
 class Sink:

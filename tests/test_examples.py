@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from runner.catalog import Catalog
+from runner.gitops.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 DEFINITIONS = REPO / "definitions"

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from runner.definition import RetrySpec
-from runner.executor import Engine
+from runner.dsl.definition import RetrySpec
+from runner.engine.engine import Engine
 from tests.conftest import definition
 from tests.exec_support import (
     by_id,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from runner.file_triggers import FileTriggers, compile_glob
-from runner.loader import Definition, load_text
-from runner.store import Store
-from runner.trigger_state import TriggerState
+from runner.dsl.loader import Definition, load_text
+from runner.storage.store import Store
+from runner.triggers.file_triggers import FileTriggers, compile_glob
+from runner.triggers.trigger_state import TriggerState
 
 from .conftest import definition
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.catalog import Catalog
-from runner.gitinfo import read_state
+from runner.gitops.catalog import Catalog
+from runner.gitops.gitinfo import read_state
 
 from .git_support import commit_all, git
 

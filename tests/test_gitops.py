@@ -28,9 +28,9 @@ import httpx
 import pytest
 import yaml
 
-from runner.catalog import Catalog
-from runner.loader import version_of
-from runner.watcher import watch
+from runner.dsl.loader import version_of
+from runner.gitops.catalog import Catalog
+from runner.gitops.watcher import watch
 
 from .git_support import commit_all, git
 from .web_server import running_server

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from runner.loader import load_text
+from runner.dsl.loader import load_text
 from tests.conftest import definition
 from tests.exec_support import by_id, eventually, recorded, run_yaml
 

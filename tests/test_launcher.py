@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.executor import Engine
-from runner.launcher import MAX_CHAIN, Launcher
-from runner.loader import Definition
-from runner.models import RunStatus
-from runner.store import Store
-from runner.trigger_state import TriggerState
+from runner.dsl.loader import Definition
+from runner.engine.engine import Engine
+from runner.storage.models import RunStatus
+from runner.storage.store import Store
+from runner.triggers.launcher import MAX_CHAIN, Launcher
+from runner.triggers.trigger_state import TriggerState
 
 from .conftest import definition
 
@@ -279,7 +279,7 @@ async def test_events_start_every_listener_with_the_data(engine: Engine, store: 
 async def test_a_schedule_starts_real_runs_on_a_fake_clock(engine: Engine, store: Store, state: TriggerState, tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from runner.schedules import Scheduler
+    from runner.triggers.schedules import Scheduler
 
     wf = definition("""
         name: tick

@@ -21,11 +21,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import executor, limits, templates, yaml_source
-from runner.executor import Engine
+from runner import limits, templates
+from runner.dsl import yaml_source
+from runner.dsl.loader import load_file, load_text
+from runner.engine import engine as executor
+from runner.engine.engine import Engine
+from runner.engine.logsink import LogSink
 from runner.limits import NotJson, json_size
-from runner.loader import load_file, load_text
-from runner.logsink import LogSink
 from runner.steps import http as http_step
 from runner.steps import shell
 from runner.templates import TemplateFailed, render
@@ -155,7 +157,7 @@ def test_a_file_with_a_problem_in_every_step_loads_quickly_and_shows_the_first_t
 
 
 def test_the_json_schema_shows_the_step_limit() -> None:
-    from runner.definition import json_schema
+    from runner.dsl.definition import json_schema
 
     assert json_schema()["properties"]["steps"]["maxItems"] == limits.MAX_STEPS
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from runner import definition as d
-from runner import loader
-from runner import trigger_spec as t
-from runner.catalog import Catalog, find_files
+from runner.dsl import definition as d
+from runner.dsl import loader
+from runner.dsl import trigger_spec as t
+from runner.dsl.loader import load_file, load_text
 from runner.errors import Problem
-from runner.loader import load_file, load_text
+from runner.gitops.catalog import Catalog, find_files
 
 DATA = Path(__file__).parent / "data"
 BAD = sorted(DATA.glob("bad_*.yaml"))

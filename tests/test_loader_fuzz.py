@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.loader import load_text
+from runner.dsl.loader import load_text
 
 SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # yaml.safe_dump, in C when libyaml is there
 EXAMPLES = int(os.environ.get("TREADLE_FUZZ_EXAMPLES", "400"))

@@ -16,8 +16,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from runner.executor import Engine
-from runner.logsink import LogSink
+from runner.engine.engine import Engine
+from runner.engine.logsink import LogSink
 from runner.templates import Masker
 from tests.conftest import definition
 from tests.exec_support import log_text, run_yaml, write_module

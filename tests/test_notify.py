@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from runner import __version__
-from runner.executor import Engine
-from runner.notify import Notifier, redact_url
-from runner.signing import verify
+from runner.engine.engine import Engine
+from runner.triggers.notify import Notifier, redact_url
+from runner.triggers.signing import verify
 from tests.conftest import definition
 from tests.exec_support import eventually, recorded
 from tests.http_server import closed_port

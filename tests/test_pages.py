@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.dag import build_dag
+from runner.dsl.dag import build_dag
 from web import pages
 from web.dag_svg import layers_of, layout, render_svg
 from web.live import coalesced, run_signals
@@ -383,7 +383,7 @@ def test_run_stream_signals_then_fragments_follow_the_database(server: SimpleNam
 
 
 async def test_a_burst_of_events_becomes_one_refresh() -> None:
-    from runner.events import Broker
+    from runner.storage.events import Broker
 
     broker, stopping = Broker(), asyncio.Event()
     store = SimpleNamespace(get_run=lambda _id: asyncio.sleep(0, {"status": "running"}))

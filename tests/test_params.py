@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.definition import ParamSpec
+from runner.dsl.definition import ParamSpec
+from runner.dsl.loader import load_text
+from runner.dsl.params import coerce, validate_params
 from runner.errors import ParamError
-from runner.loader import load_text
-from runner.params import coerce, validate_params
 
 SPECS = {
     "order_id": ParamSpec(type="string", required=True),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from runner.executor import Engine
+from runner.engine.engine import Engine
 from tests.conftest import definition
 from tests.exec_support import by_id, eventually, recorded
 

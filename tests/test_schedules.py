@@ -13,13 +13,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runner import schedules
+from runner.dsl.loader import Definition
+from runner.dsl.trigger_spec import ScheduleSpec
 from runner.errors import Problem
-from runner.loader import Definition
-from runner.schedules import MAX_CATCHUP, Scheduler, due_slots, next_fire
-from runner.store import Store
-from runner.trigger_spec import ScheduleSpec
-from runner.trigger_state import TriggerState
+from runner.storage.store import Store
+from runner.triggers import schedules
+from runner.triggers.schedules import MAX_CATCHUP, Scheduler, due_slots, next_fire
+from runner.triggers.trigger_state import TriggerState
 from tests.conftest import definition
 
 BERLIN = ZoneInfo("Europe/Berlin")

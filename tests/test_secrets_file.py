@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.secrets_file import SecretsFileError, read_secrets_file, with_secrets_file
+from runner.security.secrets_file import SecretsFileError, read_secrets_file, with_secrets_file
 from tests.test_examples import Cli
 from tests.web_server import serving
 

@@ -9,7 +9,7 @@ import hmac
 import pytest
 
 from runner.errors import TreadleError
-from runner.signing import (
+from runner.triggers.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,

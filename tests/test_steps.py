@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from runner.executor import Engine
-from runner.logsink import LogSink
+from runner.engine.engine import Engine
+from runner.engine.logsink import LogSink
 from tests.conftest import definition
 from tests.exec_support import by_id, eventually, log_text, recorded, run_yaml, write_module
 from tests.http_server import closed_port, http_server_fixture  # noqa: F401  (the `http_server` fixture)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner.signing import signed_headers
+from runner.triggers.signing import signed_headers
 from tests.http_server import http_server_fixture  # noqa: F401  (fixture)
 from tests.web_server import serving
 

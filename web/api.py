@@ -22,12 +22,12 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import text
 
 from runner import __version__
+from runner.dsl.loader import Definition
+from runner.engine.report import iso, run_document, run_summary
+from runner.engine.run import raw_inputs
 from runner.errors import RunNotFound, WorkflowNotFound
-from runner.loader import Definition
-from runner.models import RunStatus
-from runner.notify import redact_url
-from runner.report import iso, run_document, run_summary
-from runner.run_execution import raw_inputs
+from runner.storage.models import RunStatus
+from runner.triggers.notify import redact_url
 
 from .auth import visible, visible_names
 from .run_view import definition_of

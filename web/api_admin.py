@@ -9,8 +9,8 @@ from litestar import Request, Response, delete, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from runner import audit
-from runner.report import iso
+from runner.engine.report import iso
+from runner.security import audit
 
 from .api import Limit, Page, _errors, _services
 

@@ -13,10 +13,10 @@ from litestar import Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody
 
-from runner.approvals import APPROVED, REJECTED, Key
+from runner.engine.approvals import APPROVED, REJECTED, Key
+from runner.engine.report import iso
 from runner.errors import RunNotFound
-from runner.models import RunStatus
-from runner.report import iso
+from runner.storage.models import RunStatus
 
 from .api import Limit, Page, _errors, _services
 from .auth import visible_names

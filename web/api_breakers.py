@@ -8,8 +8,8 @@ from litestar import Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-from runner.circuit import Breaker
-from runner.report import iso
+from runner.engine.circuit import Breaker
+from runner.engine.report import iso
 
 from .api import Limit, Page, _errors, _services
 from .services import Services

@@ -18,12 +18,12 @@ from litestar import Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
+from runner.dsl.loader import Definition
+from runner.engine.report import iso
 from runner.errors import TreadleError, WorkflowInvalid, WorkflowNotFound
-from runner.launcher import Launch, new_event_id
-from runner.loader import Definition
-from runner.notify import redact_url
-from runner.report import iso
-from runner.signing import SignatureError, check_bearer, verify
+from runner.triggers.launcher import Launch, new_event_id
+from runner.triggers.notify import redact_url
+from runner.triggers.signing import SignatureError, check_bearer, verify
 
 from . import rate_limits
 from .api import _errors, _services

@@ -48,7 +48,7 @@ def _in_force(services: Services, name: str) -> str | None:
 
 
 def _item(row: dict[str, Any], in_force: str | None) -> VersionItem:
-    from runner.report import iso
+    from runner.engine.report import iso
 
     return {"version": row["version"], "workflow": row["workflow"], "path": row["path"],
             "created_at": iso(row["created_at"]) or "", "commit": row["commit"], "valid": bool(row["valid"]),

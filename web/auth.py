@@ -31,9 +31,9 @@ from urllib.parse import quote, urlsplit
 from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner import audit
-from runner.loader import Definition
-from runner.tokens import OPEN, Identity, namespace_of
+from runner.dsl.loader import Definition
+from runner.security import audit
+from runner.security.tokens import OPEN, Identity, namespace_of
 
 from .errors_json import error_body
 from .headers import RAW_SECURITY_HEADERS

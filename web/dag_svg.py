@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from markupsafe import Markup, escape
 
 if TYPE_CHECKING:
-    from runner.dag import Dag
+    from runner.dsl.dag import Dag
 
 COMPACT_OVER = 150
 STATES = ("pending", "running", "waiting", "succeeded", "failed", "skipped", "upstream_failed", "cancelled")

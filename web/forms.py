@@ -1,6 +1,6 @@
 """The start form of a workflow, generated from its `params`.
 
-Values travel as text; `runner.params.validate_params(from_text=True)` turns them
+Values travel as text; `runner.dsl.params.validate_params(from_text=True)` turns them
 into the declared types and names every bad one, which the form shows beside its field.
 """
 
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner.definition import ParamSpec
+from runner.dsl.definition import ParamSpec
 
 
 @dataclass

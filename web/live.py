@@ -17,7 +17,7 @@ from typing import Any
 
 from litestar.response import ServerSentEventMessage
 
-from runner.models import RunStatus
+from runner.storage.models import RunStatus
 
 from .services import Services
 from .sse import queue_events

@@ -20,9 +20,9 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 from markupsafe import Markup
 
-from runner.durations import format_duration
+from runner.dsl.durations import format_duration
+from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
-from runner.loader import Definition
 
 from . import live
 from .api_approvals import decide

@@ -6,7 +6,7 @@ from litestar import Request, get
 from litestar.params import FromQuery
 from litestar.response import Template
 
-from runner import audit
+from runner.security import audit
 
 from .api import _services
 from .api_admin import ADMIN

@@ -12,7 +12,7 @@ from litestar.datastructures import Cookie
 from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
-from runner import audit
+from runner.security import audit
 
 from . import rate_limits
 from .api import _services

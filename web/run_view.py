@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from runner.loader import Definition
-from runner.models import LogChunk, RunStatus, StepAttempt
-from runner.report import run_definition
+from runner.dsl.loader import Definition
+from runner.engine.report import run_definition
+from runner.storage.models import LogChunk, RunStatus, StepAttempt
 
 from .dag_svg import STATES
 from .services import Services

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from runner.durations import parse_duration
+    from runner.dsl.durations import parse_duration
     from runner.errors import TreadleError
 
     from .app import create_app
@@ -87,8 +87,8 @@ def exposed_without_tokens(settings: Settings) -> str | None:
     """Why the server must not start: bound beyond loopback with nobody able to sign in."""
     import asyncio
 
-    from runner.store import Store
-    from runner.tokens import Tokens
+    from runner.security.tokens import Tokens
+    from runner.storage.store import Store
 
     from .auth import is_loopback
 

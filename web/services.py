@@ -18,25 +18,25 @@ from typing import Any
 import httpx
 from jinja2 import Environment, TemplateSyntaxError, meta
 
-from runner.catalog import Catalog
+from runner.dsl.loader import Definition
+from runner.dsl.params import validate_params
+from runner.engine.engine import Engine
+from runner.engine.run import RunExecution, raw_inputs
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowNotFound
-from runner.events import Broker
-from runner.executor import Engine
-from runner.file_triggers import FileTriggers
-from runner.follower import Follower
-from runner.gitsync import GitSync, default_workdir
-from runner.launcher import Launch, Launcher
-from runner.loader import Definition
-from runner.models import RunStatus
-from runner.notify import Notifier
-from runner.params import validate_params
-from runner.run_execution import RunExecution, raw_inputs
-from runner.schedules import Scheduler
-from runner.secrets_file import with_secrets_file
-from runner.store import DEFAULT_DB, Store
+from runner.gitops.catalog import Catalog
+from runner.gitops.follower import Follower
+from runner.gitops.gitsync import GitSync, default_workdir
+from runner.security.secrets_file import with_secrets_file
+from runner.security.tokens import Tokens
+from runner.storage.events import Broker
+from runner.storage.models import RunStatus
+from runner.storage.store import DEFAULT_DB, Store
 from runner.templates import TemplateFailed, is_template, render, truthy
-from runner.tokens import Tokens
-from runner.trigger_state import TriggerState
+from runner.triggers.file_triggers import FileTriggers
+from runner.triggers.launcher import Launch, Launcher
+from runner.triggers.notify import Notifier
+from runner.triggers.schedules import Scheduler
+from runner.triggers.trigger_state import TriggerState
 
 from .auth import Gate
 
@@ -141,7 +141,7 @@ class Services:
 
 async def _recover_forever(engine: Engine) -> None:
     """Take over runs whose process died (their lease ran out) while this one runs."""
-    from runner.executor import LEASE_SECONDS
+    from runner.engine.engine import LEASE_SECONDS
 
     while True:
         await asyncio.sleep(LEASE_SECONDS)

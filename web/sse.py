@@ -15,7 +15,7 @@ from typing import Any
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from runner.events import Broker
+from runner.storage.events import Broker
 
 
 async def broker_messages(

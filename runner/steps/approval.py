@@ -12,10 +12,9 @@ import contextlib
 import json
 from typing import Any
 
-from ..approvals import APPROVED, CANCELLED, REJECTED, TIMED_OUT, Key
-from ..durations import format_duration
+from ..dsl.durations import format_duration, iso
+from ..engine.approvals import APPROVED, CANCELLED, REJECTED, TIMED_OUT, Key
 from ..errors import StepFailed
-from ..report import iso
 from .base import StepContext, StepOutcome
 
 name = "approval"
@@ -31,7 +30,7 @@ def timeout_text(seconds: float) -> str:
 
 
 async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
-    approvals = ctx.engine.approvals
+    approvals = ctx.services.approvals
     spec = inp["approval"]
     message = spec["message"] if isinstance(spec["message"], str) else json.dumps(spec["message"])
     timeout = spec.get("timeout")
@@ -40,9 +39,9 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     if row["decision"] is None:
         ctx.log(f"waiting for approval: {row['message']}\n")
         try:
-            row = await approvals.wait(key, row["deadline"], suspended=lambda: ctx.engine.draining)
+            row = await approvals.wait(key, row["deadline"], suspended=lambda: ctx.services.draining)
         except asyncio.CancelledError:
-            if not ctx.engine.draining:  # cancelled or timed out, not suspended: no longer waiting
+            if not ctx.services.draining:  # cancelled or timed out, not suspended: no longer waiting
                 with contextlib.suppress(Exception):
                     await asyncio.shield(approvals.decide(key, CANCELLED, "treadle", "the step stopped"))
             raise

@@ -9,8 +9,34 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import httpx
 
-    from ..executor import Engine
-    from ..logsink import LogSink
+    from ..engine.approvals import Approvals
+    from ..engine.circuit import Breakers
+    from ..engine.logsink import LogSink
+
+
+class ChildRun(Protocol):
+    """A child run as the `workflow` kind sees it once it has ended."""
+
+    id: str
+    status: Any
+    outputs: Any
+    error: str | None
+
+
+class StepServices(Protocol):
+    """What a step kind may ask of the engine: never the engine itself."""
+
+    http: httpx.AsyncClient  # one client for every http step of the process
+    breakers: Breakers  # per-host circuit breakers
+    approvals: Approvals  # approval requests and decisions
+
+    @property
+    def draining(self) -> bool:
+        """Treadle is stopping: a waiting step should leave its run to resume later."""
+        ...
+
+    async def run_child(self, name: str, params: dict[str, Any], *, parent_run_id: str,
+                        parent_step_id: str) -> ChildRun: ...
 
 
 @dataclass
@@ -25,7 +51,7 @@ class StepContext:
     base_dir: Path  # the definition file's folder: default cwd of `run` steps
     env: dict[str, str]  # workflow env, rendered
     http: httpx.AsyncClient
-    engine: Engine
+    services: StepServices
     logs: LogSink
     timeout: float | None = None
     process_env: dict[bytes, bytes] | None = None  # Treadle's environment + the workflow's env, encoded once per run
@@ -47,6 +73,7 @@ class StepOutcome:
     http_status: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more names for templates (stdout, ...)
     size: int | None = None  # bytes of `output` as JSON, when the kind has encoded it (else the engine measures it)
+    host_answered: bool = False  # an http call that reached its host (a success for its circuit breaker)
 
 
 class StepKind(Protocol):

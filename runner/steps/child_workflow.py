@@ -13,7 +13,7 @@ fields = ("workflow", "params")
 
 async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     try:
-        child = await ctx.engine.run_child(
+        child = await ctx.services.run_child(
             inp["workflow"], inp.get("params") or {}, parent_run_id=ctx.run_id,
             # one child per foreach item: the item is part of the step's name
             parent_step_id=ctx.step_id if ctx.index is None else f"{ctx.step_id}[{ctx.index}]",

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
 
-from ..circuit import BreakerSettings, Permit
 from ..errors import StepFailed
 from ..limits import MAX_HTTP_RESPONSE_BYTES, MAX_HTTP_TEXT_CHARS, size_text
 from .base import StepContext, StepOutcome
@@ -46,19 +43,7 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
         target = httpx.URL(url).copy_merge_params(query) if query else url
     except httpx.InvalidURL as exc:
         raise StepFailed(f"invalid URL '{url}': {exc}", retryable=False) from None
-    breaker = inp.get("circuit_breaker")
-    permit = ctx.engine.breakers.admit(url, BreakerSettings.of(breaker)) if breaker else None  # may raise CircuitOpen
-    started = time.monotonic()
-    try:
-        response, content = await _send(ctx, method, url, target, timeout, kwargs, permit)
-    except asyncio.CancelledError:
-        # the step's own timeout races httpx's (same length): stopped there, it is a timeout
-        if permit is not None and ctx.timeout and time.monotonic() - started >= ctx.timeout * 0.9:
-            permit.failed(f"{method} {url}: no answer within the step's timeout ({ctx.timeout:g}s)")
-        raise
-    finally:
-        if permit is not None:
-            permit.release()  # cancelled, or an invalid request: no verdict on the host
+    response, content = await _send(ctx, method, url, target, timeout, kwargs)
     text = content.decode(response.encoding or "utf-8", "replace")
     if len(text) > TEXT_LIMIT:
         text = text[:TEXT_LIMIT] + f"\n[treadle: body truncated at {TEXT_LIMIT} characters]"
@@ -75,9 +60,16 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
         snippet = f": {text.strip()[:200]}" if text.strip() else ""
         raise StepFailed(
             f"{method} {url} answered {response.status_code}, expected {want}{snippet}",
-            http_status=response.status_code, output=output,
+            http_status=response.status_code, output=output, host_error=_host_error(method, url, response),
         )
-    return StepOutcome(output=output, http_status=response.status_code)
+    return StepOutcome(output=output, http_status=response.status_code, host_answered=True)
+
+
+def _host_error(method: str, url: str, response: httpx.Response) -> str | None:
+    """5xx and 429 are the host's fault; any other answer (4xx included) shows it is up."""
+    if response.status_code >= 500 or response.status_code == 429:
+        return f"{method} {url} answered {response.status_code}"
+    return None
 
 
 class _TooBig(Exception):
@@ -97,8 +89,8 @@ async def _read(response: httpx.Response) -> bytes:
 
 
 async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL, timeout: float,
-                kwargs: dict[str, Any], permit: Permit | None) -> tuple[httpx.Response, bytes]:
-    """The request and its body; tells the breaker (if any) whether the host answered well."""
+                kwargs: dict[str, Any]) -> tuple[httpx.Response, bytes]:
+    """The request and its body; a failure to get an answer names the host's fault."""
     failure: str | None = None
     too_big = False
     try:
@@ -124,14 +116,7 @@ async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL
     except httpx.HTTPError as exc:
         failure = f"{method} {url}: {type(exc).__name__}: {exc}"
     if failure is not None:
-        if permit is not None:
-            permit.failed(failure)
-        raise StepFailed(failure)
-    if permit is not None:
-        if response.status_code >= 500 or response.status_code == 429:
-            permit.failed(f"{method} {url} answered {response.status_code}")
-        else:  # 4xx says the host is up: the request is at fault, not the host
-            permit.succeeded()
+        raise StepFailed(failure, host_error=failure)
     if too_big:
         raise StepFailed(
             f"{method} {url} answered {response.status_code} with a body of more than "
@@ -139,6 +124,7 @@ async def _send(ctx: StepContext, method: str, url: str, target: str | httpx.URL
             "`run` step (e.g. curl -fsSo file URL) and pass the file's path",
             # the same body will come again; an error status may not
             http_status=response.status_code, retryable=response.status_code >= 500 or response.status_code == 429,
+            host_error=_host_error(method, url, response),
         )
     return response, content
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import Problem
+from ..dsl.loader import Definition, load_file
+from ..errors import Problem
 from .gitinfo import GitState, blob_id, read_state
-from .loader import Definition, load_file
 
 SUFFIXES = (".yaml", ".yml")
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Field, SQLModel
 
-from .errors import TreadleError
+from ..errors import TreadleError
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..storage.store import Store
 
 SCOPES = ("read", "run", "admin")
 PREFIX = "trd_"

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.sqlite import insert
 
-from .models import TriggerMark, WorkflowState
+from ..storage.models import TriggerMark, WorkflowState
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..storage.store import Store
 
 
 class TriggerState:

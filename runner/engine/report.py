@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from .loader import Definition, load_text
-from .store import Store
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
+from ..dsl.durations import iso
+from ..dsl.loader import Definition, load_text
+from ..storage.store import Store
 
 
 def duration_ms(start: float | None, end: float | None) -> int | None:

@@ -15,51 +15,46 @@ import os
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .loader import Definition
-from .models import RunStatus, StepStatus
-from .run_execution import INTERRUPTED, NO_RETRY, Resumed, RunExecution
+from ..dsl.loader import Definition
+from ..storage.models import RunStatus, StepStatus
+from .run import INTERRUPTED, NO_RETRY, Resumed
 
 if TYPE_CHECKING:
-    from .executor import Engine
+    from ..storage.store import Store
 
 log = logging.getLogger("treadle.recovery")
 _DONE = {StepStatus.SUCCEEDED.value, StepStatus.SKIPPED.value, StepStatus.UPSTREAM_FAILED.value}
 
 
-async def resume_stale_runs(engine: Engine, *, workflow: str | None = None) -> list[RunExecution]:
-    from .executor import LEASE_SECONDS
+@dataclass
+class ResumePlan:
+    """How to go on with one claimed run."""
 
-    now = time.time()
-    dead = [o for o in await engine.store.active_owners() if _dead_here(o)]
-    claimed = await engine.store.claim_stale_runs(engine.owner, now + LEASE_SECONDS, now=now,
-                                                  workflow=workflow, dead_owners=dead)
+    run: dict[str, Any]
+    definition: Definition
+    state: Resumed
+    secrets: dict[str, str]
+
+
+async def plan_resumes(store: Store, claimed: list[dict[str, Any]],
+                       stored_definition: Callable[[dict[str, Any]], Awaitable[Definition | None]],
+                       environ: Mapping[str, str]) -> list[ResumePlan]:
+    """Plans for the runs this process just claimed; a run that cannot go on (its
+    definition is gone, a secret is missing, `resume: false`) is marked failed."""
     plans = []
     for run in claimed:
         try:
-            plans.append(await _plan(engine, run))
+            plans.append(await _plan(store, run, stored_definition, environ))
         except _CannotResume as exc:
-            _fail(engine, run, str(exc))
-    # every execution is registered before any starts, so a resumed parent run finds
-    # its resumed child runs instead of starting them again
-    resumed = []
-    for run, definition, state, secrets in plans:
-        exe = RunExecution(engine, run["id"], definition, run["params"] or {}, secrets, {}, resumed=state)
-        exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
-        exe.parent_run_id = run["parent_run_id"]
-        engine.runs[run["id"]] = exe
-        exe.on_done(lambda rid=run["id"]: engine.runs.pop(rid, None))
-        resumed.append(exe)
-    for exe in resumed:
-        engine.store.update_run({"id": exe.id, "status": RunStatus.RUNNING.value})
-        exe.start()
-        log.info("resuming run %s of %s (%d steps already finished)", exe.id, exe.definition.name,
-                    len(exe.resumed.finished) if exe.resumed else 0)
-    return resumed
+            _fail(store, run, str(exc))
+    return plans
 
 
-def _dead_here(owner: str) -> bool:
+def owner_is_dead_here(owner: str) -> bool:
     """An owner on this machine whose process is gone: no need to wait for its lease
     to run out (a restart right after a kill -9 resumes at once)."""
     host, _, rest = owner.partition(":")
@@ -79,14 +74,16 @@ class _CannotResume(Exception):
     pass
 
 
-def _fail(engine: Engine, run: dict[str, Any], error: str) -> None:
-    engine.store.update_run({"id": run["id"], "status": RunStatus.FAILED.value, "error": error,
+def _fail(store: Store, run: dict[str, Any], error: str) -> None:
+    store.update_run({"id": run["id"], "status": RunStatus.FAILED.value, "error": error,
                              "finished_at": time.time(), "lease_until": None})
     log.warning("run %s of %s not resumed: %s", run["id"], run["workflow"], error)
 
 
-async def _plan(engine: Engine, run: dict[str, Any]) -> tuple[dict, Definition, Resumed, dict[str, str]]:
-    definition = await engine.stored_definition(run)
+async def _plan(store: Store, run: dict[str, Any],
+                stored_definition: Callable[[dict[str, Any]], Awaitable[Definition | None]],
+                environ: Mapping[str, str]) -> ResumePlan:
+    definition = await stored_definition(run)
     if definition is None:
         raise _CannotResume("interrupted, and its definition version is not in the database")
     if not definition.valid:  # pragma: no cover - versions are stored when they start runs
@@ -94,25 +91,25 @@ async def _plan(engine: Engine, run: dict[str, Any]) -> tuple[dict, Definition, 
     definition.commit = run.get("commit")
     spec = definition.spec
     assert spec is not None
-    rows = await engine.store.step_attempts(run["id"])
+    rows = await store.step_attempts(run["id"])
     if not spec.resume:
-        _mark_interrupted(engine, rows)
+        _mark_interrupted(store, rows)
         raise _CannotResume("interrupted: Treadle stopped while the run was in progress (the workflow says resume: false)")
-    missing = [n for n in spec.secrets if not engine.environ.get(n)]
+    missing = [n for n in spec.secrets if not environ.get(n)]
     if missing:
         raise _CannotResume(f"interrupted, and cannot resume: secret {', '.join(missing)} not set")
-    secrets = {n: engine.environ[n] for n in spec.secrets}
-    return run, definition, await _resumed_state(engine, run["id"], definition, rows), secrets
+    secrets = {n: environ[n] for n in spec.secrets}
+    return ResumePlan(run, definition, await _resumed_state(store, run["id"], definition, rows), secrets)
 
 
-def _mark_interrupted(engine: Engine, rows: list[dict[str, Any]]) -> None:
+def _mark_interrupted(store: Store, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["status"] in (StepStatus.RUNNING.value, StepStatus.PENDING.value):
-            engine.store.put_step({**row, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
+            store.put_step({**row, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
                                    "error": INTERRUPTED.split(";")[0]})
 
 
-async def _resumed_state(engine: Engine, run_id: str, definition: Definition, rows: list[dict[str, Any]]) -> Resumed:
+async def _resumed_state(store: Store, run_id: str, definition: Definition, rows: list[dict[str, Any]]) -> Resumed:
     spec = definition.spec
     assert spec is not None
     steps = {s.id: s for s in spec.steps}
@@ -140,13 +137,32 @@ async def _resumed_state(engine: Engine, run_id: str, definition: Definition, ro
             if last["status"] == StepStatus.FAILED.value:
                 result["error"] = last["error"]
             elif last["status"] == StepStatus.SUCCEEDED.value and last["attempt"] > 0:
-                result.update((await engine._reused(run_id, last, definition)).get("extra", {}))
+                result.update((await reused_result(store, run_id, last, definition)).get("extra", {}))
             state.finished[sid] = (StepStatus(last["status"]), result)
             continue
         # unfinished: interrupted, waiting for a retry, or failed with retries left
         if last["status"] == StepStatus.RUNNING.value:
-            engine.store.put_step({**last, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
+            store.put_step({**last, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
                                    "error": INTERRUPTED})
         next_attempt = last["attempt"] if last["status"] == StepStatus.PENDING.value else last["attempt"] + 1
         state.next_attempt[(sid, item)] = (max(next_attempt, 1), failures)
     return state
+
+
+async def reused_result(store: Store, run_id: str, row: dict[str, Any], definition: Definition) -> dict[str, Any]:
+    """What a retry (or a resumed run) takes over from a succeeded step: output, exit
+    code and, for a `run` step, stdout/stderr (from the log of the run where the step
+    really ran)."""
+    note = row["input"] if row["attempt"] == 0 and isinstance(row["input"], dict) else {}
+    origin = note.get("reused_from") or run_id
+    reused = {"output": row["output"], "exit_code": row["exit_code"], "run_id": origin}
+    step = next((s for s in definition.spec.steps if s.id == row["step_id"]), None) if definition.spec else None
+    if step is not None and step.kind == "run" and step.foreach is None:
+        attempt = row["attempt"]
+        if origin != run_id:
+            attempt = max((r["attempt"] for r in await store.step_states(origin) if r["step_id"] == row["step_id"]),
+                          default=0)
+        chunks = [c for c in await store.logs(origin, row["step_id"]) if c["item"] == -1 and c["attempt"] == attempt]
+        reused["extra"] = {stream: "".join(c["text"] for c in chunks if c["stream"] == stream)
+                           for stream in ("stdout", "stderr")}
+    return reused

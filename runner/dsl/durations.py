@@ -1,8 +1,10 @@
-"""Durations as written in definition files: `45s`, `10m`, `1h30m`, `500ms`, or seconds."""
+"""Durations as written in definition files (`45s`, `10m`, `1h30m`, `500ms`, or seconds),
+and instants as shown to people and clients (ISO 8601 with a zone)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
@@ -43,3 +45,8 @@ def format_duration(seconds: float | None) -> str:
         return f"{m}m{s:02d}s"
     h, rest = divmod(int(seconds), 3600)
     return f"{h}h{rest // 60:02d}m"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC, to the millisecond (None stays None)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None

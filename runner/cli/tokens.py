@@ -14,8 +14,8 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from . import audit
-from .tokens import SCOPES, Tokens
+from ..security import audit
+from ..security.tokens import SCOPES, Tokens
 
 
 def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
@@ -40,7 +40,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 async def _token(args: argparse.Namespace) -> int:
-    from .store import Store
+    from ..storage.store import Store
 
     who = f"cli:{getpass.getuser()}"
     async with Store(args.db) as store:

@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ParamError, TreadleError
-from .executor import Engine, RunEnded
-from .loader import Definition
-from .models import RunStatus
-from .run_execution import RunExecution
-from .templates import TemplateFailed, render
+from ..dsl.loader import Definition
+from ..engine.engine import Engine, RunEnded
+from ..engine.run import RunExecution
+from ..errors import ParamError, TreadleError
+from ..storage.models import RunStatus
+from ..templates import TemplateFailed, render
 from .trigger_state import TriggerState
 
 log = logging.getLogger("treadle.launcher")

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import re
 
-from .errors import TreadleError
+from ..errors import TreadleError
 
 TIMESTAMP_HEADER = "X-Treadle-Timestamp"
 SIGNATURE_HEADER = "X-Treadle-Signature"

@@ -25,12 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from . import __version__
+from .. import __version__
 from .signing import signed_headers
 
 if TYPE_CHECKING:
-    from .executor import RunEnded
-    from .trigger_spec import NotifySpec
+    from ..dsl.trigger_spec import NotifySpec
+    from ..engine.engine import RunEnded
 
 log = logging.getLogger("treadle.notify")
 USER_AGENT = f"treadle/{__version__}"

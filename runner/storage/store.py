@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
-from . import DEFAULT_DB
+from .. import DEFAULT_DB
 from .events import Broker
 from .models import UNFINISHED_RUN_STATES, LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
-from .definition import ParamSpec
-from .errors import ParamError
+from ..errors import ParamError
+
+
+class ParamSpec(Protocol):
+    """What checking a value needs of a param's declaration (spec.definition.ParamSpec)."""
+
+    type: str
+    enum: list[Any] | None
+    default: Any
+    required: bool
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from watchfiles import Change, awatch
 
 if TYPE_CHECKING:
+    from ..dsl.loader import Definition
+    from ..dsl.trigger_spec import FileTriggerSpec
     from .launcher import Launch, Launcher
-    from .loader import Definition
-    from .trigger_spec import FileTriggerSpec
     from .trigger_state import TriggerState
 
 log = logging.getLogger("treadle.files")

@@ -16,14 +16,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import DEFAULT_DB, __version__
-from .catalog import Catalog
-from .durations import format_duration
-from .errors import ParamError, Problem, TreadleError
-from .loader import Definition, load_file
+from .. import DEFAULT_DB, __version__
+from ..dsl.durations import format_duration
+from ..dsl.loader import Definition, load_file
+from ..errors import ParamError, Problem, TreadleError
+from ..gitops.catalog import Catalog
 
 if TYPE_CHECKING:
-    from .executor import Engine
+    from ..engine.engine import Engine
 
 # the database layer (SQLAlchemy) is imported by the commands that use it, so that
 # `treadle validate` (a pre-commit hook) starts fast
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
     p.set_defaults(func=cmd_show)
 
-    from .cli_tokens import register as register_tokens
+    from .tokens import register as register_tokens
 
     register_tokens(sub, d)
     for ep in entry_points(group="treadle.commands"):
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _duration_arg(text: str) -> float:
-    from .durations import parse_duration
+    from ..dsl.durations import parse_duration
 
     try:
         return parse_duration(text)
@@ -95,7 +95,7 @@ def _duration_arg(text: str) -> float:
 
 def secrets_file_option(p: argparse.ArgumentParser) -> None:
     """`--secrets-file` (also used by `serve`)."""
-    from .secrets_file import ENV_VAR
+    from ..security.secrets_file import ENV_VAR
 
     p.add_argument("--secrets-file", metavar="PATH", default=os.environ.get(ENV_VAR) or None,
                    help=f"a dotenv file (KEY=value lines) of secrets, besides the environment, which wins "
@@ -105,7 +105,7 @@ def secrets_file_option(p: argparse.ArgumentParser) -> None:
 def load_secrets_file(path: str | None, command: str) -> dict[str, str] | None:
     """The environment completed by the secrets file (None without one); warns on stderr
     when other users can read the file. Raises SecretsFileError (exit code 2)."""
-    from .secrets_file import loose_permissions, with_secrets_file
+    from ..security.secrets_file import loose_permissions, with_secrets_file
 
     environ = with_secrets_file(path)
     if path and (warning := loose_permissions(path)):
@@ -174,7 +174,7 @@ def _gh_property(text: str) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .definition import json_schema
+    from ..dsl.definition import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -205,7 +205,7 @@ def _find_definition(name: str, definitions: Path) -> tuple[Definition, Catalog]
     catalog.load_all()
     definition = catalog.get(name)
     if definition is None:
-        from .errors import WorkflowNotFound
+        from ..errors import WorkflowNotFound
 
         raise WorkflowNotFound(name, catalog.names())
     return definition, catalog
@@ -219,9 +219,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(definition: Definition, catalog: Catalog, params: dict[str, str], args: argparse.Namespace) -> int:
-    from .executor import Engine
-    from .report import run_document
-    from .store import Store
+    from ..engine.engine import Engine
+    from ..engine.report import run_document
+    from ..storage.store import Store
 
     quiet = args.json
     async with Store(args.db) as store:
@@ -313,14 +313,14 @@ async def _print_progress(events: asyncio.Queue, run_id: str, quiet: bool) -> No
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .store import Store
+    from ..storage.store import Store
 
     async def go() -> list[dict[str, Any]]:
         async with Store(args.db) as store:
             rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
             return rows
 
-    from .report import run_summary
+    from ..engine.report import run_summary
 
     rows = [run_summary(r) for r in asyncio.run(go())]
     if args.json:
@@ -337,8 +337,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .report import run_document
-    from .store import Store
+    from ..engine.report import run_document
+    from ..storage.store import Store
 
     async def go() -> tuple[dict[str, Any] | None, dict[str, str]]:
         async with Store(args.db) as store:
@@ -351,7 +351,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     doc, logs = asyncio.run(go())
     if doc is None:
-        from .errors import RunNotFound
+        from ..errors import RunNotFound
 
         raise RunNotFound(args.run_id)
     if args.json:

@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from .durations import format_duration
-from .errors import StepFailed
+from ..dsl.durations import format_duration
+from ..errors import StepFailed
 
 
 class CircuitState(StrEnum):
@@ -70,6 +70,7 @@ class Permit:
     trial: bool
     generation: int
     settled: bool = False
+    call: str = ""  # `METHOD url`, for the messages
 
     def succeeded(self) -> None:
         if not self.settled:
@@ -223,3 +224,34 @@ class Breakers:
             return [self._by_host[host]] if host in self._by_host else []
         plain = host_of(f"http://{name}")  # normalised: lower case, [v6], default port 80
         return [b for b in self.all() if plain is not None and b.host.split("://", 1)[1] == plain.split("://", 1)[1]]
+
+
+def admit_call(breakers: Breakers, inp: dict[str, Any]) -> Permit | None:
+    """A permit for the call of an http step with a `circuit_breaker` (None for other
+    steps, or a URL without an http(s) host); raises CircuitOpen while its host's
+    circuit is open. The run driver asks before the step executes, wherever it runs."""
+    settings, http = inp.get("circuit_breaker"), inp.get("http")
+    if not settings or not isinstance(http, dict):
+        return None
+    url = str(http.get("url", ""))
+    permit = breakers.admit(url, BreakerSettings.of(settings))
+    if permit is not None:
+        permit.call = f"{http.get('method', 'GET')} {url}"
+    return permit
+
+
+def settle(permit: Permit | None, *, outcome: Any = None, error: StepFailed | None = None,
+           timed_out: float | None = None) -> None:
+    """Tell the breaker what the call said of its host: a failure (no connection, no
+    answer, 5xx, 429), a success (any other answer), or nothing (cancelled, a request
+    that never left)."""
+    if permit is None:
+        return
+    if timed_out is not None:
+        permit.failed(f"{permit.call}: no answer within the step's timeout ({timed_out:g}s)")
+    elif error is not None and error.host_error is not None:
+        permit.failed(error.host_error)
+    elif (error is not None and error.http_status is not None) or getattr(outcome, "host_answered", False):
+        permit.succeeded()
+    else:
+        permit.release()

@@ -16,11 +16,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..engine.engine import version_row
+from ..storage.store import Store
 from .catalog import Catalog
-from .executor import version_row
 from .gitinfo import head_stamp
 from .gitsync import GitSync
-from .store import Store
 from .watcher import watch
 
 log = logging.getLogger("treadle.follower")

@@ -23,8 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .durations import parse_duration
-from .limits import (
+from ..limits import (
     DEFAULT_RUN_TIMEOUT,
     MAX_PARALLEL,
     MAX_RETRIES,
@@ -32,6 +31,8 @@ from .limits import (
     MAX_STEPS,
     duration_text,
 )
+from .durations import parse_duration
+from .params import coerce
 from .trigger_spec import ConcurrencySpec, NotifySpec, TriggersSpec
 
 KINDS = ("run", "http", "python", "set", "wait", "log", "workflow", "approval")
@@ -123,8 +124,6 @@ class ParamSpec(_Model):
 
 
 def _coerce_default(spec: ParamSpec, value: Any, what: str) -> Any:
-    from .params import coerce  # params imports this module
-
     try:
         return coerce("", spec, value, from_text=False)
     except ValueError as exc:

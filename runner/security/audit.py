@@ -14,7 +14,7 @@ from sqlalchemy import JSON, Column, func, select
 from sqlmodel import Field, SQLModel
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..storage.store import Store
 
 
 class AuditEntry(SQLModel, table=True):

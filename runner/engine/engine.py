@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from .approvals import Approvals
-from .circuit import Breakers
-from .errors import (
+from ..dsl.loader import Definition, load_text
+from ..dsl.params import validate_params
+from ..errors import (
     ParamError,
     RunNotFound,
     SecretMissing,
@@ -35,12 +35,14 @@ from .errors import (
     WorkflowInvalid,
     WorkflowNotFound,
 )
-from .loader import Definition, load_text
-from .models import RunStatus, StepStatus
-from .params import validate_params
-from .run_execution import RunExecution
-from .store import Store
-from .templates import Masker
+from ..storage.models import RunStatus, StepStatus
+from ..storage.store import Store
+from ..templates import Masker
+from .approvals import Approvals
+from .circuit import Breakers
+from .journal import Journal
+from .recovery import owner_is_dead_here, plan_resumes, reused_result
+from .run import RunExecution
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
@@ -181,12 +183,38 @@ class Engine:
         Steps that finished keep their outputs and do not run again; steps that were
         running run again (at least once: they carry a stable idempotency key).
         """
-        from .recovery import resume_stale_runs
-
         if self.draining:
             return []
         self._keep_leases()
-        return await resume_stale_runs(self, workflow=workflow)
+        now = time.time()
+        dead = [o for o in await self.store.active_owners() if owner_is_dead_here(o)]
+        claimed = await self.store.claim_stale_runs(self.owner, now + LEASE_SECONDS, now=now,
+                                                    workflow=workflow, dead_owners=dead)
+        plans = await plan_resumes(self.store, claimed, self.stored_definition, self.environ)
+        # every execution is registered before any starts, so a resumed parent run finds
+        # its resumed child runs instead of starting them again
+        resumed = []
+        for plan in plans:
+            run = plan.run
+            exe = RunExecution(self, run["id"], plan.definition, run["params"] or {}, plan.secrets, {},
+                               resumed=plan.state)
+            exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
+            exe.parent_run_id = run["parent_run_id"]
+            self._register(exe)
+            resumed.append(exe)
+        for exe in resumed:
+            exe.journal.run(status=RunStatus.RUNNING.value)
+            exe.start()
+            log.info("resuming run %s of %s (%d steps already finished)", exe.id, exe.definition.name,
+                     len(exe.resumed.finished) if exe.resumed else 0)
+        return resumed
+
+    def _register(self, exe: RunExecution) -> None:
+        self.runs[exe.id] = exe
+        exe.on_done(lambda: self.runs.pop(exe.id, None))
+
+    def journal(self, run_id: str) -> Journal:
+        return Journal(self.store, run_id)
 
     def prepare(self, definition: Definition, params: dict[str, Any] | None, *, from_text: bool = False) -> tuple[dict, dict]:
         """Check that a run can start: valid definition, params, secrets. Returns (params, secrets)."""
@@ -237,9 +265,8 @@ class Engine:
         exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth,
                            parent=self.runs.get(parent_run_id) if parent_run_id else None)
         exe.trigger, exe.started_at = trigger, now
-        self.runs[run_id] = exe
+        self._register(exe)
         exe.start()
-        exe.on_done(lambda: self.runs.pop(run_id, None))
         return exe
 
     def enqueue(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
@@ -365,24 +392,10 @@ class Engine:
                 if final.get(sid, {}).get("status") != StepStatus.SUCCEEDED:
                     redo |= {sid} | dag.descendants(sid)
         reuse = {
-            sid: await self._reused(run_id, row, definition)
+            sid: await reused_result(self.store, run_id, row, definition)
             for sid, row in final.items()
             if row["status"] == StepStatus.SUCCEEDED and sid not in redo and sid in dag.dependents
         }
         return await self.start(definition, run["params"], trigger="retry", retry_of=run_id,
                                 retry_from=from_step, reuse=reuse)
 
-    async def _reused(self, run_id: str, row: dict[str, Any], definition: Definition) -> dict[str, Any]:
-        """What a retry takes over from a succeeded step: output, exit code and, for a
-        `run` step, stdout/stderr (from the log of the run where the step really ran)."""
-        note = row["input"] if row["attempt"] == 0 and isinstance(row["input"], dict) else {}
-        origin = note.get("reused_from") or run_id
-        reused = {"output": row["output"], "exit_code": row["exit_code"], "run_id": origin}
-        step = next((s for s in definition.spec.steps if s.id == row["step_id"]), None) if definition.spec else None
-        if step is not None and step.kind == "run" and step.foreach is None:
-            attempt = row["attempt"]
-            if origin != run_id:
-                attempt = max((r["attempt"] for r in await self.store.step_states(origin) if r["step_id"] == row["step_id"]), default=0)
-            chunks = [c for c in await self.store.logs(origin, row["step_id"]) if c["item"] == -1 and c["attempt"] == attempt]
-            reused["extra"] = {stream: "".join(c["text"] for c in chunks if c["stream"] == stream) for stream in ("stdout", "stderr")}
-        return reused

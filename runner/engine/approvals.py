@@ -29,10 +29,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite import insert
 from sqlmodel import Field, SQLModel
 
-from .models import UNFINISHED_RUN_STATES, Run, RunStatus
+from ..storage.models import UNFINISHED_RUN_STATES, Run, RunStatus
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..storage.store import Store
 
 POLL_SECONDS = 1.0
 APPROVED, REJECTED, TIMED_OUT, CANCELLED = "approved", "rejected", "timed_out", "cancelled"

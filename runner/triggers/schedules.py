@@ -34,9 +34,9 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, croniter
 
 if TYPE_CHECKING:
+    from ..dsl.loader import Definition
+    from ..dsl.trigger_spec import ScheduleSpec
     from .launcher import Launch, Launcher
-    from .loader import Definition
-    from .trigger_spec import ScheduleSpec
     from .trigger_state import TriggerState
 
 log = logging.getLogger("treadle.schedules")

@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .limits import LOG_TAIL_BYTES, MAX_LOG_BYTES
+from ..limits import LOG_TAIL_BYTES, MAX_LOG_BYTES
 
 if TYPE_CHECKING:
-    from .templates import Masker
+    from ..templates import Masker
 
 DEFAULT_LIMIT = MAX_LOG_BYTES  # see runner/limits.py
 

@@ -9,21 +9,23 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import limits
-from .dag import Dag, build_dag, steps_of
-from .definition import RetrySpec, StepSpec
-from .durations import format_duration
-from .errors import StepFailed
+from .. import limits
+from ..dsl.dag import Dag, build_dag, steps_of
+from ..dsl.definition import RetrySpec, StepSpec
+from ..dsl.durations import format_duration
+from ..errors import StepFailed
+from ..steps import REGISTRY, StepContext, StepOutcome
+from ..steps.base import StepServices
+from ..storage.models import RunStatus, StepStatus
+from ..templates import Masker, TemplateFailed, render, truthy
+from .circuit import Permit, admit_call, settle
 from .logsink import LogSink
-from .models import RunStatus, StepStatus
-from .steps import REGISTRY, StepContext, StepOutcome
-from .templates import Masker, TemplateFailed, render, truthy
 
 if TYPE_CHECKING:
-    from .executor import Engine
-    from .loader import Definition
+    from ..dsl.loader import Definition
+    from .journal import Journal
 
 log = logging.getLogger("treadle.run")
 NO_RETRY = RetrySpec()
@@ -73,14 +75,27 @@ def raw_inputs(definition: Definition, step: StepSpec) -> dict[str, Any]:
     return cache[step.id]
 
 
+class RunHost(StepServices, Protocol):
+    """What a run needs of the engine that drives it (the Engine is one)."""
+
+    def journal(self, run_id: str) -> Journal:
+        """Where the run's writes go."""
+        ...
+
+    def run_finished(self, exe: RunExecution) -> None:
+        """The run ended (not suspended): chaining, queues, notifications."""
+        ...
+
+
 class RunExecution:
     def __init__(
-        self, engine: Engine, run_id: str, definition: Definition, params: dict[str, Any],
+        self, engine: RunHost, run_id: str, definition: Definition, params: dict[str, Any],
         secrets: dict[str, str], reuse: dict[str, dict[str, Any]], *, depth: int = 0,
         parent: RunExecution | None = None, resumed: Resumed | None = None,
     ):
         assert definition.spec is not None and definition.dag is not None
-        self.engine, self.store = engine, engine.store
+        self.engine = engine
+        self.journal = engine.journal(run_id)
         self.id, self.definition, self.params, self.depth = run_id, definition, params, depth
         self.spec, self.dag = definition.spec, definition.dag
         self.steps = {s.id: s for s in (*self.spec.steps, *self.spec.on_failure, *self.spec.on_success,
@@ -243,11 +258,9 @@ class RunExecution:
 
     def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
-        self.store.update_run({
-            "id": self.id, "status": status.value, "error": self.mask.text(error) if error else None,
-            "outputs": self.mask.data(outputs), "finished_at": time.time(), "lease_until": None,
-            "compensated": compensated,
-        })
+        self.journal.run(status=status.value, error=self.mask.text(error) if error else None,
+                         outputs=self.mask.data(outputs), finished_at=time.time(), lease_until=None,
+                         compensated=compensated)
         self._set_done()
         self.engine.run_finished(self)
 
@@ -302,12 +315,12 @@ class RunExecution:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.store.update_run({"id": self.id, "owner": None, "lease_until": 0.0})
+        self.journal.run(owner=None, lease_until=0.0)
         self._set_done()
 
     def _process_env(self) -> dict[bytes, bytes]:
         if self._encoded_env is None:
-            from .steps.shell import encode_env
+            from ..steps.shell import encode_env
 
             self._encoded_env = encode_env({**os.environ, **self.context["env"]})
         return self._encoded_env
@@ -444,7 +457,7 @@ class RunExecution:
     def _record_not_run(self, sid: str, status: StepStatus, *, output: Any = None,
                         note: Any = None, exit_code: int | None = None) -> None:
         now = time.time()
-        self.store.put_step({
+        self.journal.step({
             "run_id": self.id, "step_id": sid, "item": -1, "attempt": 0, "status": status.value,
             "started_at": None, "finished_at": now, "input": note, "output": self.mask.data(output),
             "exit_code": exit_code,
@@ -491,7 +504,7 @@ class RunExecution:
 
     def _record_failure_row(self, sid: str, item: int, error: str, attempt: int = 1) -> None:
         now = time.time()
-        self.store.put_step({
+        self.journal.step({
             "run_id": self.id, "step_id": sid, "item": item, "attempt": attempt, "status": StepStatus.FAILED.value,
             "started_at": now, "finished_at": now, "error": self.mask.text(error),
         })
@@ -515,7 +528,7 @@ class RunExecution:
         started = time.time()
         parent = {"run_id": self.id, "step_id": step.id, "item": -1, "attempt": 1,
                   "status": StepStatus.RUNNING.value, "started_at": started, "input": self.mask.data({"items": len(items)})}
-        self.store.put_step(parent)
+        self.journal.step(parent)
         results: list[Any] = [None] * len(items)
         sizes: list[int | None] = [4] * len(items)  # JSON bytes of each output (`null` until it has one)
         failures: list[tuple[int, str]] = []
@@ -536,7 +549,7 @@ class RunExecution:
         try:
             await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
         except asyncio.CancelledError:
-            self.store.put_step({**parent, "status": StepStatus.CANCELLED.value, "finished_at": time.time()})
+            self.journal.step({**parent, "status": StepStatus.CANCELLED.value, "finished_at": time.time()})
             raise
         size = self._gathered_size(results, sizes)
         limit = limits.MAX_GATHERED_OUTPUT_BYTES
@@ -550,14 +563,14 @@ class RunExecution:
             if too_big:
                 error += f" (the items' outputs were not kept: {too_big})"
             kept = None if too_big else results
-            self.store.put_step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
+            self.journal.step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
                                  "error": self.mask.text(error), "output": self.mask.data(kept)})
             raise _Failed(StepFailed(error, output=kept))
         if too_big:
-            self.store.put_step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
+            self.journal.step({**parent, "status": StepStatus.FAILED.value, "finished_at": time.time(),
                                  "error": too_big})
             raise _Failed(StepFailed(too_big, retryable=False))
-        self.store.put_step({**parent, "status": StepStatus.SUCCEEDED.value, "finished_at": time.time(),
+        self.journal.step({**parent, "status": StepStatus.SUCCEEDED.value, "finished_at": time.time(),
                              "output": self.mask.data(results)})
         self._sizes[step.id] = size
         return results
@@ -589,7 +602,7 @@ class RunExecution:
         kind = REGISTRY[step.kind]
         raw = raw_inputs(self.definition, step)
         key = {"run_id": self.id, "step_id": step.id, "item": item}
-        logs = LogSink(self.store.put_log, {**key, "attempt": 1}, self.mask.text,
+        logs = LogSink(self.journal.log, {**key, "attempt": 1}, self.mask.text,
                        safe_cut=self.mask.safe_cut if self.mask else None)
         # after a crash, attempts go on from where they were (an interrupted attempt
         # is not a failure, so it does not use up a retry)
@@ -609,31 +622,39 @@ class RunExecution:
                 async with self._sem:
                     row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
                            "started_at": time.time(), "input": self.mask.data(inp)}
-                    self.store.put_step(row)
+                    self.journal.step(row)
                     sctx = StepContext(
                         run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
                         workflow=self.definition.name, base_dir=self.definition.base_dir,
-                        env=self.context["env"], http=self.engine.http, engine=self.engine, logs=logs,
+                        env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
                         timeout=timeout, process_env=self._process_env(),
                     )
                     limit = asyncio.timeout(timeout)
+                    permit: Permit | None = None
                     try:
+                        permit = admit_call(self.engine.breakers, inp)  # CircuitOpen: a failed attempt
                         async with limit:
                             outcome = await kind.execute(sctx, inp)
                         error = None
+                        settle(permit, outcome=outcome)
                     except StepFailed as exc:
                         error = exc
+                        settle(permit, error=exc)
                     except TimeoutError as exc:
                         if limit.expired():
                             error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                            settle(permit, timed_out=timeout)
                         else:  # raised by the step itself
                             error = StepFailed(f"TimeoutError: {exc}")
+                            settle(permit)
                     except asyncio.CancelledError:
+                        settle(permit)
                         why = INTERRUPTED if self._suspending else "cancelled"
-                        self.store.put_step({**row, "status": StepStatus.CANCELLED.value,
-                                             "finished_at": time.time(), "error": why})
+                        self.journal.step({**row, "status": StepStatus.CANCELLED.value,
+                                           "finished_at": time.time(), "error": why})
                         raise
                     except Exception as exc:
+                        settle(permit)
                         log.exception("step %s of run %s", step.id, self.id)
                         error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
                 finished = time.time()
@@ -644,11 +665,11 @@ class RunExecution:
                         outcome.size = in_size - 4 - limits.json_size(field, in_size)
                 error = self._check_output(outcome if error is None else None, error)
                 if error is None:
-                    self.store.put_step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
+                    self.journal.step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
                                          "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
                                          "http_status": outcome.http_status})
                     return outcome
-                self.store.put_step({**row, "status": StepStatus.FAILED.value, "finished_at": finished,
+                self.journal.step({**row, "status": StepStatus.FAILED.value, "finished_at": finished,
                                      "error": self.mask.text(str(error)), "output": self.mask.data(error.output),
                                      "exit_code": error.exit_code, "http_status": error.http_status})
                 failures += 1
@@ -659,11 +680,11 @@ class RunExecution:
                                       f"retry {failures} of {retry.limit} in {format_duration(delay)}]\n")
                 attempt += 1
                 pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
-                self.store.put_step(pending)
+                self.journal.step(pending)
                 try:
                     await asyncio.sleep(delay)
                 except asyncio.CancelledError:
-                    self.store.put_step({**pending, "status": StepStatus.CANCELLED.value,
+                    self.journal.step({**pending, "status": StepStatus.CANCELLED.value,
                                          "finished_at": time.time(), "error": "cancelled"})
                     raise
         finally:

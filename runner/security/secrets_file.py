@@ -22,7 +22,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from .errors import TreadleError
+from ..errors import TreadleError
 
 ENV_VAR = "TREADLE_SECRETS_FILE"
 

@@ -24,12 +24,8 @@ from typing import Any
 import yaml.reader
 from pydantic import BaseModel, ValidationError
 
-from . import definition as d
-from . import trigger_spec as t
-from .dag import Dag, build_dag
-from .durations import parse_duration
-from .errors import Problem
-from .limits import (
+from ..errors import Problem
+from ..limits import (
     DEFAULT_RUN_TIMEOUT,
     MAX_FILE_BYTES,
     MAX_FOREACH_ITEMS,
@@ -38,7 +34,11 @@ from .limits import (
     duration_text,
     size_text,
 )
-from .templates import TemplateSyntax, check_template, step_refs
+from ..templates import TemplateSyntax, check_template, step_refs
+from . import definition as d
+from . import trigger_spec as t
+from .dag import Dag, build_dag
+from .durations import parse_duration
 from .yaml_source import Source, YamlSyntaxError, parse
 
 log = logging.getLogger("treadle.loader")

@@ -1,0 +1,1 @@
+"""The workflow language: YAML with positions -> validated Definition -> DAG; params and durations."""

@@ -1,0 +1,1 @@
+"""Running workflows: the engine, one run's driver, recovery, and what steps share."""

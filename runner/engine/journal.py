@@ -1,0 +1,42 @@
+"""The writes one run driver makes, as records handed to the store's single writer.
+
+A run driver (RunExecution) never speaks to the store directly: every attempt, log
+chunk and change of the run row goes through its Journal, in the order it happened.
+That keeps the driver's writes in one place, and it is where they are fenced: each
+record carries the run's lease (owner and epoch), and the writer commits it only
+while that lease still holds (see runner/storage/store.py), so a driver that lost
+its run to another server can never overwrite what the new owner wrote.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..storage.store import Store
+
+
+class Journal:
+    """Args:
+        store: the store whose writer commits the records.
+        run_id: the run this journal writes for.
+    """
+
+    __slots__ = ("_store", "run_id")
+
+    def __init__(self, store: Store, run_id: str):
+        self._store = store
+        self.run_id = run_id
+
+    def step(self, row: dict[str, Any]) -> None:
+        """One attempt of a step (or foreach item), inserted or replaced whole; keyed by
+        run, step, item and attempt (attempt 0: the step never started)."""
+        self._store.put_step(row)
+
+    def log(self, row: dict[str, Any]) -> None:
+        """One chunk of a step's log (the LogSink's sink)."""
+        self._store.put_log(row)
+
+    def run(self, **columns: Any) -> None:
+        """Change columns of the run row."""
+        self._store.update_run({"id": self.run_id, **columns})

@@ -1,0 +1,1 @@
+"""The definitions folder and the GitOps loop: catalog, watcher, git facts, git sync."""

@@ -1,0 +1,1 @@
+"""Tokens, sessions, the audit log and the secrets file."""
