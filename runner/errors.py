@@ -141,3 +141,11 @@ class ShuttingDown(TreadleError):
     def __init__(self) -> None:
         super().__init__("Treadle is shutting down and starts no new run; try again once it is back")
 
+
+
+class DatabaseError(TreadleError):
+    """The database cannot be used: a URL Treadle does not understand, a server that
+    refuses the connection, a missing database, a schema newer than this Treadle."""
+
+    cli_exit_code = 2
+    error_code = "DATABASE_UNAVAILABLE"

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.db_support import query
 from tests.web_server import free_port
 
 WORKFLOW = """\
@@ -60,8 +60,9 @@ class Report:
 
 
 class Server:
-    def __init__(self, root: Path, port: int, grace: str = "2s"):
+    def __init__(self, root: Path, port: int, grace: str = "2s", db: str | None = None):
         self.root, self.port, self.grace = root, port, grace
+        self.db = db or f"sqlite:///{root / 'treadle.db'}"
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{port}"
 
@@ -75,7 +76,7 @@ class Server:
     def _spawn(self, env: dict[str, str], log) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "runner", "serve", "--definitions", str(self.root / "definitions"),
-             "--db", f"sqlite:///{self.root / 'treadle.db'}", "--port", str(self.port), "--grace", self.grace],
+             "--db", self.db, "--port", str(self.port), "--grace", self.grace],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )
 
@@ -111,7 +112,7 @@ def start_run(base: str, log: Path) -> str | None:
     return r.json()["run_id"] if r.status_code == 202 else None
 
 
-def run_campaign(root: Path, kills: int, seed: int, *, runs_per_start: int = 1) -> Report:
+def run_campaign(root: Path, kills: int, seed: int, *, runs_per_start: int = 1, db: str | None = None) -> Report:
     """Start runs, kill the server `kills` times at random moments, then let it finish."""
     rng = random.Random(seed)
     (root / "definitions").mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def run_campaign(root: Path, kills: int, seed: int, *, runs_per_start: int = 1) 
     log = root / "executions.log"
     log.touch()
     report = Report(seed=seed)
-    server = Server(root, free_port())
+    server = Server(root, free_port(), db=db)
     for _ in range(kills):
         server.start()
         for _ in range(runs_per_start):
@@ -138,23 +139,22 @@ def run_campaign(root: Path, kills: int, seed: int, *, runs_per_start: int = 1) 
     code = server.stop()
     if code not in (0, -signal.SIGTERM):  # uvicorn re-raises SIGTERM once it has shut down
         report.problems.append(f"the server did not stop cleanly on SIGTERM (exit {code})")
-    check(root, report)
+    check(root, report, server.db)
     return report
 
 
-def check(root: Path, report: Report) -> None:
+def check(root: Path, report: Report, db: str) -> None:
     """The invariants: every run ended; each step succeeded exactly once with its
     output; no step ran again after its success was recorded."""
-    db = sqlite3.connect(root / "treadle.db")
-    runs = dict(db.execute("SELECT id, status FROM run"))
+    runs = {r["id"]: r["status"] for r in query(db, "SELECT id, status FROM run")}
     report.runs = len(runs)
     for run_id, status in runs.items():
         if status != "succeeded":
             report.problems.append(f"run {run_id} ended {status}")
     succeeded: dict[tuple[str, str, int], list[tuple[float, str]]] = {}
-    for run_id, step, item, finished, output in db.execute(
-        "SELECT run_id, step_id, item, finished_at, output FROM step_attempt WHERE status = 'succeeded'"
-    ):
+    for run_id, step, item, finished, output in (tuple(r.values()) for r in query(
+        db, "SELECT run_id, step_id, item, finished_at, output FROM step_attempt WHERE status = 'succeeded'"
+    )):
         succeeded.setdefault((run_id, step, item), []).append((finished, json.loads(output) if output else None))
     expected = [("a", -1), ("b", -1), ("c", -1), ("fan", -1), ("d", -1), ("e", -1)] + [("fan", i) for i in range(4)]
     for run_id in runs:

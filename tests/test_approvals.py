@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.crash_harness import Server
+from tests.db_support import query
 from tests.web_server import free_port, serving, with_csrf, write_definitions
 
 GATE = """
@@ -231,10 +231,10 @@ def test_dashboard_shows_the_waiting_step_and_decides_with_a_form(client: httpx.
 
 
 @contextmanager
-def _serve(tmp_path: Path) -> Iterator[Server]:
+def _serve(tmp_path: Path, db: str) -> Iterator[Server]:
     """A real `treadle serve` of the gate workflow; stopped at the end if still up."""
     write_definitions(tmp_path / "definitions", {"gate.yaml": GATE})
-    server = Server(tmp_path, free_port(), grace="1s")
+    server = Server(tmp_path, free_port(), grace="1s", db=db)
     server.start()
     try:
         yield server
@@ -243,20 +243,19 @@ def _serve(tmp_path: Path) -> Iterator[Server]:
             server.stop()
 
 
-def _db_status(tmp_path: Path, run_id: str) -> str:
-    with sqlite3.connect(tmp_path / "treadle.db") as db:
-        return db.execute("SELECT status FROM run WHERE id = ?", (run_id,)).fetchone()[0]
+def _db_status(db: str, run_id: str) -> str:
+    return query(db, "SELECT status FROM run WHERE id = ?", run_id)[0]["status"]
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-def test_an_approval_survives_a_restart(tmp_path: Path, how: str) -> None:
+def test_an_approval_survives_a_restart(tmp_path: Path, how: str, db_url: str) -> None:
     log = tmp_path / "exec.log"
-    with _serve(tmp_path) as server:
+    with _serve(tmp_path, db_url) as server:
         with httpx.Client(base_url=server.base, timeout=10) as c:
             run_id = start(c, "gate", log=str(log))
             until_waiting(c, run_id)
         server.kill() if how == "kill" else server.stop()
-        assert _db_status(tmp_path, run_id) == "waiting"  # unfinished: the next start resumes it
+        assert _db_status(db_url, run_id) == "waiting"  # unfinished: the next start resumes it
         server.start()
         with httpx.Client(base_url=server.base, timeout=10) as c:
             [item] = wait_for(lambda: waiting(c, run_id), "the approval to be listed after the restart")
@@ -269,20 +268,19 @@ def test_an_approval_survives_a_restart(tmp_path: Path, how: str) -> None:
         assert log.read_text().split() == ["before", "after"]  # nothing ran twice
 
 
-def test_a_decision_stored_before_a_crash_is_used_after_it(tmp_path: Path) -> None:
+def test_a_decision_stored_before_a_crash_is_used_after_it(tmp_path: Path, db_url: str) -> None:
     """A decision committed just before the process died (or by another process while
     it was down) is found by the resumed step: nobody is asked again."""
     log = tmp_path / "exec.log"
-    with _serve(tmp_path) as server:
+    with _serve(tmp_path, db_url) as server:
         with httpx.Client(base_url=server.base, timeout=10) as c:
             run_id = start(c, "gate", log=str(log))
             until_waiting(c, run_id)
         server.kill()
-        with sqlite3.connect(tmp_path / "treadle.db") as db:
-            changed = db.execute("UPDATE approval SET decision = 'approved', by = 'dave', decided_at = ? "
-                                 "WHERE run_id = ? AND step_id = 'gate' AND decision IS NULL",
-                                 (time.time(), run_id)).rowcount
-        assert changed == 1
+        changed = query(db_url, "UPDATE approval SET decision = 'approved', by = 'dave', decided_at = ? "
+                                "WHERE run_id = ? AND step_id = 'gate' AND decision IS NULL RETURNING run_id",
+                        time.time(), run_id)
+        assert len(changed) == 1
         server.start()
         with httpx.Client(base_url=server.base, timeout=10) as c:
             doc = finished(c, run_id)

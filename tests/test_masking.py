@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from runner.engine.engine import Engine
 from runner.engine.logsink import LogSink
 from runner.templates import Masker
 from tests.conftest import definition
+from tests.db_support import everything, query
 from tests.exec_support import log_text, run_yaml, write_module
 
 SECRET = "s3cr3t-Value-42"
@@ -243,15 +243,8 @@ async def test_secrets_printed_by_real_tools_are_masked(store, tmp_path) -> None
     assert "***" in outputs and ODD not in outputs and quote_plus(ODD) not in outputs
 
 
-def _database_bytes(db_url: str) -> bytes:
-    path = Path(db_url.removeprefix("sqlite:///"))
-    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
-
-
-def _rows(db_url: str, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql).fetchall()
+def _rows(db_url: str, sql: str) -> list[dict]:
+    return query(db_url, sql)
 
 
 async def test_params_outputs_and_errors_are_stored_masked(store, db_url, tmp_path) -> None:
@@ -298,7 +291,7 @@ async def test_params_outputs_and_errors_are_stored_masked(store, db_url, tmp_pa
     errors = [r["error"] for r in _rows(db_url, "SELECT error FROM step_attempt") if r["error"]]
     assert any(e.endswith("rejected: ***") for e in errors)
     # nothing anywhere in the database file holds the secret or a form of it
-    raw = _database_bytes(db_url)
+    raw = everything(db_url)
     for form in (SECRET, quote_plus(SECRET), b64(SECRET.encode())):
         assert form.encode() not in raw
     assert doc["params"]["url"] == "https://api.example/?token=***"

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS, database_url
 from tests.web_server import free_port, serving
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -37,10 +38,11 @@ def finished(client: httpx.Client, run_id: str) -> dict:
     raise AssertionError(f"run {run_id} did not end")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("security")
-    with serving(root, DEFINITIONS, watch=False, admin_token=ADMIN) as base:
+    db = database_url(request.param, root, request)
+    with serving(root, DEFINITIONS, watch=False, admin_token=ADMIN, db=db) as base:
         admin = httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"})
         tokens = {}
         for name, (scope, ns) in TOKENS.items():

@@ -68,10 +68,10 @@ def running_server(definitions: Path, db: str, *, watch: bool = True, **settings
 
 
 @contextmanager
-def serving(root: Path, definitions: dict[str, str], **settings: object) -> Iterator[str]:
-    """`definitions` written under root/definitions, served with a database in root."""
+def serving(root: Path, definitions: dict[str, str], db: str | None = None, **settings: object) -> Iterator[str]:
+    """`definitions` written under root/definitions, served with `db` (default: a SQLite file in root)."""
     defs = write_definitions(root / "definitions", definitions)
-    with running_server(defs, f"sqlite:///{root / 'treadle.db'}", **settings) as base:
+    with running_server(defs, db or f"sqlite:///{root / 'treadle.db'}", **settings) as base:
         yield base
 
 

@@ -19,7 +19,6 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from sqlalchemy import text
 
 from runner import __version__
 from runner.dsl.loader import Definition
@@ -466,14 +465,11 @@ async def health(request: Request) -> Response[Health]:
     """Liveness and a summary: version, database, active runs, the last 24 h, workflows."""
     services = _services(request)
     store = services.store
-    database: dict[str, Any] = {"status": "ok", "url": store.engine.url.render_as_string(hide_password=True),
+    database: dict[str, Any] = {"status": "ok", "backend": store.backend, "url": store.shown_url,
                                 "write_errors": store.write_errors}
     runs: dict[str, Any] = {"active": None, "last_24h": {}}
-    started = time.perf_counter()
     try:
-        async with store.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        database["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        database["latency_ms"] = round(await store.ping() * 1000, 2)
         counts = await store.counts(time.time() - 86_400)
         runs["active"] = counts.pop("active")
         runs["last_24h"] = {k.removeprefix("last_24h_"): v for k, v in counts.items()}

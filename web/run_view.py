@@ -13,11 +13,9 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from runner.dsl.loader import Definition
 from runner.engine.report import run_definition
-from runner.storage.models import LogChunk, RunStatus, StepAttempt
+from runner.storage.models import RunStatus
 
 from .dag_svg import STATES
 from .services import Services
@@ -121,15 +119,7 @@ async def load_run_view(services: Services, run_id: str) -> RunView | None:
     if run is None:
         return None
     definition = await definition_of(services, run)
-    cols = (StepAttempt.step_id, StepAttempt.item, StepAttempt.attempt, StepAttempt.status,
-            StepAttempt.started_at, StepAttempt.finished_at)
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(select(*cols).where(StepAttempt.run_id == run_id))).all()
-        failed = (await conn.execute(
-            select(StepAttempt.step_id, StepAttempt.error, StepAttempt.attempt)
-            .where(StepAttempt.run_id == run_id, StepAttempt.item == -1, StepAttempt.status == "failed")
-            .order_by(StepAttempt.finished_at).limit(200)
-        )).all()
+    rows, failed = await store.run_pages.attempt_rows(run_id)
 
     order: list[str] = list(definition.dag.order) if definition is not None and definition.dag else []
     kinds = kinds_of(definition) if definition is not None else {}
@@ -207,16 +197,7 @@ class StepDetail:
 async def load_step_detail(services: Services, run: dict[str, Any], step_id: str) -> StepDetail | None:
     definition = await definition_of(services, run)
     known = definition is not None and definition.dag is not None and step_id in definition.dag.deps
-    of_step = (StepAttempt.run_id == run["id"], StepAttempt.step_id == step_id)
-    async with services.store.engine.connect() as conn:
-        whole = [dict(r) for r in (await conn.execute(
-            select(StepAttempt).where(*of_step, StepAttempt.item == -1).order_by(StepAttempt.attempt)
-        )).mappings()]
-        # foreach items: their states and errors only; thousands of inputs and outputs stay unread
-        item_rows = (await conn.execute(
-            select(StepAttempt.item, StepAttempt.attempt, StepAttempt.status, StepAttempt.error)
-            .where(*of_step, StepAttempt.item >= 0).order_by(StepAttempt.item, StepAttempt.attempt)
-        )).mappings().all()
+    whole, item_rows = await services.store.run_pages.step_rows(run["id"], step_id)
     if not whole and not item_rows and not known:
         return None
     last = whole[-1] if whole else None
@@ -247,20 +228,7 @@ async def log_chunks(services: Services, run_id: str, step_id: str, after: int =
 
     Returns (chunks, cut) where `cut` says the head of the log was left out.
     """
-    query = select(LogChunk.id, LogChunk.item, LogChunk.attempt, LogChunk.stream, LogChunk.text).where(
-        LogChunk.run_id == run_id, LogChunk.step_id == step_id, LogChunk.id > after
-    ).order_by(LogChunk.id.desc())
-    chunks: list[dict] = []
-    size, cut = 0, False
-    async with services.store.engine.connect() as conn:
-        for row in (await conn.execute(query)).mappings():
-            if size >= LOG_TAIL_CHARS and after == 0:
-                cut = True
-                break
-            chunks.append(dict(row))
-            size += len(row["text"])
-    chunks.reverse()
-    return chunks, cut
+    return await services.store.run_pages.log_tail(run_id, step_id, after, LOG_TAIL_CHARS)
 
 
 def show_value(value: Any) -> tuple[str, bool]:

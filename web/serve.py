@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -68,7 +69,11 @@ def serve(args: argparse.Namespace) -> int:
                         secrets_file=Path(args.secrets_file) if args.secrets_file else None,
                         admin_token=args.admin_token or None,
                         insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host])
-    refusal = exposed_without_tokens(settings)
+    try:  # the database first: a wrong URL or a server that is down is one line, not a traceback
+        refusal = asyncio.run(prepare_database(settings))
+    except TreadleError as exc:
+        print(f"treadle serve: {exc}", file=sys.stderr)
+        return exc.cli_exit_code
     if refusal:
         print(f"treadle serve: {refusal}", file=sys.stderr)
         return 2
@@ -83,24 +88,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def exposed_without_tokens(settings: Settings) -> str | None:
-    """Why the server must not start: bound beyond loopback with nobody able to sign in."""
-    import asyncio
-
+async def prepare_database(settings: Settings) -> str | None:
+    """Open the database (creating or upgrading its schema under a lock) before the
+    server starts; returns why the server must not start: bound beyond loopback with
+    nobody able to sign in. Raises DatabaseError when the database cannot be used."""
     from runner.security.tokens import Tokens
     from runner.storage.store import Store
 
     from .auth import is_loopback
 
-    if is_loopback(settings.host) or settings.insecure or settings.admin_token:
-        return None
-
-    async def any_token() -> bool:
-        async with Store(settings.db) as store:
-            return await Tokens(store).required()
-
-    if asyncio.run(any_token()):
-        return None
+    async with Store(settings.db) as store:
+        if is_loopback(settings.host) or settings.insecure or settings.admin_token:
+            return None
+        if await Tokens(store).required():
+            return None
     return (f"refusing to listen on {settings.host} without authentication: anyone who reaches it could start "
             "shell steps. Create a token first (`treadle token create admin --scope admin`), set "
             "TREADLE_ADMIN_TOKEN, or pass --insecure if this network is trusted.")

@@ -76,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
     p.set_defaults(func=cmd_show)
 
+    from .db import register as register_db
     from .tokens import register as register_tokens
 
     register_tokens(sub, d)
+    register_db(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)
     return parser
@@ -316,7 +318,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from ..storage.store import Store
 
     async def go() -> list[dict[str, Any]]:
-        async with Store(args.db) as store:
+        async with Store(args.db, must_exist=True) as store:
             rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
             return rows
 
@@ -341,7 +343,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ..storage.store import Store
 
     async def go() -> tuple[dict[str, Any] | None, dict[str, str]]:
-        async with Store(args.db) as store:
+        async with Store(args.db, must_exist=True) as store:
             doc = await run_document(store, args.run_id)
             logs = {}
             if doc and args.logs:

@@ -21,9 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
-from sqlmodel import Field, SQLModel
-
 from ..errors import TreadleError
 
 if TYPE_CHECKING:
@@ -33,27 +30,6 @@ SCOPES = ("read", "run", "admin")
 PREFIX = "trd_"
 SESSION_SECONDS = 12 * 3600
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
-
-
-class ApiToken(SQLModel, table=True):
-    __tablename__ = "api_token"
-    name: str = Field(primary_key=True)
-    scope: str
-    namespace: str | None = None
-    token_hash: str = Field(index=True, unique=True)
-    created_at: float
-    last_used_at: float | None = None
-    revoked_at: float | None = None
-
-
-class WebSession(SQLModel, table=True):
-    __tablename__ = "web_session"
-    id_hash: str = Field(primary_key=True)
-    token_name: str = Field(index=True)
-    scope: str
-    namespace: str | None = None
-    created_at: float
-    expires_at: float
 
 
 class TokenError(TreadleError):
@@ -106,29 +82,20 @@ class Tokens:
         if namespace is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", namespace):
             raise TokenError(f"namespace '{namespace}' must be the name of a top-level folder of the definitions")
         plain = PREFIX + secrets.token_urlsafe(32)
-        async with self.store.engine.begin() as conn:
-            old = (await conn.execute(select(ApiToken.revoked_at).where(ApiToken.name == name))).first()
-            if old is not None and old[0] is None:
-                raise TokenError(f"a token named '{name}' exists; revoke it first or pick another name")
-            await conn.execute(delete(ApiToken).where(ApiToken.name == name))
-            await conn.execute(ApiToken.__table__.insert().values(  # type: ignore[attr-defined]
-                name=name, scope=scope, namespace=namespace, token_hash=digest(plain), created_at=time.time()))
+        if not await self.store.tokens.add(name=name, scope=scope, namespace=namespace, token_hash=digest(plain),
+                                           now=time.time()):
+            raise TokenError(f"a token named '{name}' exists; revoke it first or pick another name")
         self._any = None
         return plain
 
     async def revoke(self, name: str) -> bool:
         """Revoke a token and end its sessions; False when there is no such active token."""
-        async with self.store.engine.begin() as conn:
-            done = await conn.execute(update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-                                      .values(revoked_at=time.time()))
-            await conn.execute(delete(WebSession).where(WebSession.token_name == name))
+        done = await self.store.tokens.revoke(name, time.time())
         self._any = None
-        return done.rowcount == 1
+        return done
 
     async def list(self) -> list[dict[str, Any]]:
-        async with self.store.engine.connect() as conn:
-            rows = (await conn.execute(select(ApiToken).order_by(ApiToken.name))).mappings()
-            return [{k: v for k, v in r.items() if k != "token_hash"} for r in rows]
+        return await self.store.tokens.all()
 
     async def required(self) -> bool:
         """Whether requests must authenticate: an admin token is set or a token exists.
@@ -137,9 +104,7 @@ class Tokens:
             return True
         now = time.monotonic()
         if self._any is None or now - self._any[0] > 1.0:
-            async with self.store.engine.connect() as conn:
-                found = (await conn.execute(select(ApiToken.name).where(ApiToken.revoked_at.is_(None)).limit(1))).first()
-            self._any = (now, found is not None)
+            self._any = (now, await self.store.tokens.any_active())
         return self._any[1]
 
     async def check(self, plain: str | None) -> Identity | None:
@@ -149,14 +114,11 @@ class Tokens:
         if self.admin_token and hmac.compare_digest(plain.encode(), self.admin_token.encode()):
             return Identity("admin-token", "admin", None, via="admin-token")
         hashed = digest(plain)
-        async with self.store.engine.connect() as conn:
-            row = (await conn.execute(select(ApiToken).where(ApiToken.token_hash == hashed,
-                                                             ApiToken.revoked_at.is_(None)))).mappings().first()
+        row = await self.store.tokens.active_by_hash(hashed)
         if row is None:
             return None
         if row["last_used_at"] is None or time.time() - row["last_used_at"] > 60:  # at most a write a minute
-            async with self.store.engine.begin() as conn:
-                await conn.execute(update(ApiToken).where(ApiToken.name == row["name"]).values(last_used_at=time.time()))
+            await self.store.tokens.touch(row["name"], time.time())
         return Identity(row["name"], row["scope"], row["namespace"])
 
     # -- sessions --------------------------------------------------------------------
@@ -165,24 +127,18 @@ class Tokens:
         """A new session for `identity`; returns the cookie value."""
         sid = secrets.token_urlsafe(32)
         now = time.time()
-        async with self.store.engine.begin() as conn:
-            await conn.execute(delete(WebSession).where(WebSession.expires_at < now))
-            await conn.execute(WebSession.__table__.insert().values(  # type: ignore[attr-defined]
-                id_hash=digest(sid), token_name=identity.name, scope=identity.scope,
-                namespace=identity.namespace, created_at=now, expires_at=now + SESSION_SECONDS))
+        await self.store.tokens.open_session(id_hash=digest(sid), token_name=identity.name, scope=identity.scope,
+                                             namespace=identity.namespace, now=now, expires_at=now + SESSION_SECONDS)
         return sid
 
     async def session(self, sid: str | None) -> Identity | None:
         if not sid:
             return None
-        async with self.store.engine.connect() as conn:
-            row = (await conn.execute(select(WebSession).where(WebSession.id_hash == digest(sid),
-                                                               WebSession.expires_at > time.time()))).mappings().first()
+        row = await self.store.tokens.session(digest(sid), time.time())
         if row is None:
             return None
         return Identity(row["token_name"], row["scope"], row["namespace"], via="session")
 
     async def close_session(self, sid: str | None) -> None:
         if sid:
-            async with self.store.engine.begin() as conn:
-                await conn.execute(delete(WebSession).where(WebSession.id_hash == digest(sid)))
+            await self.store.tokens.close_session(digest(sid))

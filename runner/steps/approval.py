@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 from ..dsl.durations import format_duration, iso
-from ..engine.approvals import APPROVED, CANCELLED, REJECTED, TIMED_OUT, Key
 from ..errors import StepFailed
+from ..storage.models import ApprovalKey as Key
+from ..storage.models import Decision
 from .base import StepContext, StepOutcome
 
 name = "approval"
@@ -43,18 +44,18 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
         except asyncio.CancelledError:
             if not ctx.services.draining:  # cancelled or timed out, not suspended: no longer waiting
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(approvals.decide(key, CANCELLED, "treadle", "the step stopped"))
+                    await asyncio.shield(approvals.decide(key, Decision.CANCELLED.value, "treadle", "the step stopped"))
             raise
     else:
         ctx.log(f"approval: using the decision recorded earlier ({row['decision']})\n")
     who, comment = row["by"] or "someone", row["comment"]
-    if row["decision"] == APPROVED:
+    if row["decision"] == Decision.APPROVED:
         ctx.log(f"approved by {who}" + (f": {comment}" if comment else "") + "\n")
         return StepOutcome(output={"approved": True, "by": row["by"], "comment": comment, "at": iso(row["decided_at"])})
-    if row["decision"] == REJECTED:
+    if row["decision"] == Decision.REJECTED:
         raise StepFailed(f"rejected by {who}" + (f": {comment}" if comment else ""), retryable=False,
                          output={"approved": False, "by": row["by"], "comment": comment, "at": iso(row["decided_at"])})
-    if row["decision"] == TIMED_OUT:
+    if row["decision"] == Decision.TIMED_OUT:
         window = timeout_text(timeout) if timeout else "the time allowed"
         raise StepFailed(f"no decision within {window}", retryable=False)
     raise StepFailed(f"the approval ended without a decision ({row['decision']})", retryable=False)

@@ -1,16 +1,23 @@
 """Database tables (SQLModel) and the stored state names (StrEnums; values never change).
 
-Times are stored as UTC epoch seconds (REAL): they sort, subtract and index cheaply,
-and the API turns them into ISO 8601 with a zone.
+Every table of Treadle is here; runner/storage/migrations/ turns changes to them into
+Alembic revisions (a change here without a revision is caught by a test).
+
+Times are stored as UTC epoch seconds (REAL / double precision): they sort, subtract
+and index cheaply, and the API turns them into ISO 8601 with a zone. JSON columns
+are JSONB on PostgreSQL.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 
 class RunStatus(StrEnum):
@@ -69,8 +76,8 @@ class Run(SQLModel, table=True):
     # a run whose lease ran out has nobody working on it and is resumed by the next start
     owner: str | None = None
     lease_until: float | None = None
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    outputs: Any = Field(default=None, sa_column=Column(JSON))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JsonType))
+    outputs: Any = Field(default=None, sa_column=Column(JsonType))
     error: str | None = None
     trigger: str = "manual"  # manual | api | retry | workflow | schedule | webhook | event | file | after
     trigger_ref: str | None = None  # what exactly: the slot, upstream run, file, event
@@ -102,8 +109,8 @@ class StepAttempt(SQLModel, table=True):
     status: str
     started_at: float | None = None
     finished_at: float | None = None
-    input: Any = Field(default=None, sa_column=Column(JSON))
-    output: Any = Field(default=None, sa_column=Column(JSON))
+    input: Any = Field(default=None, sa_column=Column(JsonType))
+    output: Any = Field(default=None, sa_column=Column(JsonType))
     exit_code: int | None = None
     http_status: int | None = None
     error: str | None = None
@@ -142,3 +149,74 @@ class TriggerMark(SQLModel, table=True):
     key: str = Field(primary_key=True)  # `schedule:<cron>|<zone>`, `file:<path>`
     value: str
     at: float
+
+
+class Decision(StrEnum):
+    """How an approval ended."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"  # the step stopped while waiting (asked again if it runs again)
+
+
+HUMAN_DECISIONS = (Decision.APPROVED.value, Decision.REJECTED.value)
+
+
+class ApprovalKey(NamedTuple):
+    """An approval request: a step, or one foreach item of it (-1 outside foreach)."""
+
+    run_id: str
+    step_id: str
+    item: int = -1
+
+
+class ApprovalRow(SQLModel, table=True):
+    """One approval request (a step, or one foreach item of it) and its decision."""
+
+    __tablename__ = "approval"
+    run_id: str = Field(primary_key=True)
+    step_id: str = Field(primary_key=True)
+    item: int = Field(default=-1, primary_key=True)  # foreach index; -1 outside foreach
+    workflow: str = Field(index=True)
+    message: str
+    requested_at: float
+    deadline: float | None = None  # epoch seconds; set once, so a restart does not extend it
+    decision: str | None = Field(default=None, index=True)  # a Decision, None while waiting
+    by: str | None = None
+    comment: str | None = None
+    decided_at: float | None = None
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+    name: str = Field(primary_key=True)
+    scope: str
+    namespace: str | None = None
+    token_hash: str = Field(index=True, unique=True)
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+class WebSession(SQLModel, table=True):
+    __tablename__ = "web_session"
+    id_hash: str = Field(primary_key=True)
+    token_name: str = Field(index=True)
+    scope: str
+    namespace: str | None = None
+    created_at: float
+    expires_at: float
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    who: str  # token name, `admin-token`, `local` (open server), `cli:<user>`, or `anonymous`
+    source: str | None = None  # client address
+    action: str = Field(index=True)  # run.start, run.cancel, run.retry, approval.decide, workflow.pause, ...
+    target: str | None = None  # workflow name, run id, token name
+    result: str  # ok | denied | failed
+    status: int | None = None  # the HTTP status answered, if any
+    detail: Any = Field(default=None, sa_column=Column(JsonType))

@@ -1,67 +1,80 @@
-"""The database: one writer task that batches commits, and the read queries.
+"""The storage interface: the one place Treadle speaks SQL.
 
-Everything the engine records goes through `Store.put_*` onto one queue. The
-writer takes whatever has queued up, writes it in one transaction and commits,
-then publishes the events on the Broker. Batches are committed in queue order,
-so a `kill -9` can lose only the last moments, never reorder them; each commit
-leaves a state from which a run can be resumed (finished steps with outputs).
+`Store` opens a database (SQLite, the embedded default, or PostgreSQL 15+), brings
+its schema to the current revision, and offers:
+
+- the engine's records, queued in order and committed in batches by the single
+  writer (runner/storage/writer.py): `put_version`, `put_run`, `update_run`,
+  `put_step`, `put_log`, `flush`;
+- the reads of runs, attempts, logs and definition versions (below), and the
+  claims of runs nobody drives (recovery);
+- its parts, each in a module of its own: `approvals`, `tokens` (and sessions),
+  `audit`, `marks` (trigger marks, pause flags), `run_pages` (the run page's queries);
+- `broker`: the event feed, published after each commit.
+
+One SQLAlchemy implementation serves both databases; what differs lives in
+runner/storage/database.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, select, update
-from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
+from sqlalchemy import func, select, text, update
 
 from .. import DEFAULT_DB
+from ..errors import DatabaseError
+from .approvals import ApprovalStore
+from .audit import AuditStore
+from .database import SQLite, dialect_for
 from .events import Broker
+from .marks import MarkStore
 from .models import UNFINISHED_RUN_STATES, LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
-
-log = logging.getLogger("treadle.store")
-
-_MAX_BATCH = 20_000
-_STEP_KEY = ("run_id", "step_id", "item", "attempt")
-
-
-def async_url(url: str) -> str:
-    """`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`, creating the folder of the file."""
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return "sqlite+aiosqlite:///" + path
-    return url
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, never corrupt
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
+from .run_pages import RunPages
+from .schema import ensure_schema
+from .tokens import TokenStore
+from .writer import Writer
 
 
 class Store:
-    """Owns the engine, the writer task and the broker. Use `async with Store(url)`."""
+    """Use `async with Store(url)`.
 
-    def __init__(self, url: str = DEFAULT_DB, broker: Broker | None = None):
+    Args:
+        url: `sqlite:///PATH` or `postgresql://USER@HOST:PORT/DB`.
+        broker: the event feed to publish committed records on (a new one by default).
+        must_exist: refuse to create a new SQLite file (read-only commands: `runs`,
+            `show`), so a typo in `--db` says so instead of showing an empty history.
+    Raises:
+        DatabaseError: the URL is not understood (at once), or on `open` the
+            database cannot be reached, does not exist, or is newer than this Treadle.
+    """
+
+    def __init__(self, url: str = DEFAULT_DB, broker: Broker | None = None, *, must_exist: bool = False):
         self.url = url
+        self.dialect = dialect_for(url)
+        self.must_exist = must_exist
         self.broker = broker or Broker()
-        self.engine: AsyncEngine = create_async_engine(async_url(url))
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
-        self.write_errors = 0
+        self.engine = self.dialect.engine()  # connects on first use
+        self.writer = Writer(self.engine, self.dialect, self.broker)
+        self.approvals = ApprovalStore(self.engine, self.dialect)
+        self.tokens = TokenStore(self.engine, self.dialect)
+        self.audit = AuditStore(self.engine, self.writer)
+        self.marks = MarkStore(self.engine, self.dialect)
+        self.run_pages = RunPages(self.engine, self.dialect)
+
+    @property
+    def backend(self) -> str:
+        return self.dialect.name
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without its password."""
+        return self.dialect.shown()
+
+    @property
+    def write_errors(self) -> int:
+        return self.writer.errors
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -71,55 +84,62 @@ class Store:
         await self.close()
 
     async def open(self) -> None:
-        for attempt in range(1, 4):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(SQLModel.metadata.create_all)
-                    await conn.run_sync(_add_missing_columns)
-                break
-            except OperationalError as exc:  # another process created the tables at the same moment
-                if "already exists" not in str(exc) or attempt == 3:
-                    raise
-        self._writer = asyncio.create_task(self._write_loop(), name="treadle-store-writer")
+        """Connect, create or upgrade the schema (see runner/storage/schema.py), start the writer."""
+        if isinstance(self.dialect, SQLite):
+            if self.must_exist and not self.dialect.exists():
+                raise DatabaseError(f"no database at {self.dialect.path} (nothing was created); point at yours "
+                                    "with --db sqlite:///PATH or TREADLE_DB")
+            self.dialect.prepare_location()
+        try:
+            await ensure_schema(self.engine, self.dialect)
+        except DatabaseError:
+            await self.engine.dispose()
+            raise
+        except Exception as exc:
+            await self.engine.dispose()
+            raise DatabaseError(self.dialect.explain(exc)) from None
+        self.writer.start()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self.flush()
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
-            self._writer = None
+        await self.writer.stop()
         await self.engine.dispose()
 
-    # -- writing -----------------------------------------------------------------
+    async def ping(self) -> float:
+        """Seconds one round trip to the database takes (raises when it does not answer)."""
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return time.perf_counter() - started
+
+    # -- writing (through the single writer) -----------------------------------------
 
     def put_version(self, row: dict[str, Any]) -> None:
-        self._queue.put_nowait(("version", row))
+        self.writer.put("version", row)
 
     def put_run(self, row: dict[str, Any]) -> None:
         """Insert a new run (every required column)."""
-        self._queue.put_nowait(("run", row))
+        self.writer.put("run", row)
 
     def update_run(self, row: dict[str, Any]) -> None:
         """Update some columns of a run; `row` holds `id` and the columns to set."""
-        self._queue.put_nowait(("run_update", row))
+        self.writer.put("run_update", row)
 
     def put_step(self, row: dict[str, Any]) -> None:
         """Insert or replace one step attempt, keyed by run, step, item and attempt."""
-        self._queue.put_nowait(("step", row))
-
-    def put_row(self, table: Any, row: dict[str, Any]) -> None:
-        """Insert a row into another table in the next batch (in order with the rest)."""
-        self._queue.put_nowait(("insert", (table, row)))
+        self.writer.put("step", row)
 
     def put_log(self, row: dict[str, Any]) -> None:
-        self._queue.put_nowait(("log", row))
+        self.writer.put("log", row)
 
     def renew_leases(self, owner: str, until: float) -> None:
         """Extend the lease of every unfinished run `owner` drives."""
-        self._queue.put_nowait(("lease", {"owner": owner, "until": until}))
+        self.writer.put("lease", {"owner": owner, "until": until})
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed."""
+        await self.writer.flush()
+
+    # -- leases and recovery ----------------------------------------------------------
 
     async def active_owners(self) -> list[str]:
         """The processes named as owners of unfinished runs."""
@@ -148,118 +168,7 @@ class Store:
         async with self.engine.begin() as conn:
             return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
-    async def flush(self) -> None:
-        """Return once everything queued before this call is committed."""
-        if self._writer is None or self._writer.done():
-            return
-        done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(("flush", done))
-        await done
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            await self._write_batch(batch)
-
-    async def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
-        versions: dict[tuple[str, str], dict] = {}
-        runs: dict[str, dict] = {}
-        updates: dict[str, dict] = {}
-        steps: dict[tuple, dict] = {}
-        logs: list[dict] = []
-        leases: dict[str, float] = {}
-        inserts: dict[Any, list[dict]] = {}  # plain rows of other tables (the audit log)
-        for kind, row in batch:
-            if kind == "lease":
-                leases[row["owner"]] = row["until"]
-            elif kind == "step":
-                steps[tuple(row[k] for k in _STEP_KEY)] = row
-            elif kind == "log":
-                logs.append(row)
-            elif kind == "run":
-                runs[row["id"]] = row
-            elif kind == "run_update":
-                if row["id"] in runs:
-                    runs[row["id"]] = {**runs[row["id"]], **row}
-                else:
-                    updates[row["id"]] = {**updates.get(row["id"], {}), **row}
-            elif kind == "version":
-                versions[(row["workflow"], row["version"])] = row
-            elif kind == "insert":
-                inserts.setdefault(row[0], []).append(row[1])
-        statements = self._statements(versions, runs, updates, steps, logs)
-        statements += [(table.insert(), rows) for table, rows in inserts.items()]
-        statements += [
-            (update(Run).where(Run.owner == owner, Run.status.in_(list(UNFINISHED_RUN_STATES)))
-             .values(lease_until=until), None)
-            for owner, until in leases.items()
-        ]
-        for attempt in range(1, 11):
-            try:
-                async with self.engine.begin() as conn:
-                    for stmt, params in statements:
-                        await _execute(conn, stmt, params)
-                break
-            except OperationalError as exc:  # locked, busy, I/O: worth another try
-                self.write_errors += 1
-                log.error("store: write of %d records failed (try %d of 10): %s", len(batch), attempt, exc)
-                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
-            except Exception:
-                # a record the database refuses: write the others one by one, so
-                # one bad record never costs the rest of the batch
-                self.write_errors += 1
-                log.exception("store: a batch of %d records was refused; writing them one by one", len(batch))
-                await self._write_one_by_one(statements)
-                break
-        self._publish(batch)
-
-    @staticmethod
-    def _statements(versions: dict, runs: dict, updates: dict, steps: dict, logs: list) -> list[tuple[Any, Any]]:
-        out: list[tuple[Any, Any]] = []
-        if versions:
-            out.append((insert(WorkflowVersion).on_conflict_do_nothing(), list(versions.values())))
-        for row in runs.values():
-            out.append((insert(Run).values(**row).on_conflict_do_nothing(), None))
-        for row in updates.values():
-            out.append((update(Run).where(Run.id == row["id"]).values(**{k: v for k, v in row.items() if k != "id"}), None))
-        # the hot paths skip SQLAlchemy's per-row parameter processing (several times
-        # faster): plain executemany with the JSON columns encoded here
-        if steps:
-            out.append((_STEP_UPSERT, [_step_tuple(r) for r in steps.values()]))
-        if logs:
-            out.append((_LOG_INSERT, [tuple(r[c] for c in _LOG_COLS) for r in logs]))
-        return out
-
-    async def _write_one_by_one(self, statements: list[tuple[Any, Any]]) -> None:
-        for stmt, params in statements:
-            for one in (params if isinstance(params, list) else [params]):
-                try:
-                    async with self.engine.begin() as conn:
-                        await _execute(conn, stmt, one)
-                except Exception as exc:
-                    log.error("store: record dropped: %s: %s", type(exc).__name__, str(exc)[:500])
-
-    def _publish(self, batch: list[tuple[str, Any]]) -> None:
-        broker = self.broker
-        for kind, row in batch:
-            if kind == "flush":
-                if not row.done():
-                    row.set_result(None)
-            elif kind in ("step", "log"):
-                topic = f"run:{row['run_id']}"
-                if broker.has_subscribers(topic):
-                    broker.publish(topic, {"type": kind, **row})
-            elif kind in ("run", "run_update"):
-                event_ = {"type": "run", **row}
-                broker.publish(f"run:{row['id']}", event_)
-                broker.publish("runs", event_)
-
-    # -- reading -----------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
@@ -269,9 +178,7 @@ class Store:
     async def step_attempts(self, run_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(StepAttempt).where(StepAttempt.run_id == run_id)
-                .order_by(StepAttempt.id)
-            )
+                select(StepAttempt).where(StepAttempt.run_id == run_id).order_by(StepAttempt.id))
             return [dict(r) for r in rows.mappings()]
 
     async def step_states(self, run_id: str) -> list[dict[str, Any]]:
@@ -332,7 +239,8 @@ class Store:
         cols = [c for c in WorkflowVersion.__table__.columns if c.name != "source"]
         where = WorkflowVersion.workflow == workflow
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(*cols).where(where).order_by(WorkflowVersion.created_at.desc()).offset(offset).limit(limit))
+            rows = await conn.execute(select(*cols).where(where).order_by(WorkflowVersion.created_at.desc())
+                                      .offset(offset).limit(limit))
             total = (await conn.execute(select(func.count()).select_from(WorkflowVersion).where(where))).scalar_one()
             return [dict(r) for r in rows.mappings()], total
 
@@ -351,53 +259,6 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(Run).where(Run.status.in_(UNFINISHED_RUN_STATES)))
             return [dict(r) for r in rows.mappings()]
-
-
-def _add_missing_columns(conn: Any) -> None:
-    """Columns added since a database was created are added to it (all nullable or
-    defaulted), so a database from an older Treadle keeps working."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(conn)
-    for table in SQLModel.metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have:
-                ddl = column.type.compile(dialect=conn.dialect)
-                default = column.default.arg if column.default is not None and column.default.is_scalar else None
-                suffix = f" DEFAULT {default!r}" if isinstance(default, int | float | str) else ""
-                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}{suffix}')
-
-
-_STEP_COLS = [c.name for c in StepAttempt.__table__.columns if c.name != "id"]
-_STEP_JSON = {"input", "output"}
-_STEP_UPSERT = (
-    f"INSERT INTO step_attempt ({', '.join(_STEP_COLS)}) VALUES ({', '.join('?' * len(_STEP_COLS))}) "
-    f"ON CONFLICT ({', '.join(_STEP_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLS if c not in _STEP_KEY)
-)
-_LOG_COLS = [c.name for c in LogChunk.__table__.columns if c.name != "id"]
-_LOG_INSERT = f"INSERT INTO log_chunk ({', '.join(_LOG_COLS)}) VALUES ({', '.join('?' * len(_LOG_COLS))})"
-
-
-def _step_tuple(row: dict[str, Any]) -> tuple:
-    return tuple(_json(row.get(c)) if c in _STEP_JSON else row.get(c) for c in _STEP_COLS)
-
-
-def _json(value: Any) -> str:
-    """JSON of a step's input or output; a value JSON cannot hold (an integer of more
-    than 4,300 digits) is stored as a note instead of stopping the writer."""
-    try:
-        return json.dumps(value, default=str)
-    except (ValueError, TypeError, RecursionError) as exc:
-        return json.dumps({"unstorable": f"{type(exc).__name__}: {str(exc)[:200]}"})
-
-
-async def _execute(conn: Any, stmt: Any, params: Any) -> None:
-    if isinstance(stmt, str):
-        await conn.exec_driver_sql(stmt, params)
-    else:
-        await conn.execute(stmt, params)
 
 
 def now() -> float:

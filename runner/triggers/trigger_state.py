@@ -12,11 +12,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.sqlite import insert
-
-from ..storage.models import TriggerMark, WorkflowState
-
 if TYPE_CHECKING:
     from ..storage.store import Store
 
@@ -29,40 +24,23 @@ class TriggerState:
     # -- marks -------------------------------------------------------------------
 
     async def mark(self, workflow: str, key: str) -> str | None:
-        async with self.store.engine.connect() as conn:
-            row = (await conn.execute(select(TriggerMark.value).where(
-                TriggerMark.workflow == workflow, TriggerMark.key == key))).first()
-        return row[0] if row else None
+        return await self.store.marks.get(workflow, key)
 
     async def marks(self, workflow: str, prefix: str = "") -> dict[str, str]:
         """Every mark of `workflow` whose key starts with `prefix`."""
-        query = select(TriggerMark.key, TriggerMark.value).where(TriggerMark.workflow == workflow)
-        if prefix:
-            query = query.where(TriggerMark.key.startswith(prefix, autoescape=True))
-        async with self.store.engine.connect() as conn:
-            return {k: v for k, v in (await conn.execute(query)).all()}
+        return await self.store.marks.with_prefix(workflow, prefix)
 
     async def advance_mark(self, workflow: str, key: str, old: str | None, new: str) -> bool:
         """Set the mark to `new` if it is still `old` (None: there is no mark yet).
         True when this call moved it (committed on return): the caller may fire."""
-        values = {"workflow": workflow, "key": key, "value": new, "at": time.time()}
-        async with self.store.engine.begin() as conn:
-            if old is None:
-                result = await conn.execute(insert(TriggerMark).values(**values).on_conflict_do_nothing())
-            else:
-                result = await conn.execute(update(TriggerMark).where(
-                    TriggerMark.workflow == workflow, TriggerMark.key == key, TriggerMark.value == old,
-                ).values(value=new, at=values["at"]))
-            return result.rowcount == 1
+        return await self.store.marks.advance(workflow, key, old, new)
 
     # -- pause -------------------------------------------------------------------
 
     async def paused(self) -> dict[str, dict[str, Any]]:
         """Paused workflows: name -> {changed_at, changed_by}."""
         if self._paused is None:
-            async with self.store.engine.connect() as conn:
-                rows = (await conn.execute(select(WorkflowState).where(WorkflowState.paused.is_(True)))).mappings()
-                self._paused = {r["workflow"]: {"changed_at": r["changed_at"], "changed_by": r["changed_by"]} for r in rows}
+            self._paused = await self.store.marks.paused()
         return self._paused
 
     async def is_paused(self, workflow: str) -> bool:
@@ -71,14 +49,9 @@ class TriggerState:
     async def set_paused(self, workflow: str, paused: bool, by: str | None = None) -> bool:
         """Pause or resume; False when it already was in that state."""
         current = await self.paused()
-        if (workflow in current) == paused:
-            return False
         now = time.time()
-        values = {"workflow": workflow, "paused": paused, "changed_at": now, "changed_by": by}
-        stmt = insert(WorkflowState).values(**values).on_conflict_do_update(
-            index_elements=["workflow"], set_={"paused": paused, "changed_at": now, "changed_by": by})
-        async with self.store.engine.begin() as conn:
-            await conn.execute(stmt)
+        if not await self.store.marks.set_paused(workflow, paused, by, now):
+            return False
         if paused:
             current[workflow] = {"changed_at": now, "changed_by": by}
         else:
