@@ -1,14 +1,33 @@
-"""Every error Treadle raises on purpose.
+"""Every error Treadle raises on purpose, in one place.
 
-    TreadleError                 base; carries the CLI exit code
+    TreadleError                 base: `error_code`, `cli_exit_code`, `http_status`
     ├── DefinitionError          a definition file has problems (a list of Problem)
-    ├── WorkflowNotFound         no workflow of that name in the catalog
-    ├── WorkflowInvalid          the workflow exists but its file has problems
-    ├── ParamError               run parameters do not match the workflow's `params`
-    ├── RunNotFound              no run with that id in the store
-    └── StepFailed               one step attempt failed (raised inside step kinds)
+    ├── YamlSyntaxError          a file is not YAML (with its line and column)
+    ├── TemplateSyntax           a template does not parse (checked at load)
+    ├── TemplateFailed           a template failed while rendering (undefined name, sandbox limit)
+    ├── WorkflowNotFound         no workflow of that name in the catalog              404
+    ├── WorkflowInvalid          the workflow exists but its file has problems        409
+    ├── ParamError               run parameters do not match the workflow's `params`  400
+    ├── SecretMissing            a secret the workflow needs is not set               409
+    ├── RunNotFound              no run with that id in the store                     404
+    ├── RunConflict              the run's state does not allow the action            409
+    ├── StepFailed               one step attempt failed (raised inside step kinds)
+    │   └── CircuitOpen          refused by an open circuit breaker
+    ├── ShuttingDown             Treadle is stopping: no new run                      503
+    ├── DatabaseError            the database cannot be used (URL, connection, schema)  503
+    ├── SecretsFileError         --secrets-file missing, unreadable or malformed
+    ├── TokenError               a token cannot be created as asked                   400
+    ├── SignatureError           a signature or bearer token does not check out       401
+    │   └── WebhookUnauthorized  ... of a call to /hooks/{workflow}
+    ├── WebhookNotConfigured     a webhook's key is not set on the server             503
+    ├── MalformedBody            a request body that is not what the route takes      400
+    ├── WorkflowPaused           a trigger for a paused workflow                      409
+    ├── LaunchRejected           a trigger's params do not fit (422) or it cannot start (409)
+    └── GitSyncError             cloning or pulling the followed repository failed
 
-Messages say what went wrong and, where possible, how to fix it.
+The number is the HTTP status the API answers with (`http_status`; 400 when not
+set): web/app.py maps every TreadleError through that attribute alone. Messages say
+what went wrong and, where possible, how to fix it.
 """
 
 from __future__ import annotations
@@ -30,10 +49,34 @@ class Problem:
 
 
 class TreadleError(Exception):
-    """Base of Treadle's own errors. `cli_exit_code` is what the CLI exits with."""
+    """Base of Treadle's own errors. `cli_exit_code` is what the CLI exits with,
+    `http_status` what the API answers, `error_code` the API's `error_code`."""
 
     cli_exit_code = 1
     error_code = "TREADLE_ERROR"
+    http_status: int | None = 400
+
+
+class YamlSyntaxError(TreadleError):
+    error_code = "YAML_SYNTAX"
+
+    def __init__(self, message: str, line: int, column: int):
+        super().__init__(message)
+        self.line, self.column = line, column
+
+
+class TemplateSyntax(TreadleError):
+    error_code = "TEMPLATE_SYNTAX"
+
+    def __init__(self, message: str, lineno: int):
+        super().__init__(message)
+        self.message, self.lineno = message, lineno
+
+
+class TemplateFailed(TreadleError):
+    """Rendering failed at run time (undefined name, sandbox violation, error in a filter)."""
+
+    error_code = "TEMPLATE_FAILED"
 
 
 class DefinitionError(TreadleError):
@@ -49,6 +92,7 @@ class DefinitionError(TreadleError):
 class WorkflowNotFound(TreadleError):
     cli_exit_code = 2
     error_code = "WORKFLOW_NOT_FOUND"
+    http_status = 404
 
     def __init__(self, name: str, known: list[str] | None = None):
         import difflib
@@ -64,6 +108,7 @@ class WorkflowNotFound(TreadleError):
 class WorkflowInvalid(TreadleError):
     cli_exit_code = 2
     error_code = "WORKFLOW_INVALID"
+    http_status = 409
 
     def __init__(self, name: str, problems: list[Problem]):
         self.name = name
@@ -86,6 +131,7 @@ class ParamError(TreadleError):
 class RunNotFound(TreadleError):
     cli_exit_code = 2
     error_code = "RUN_NOT_FOUND"
+    http_status = 404
 
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -93,7 +139,8 @@ class RunNotFound(TreadleError):
 
 
 class StepFailed(TreadleError):
-    """A step attempt failed. `code` is the exit code or HTTP status used by `retry.on`."""
+    """A step attempt failed. `code` is the exit code or HTTP status used by `retry.on`
+    (`http_status` here is the status the step's HTTP call got, not an API answer)."""
 
     error_code = "STEP_FAILED"
 
@@ -124,6 +171,7 @@ class StepFailed(TreadleError):
 class SecretMissing(TreadleError):
     cli_exit_code = 2
     error_code = "SECRET_MISSING"
+    http_status = 409  # the server's setup, not the request: like an invalid file
 
     def __init__(self, names: list[str]):
         self.names = names
@@ -137,6 +185,7 @@ class SecretMissing(TreadleError):
 class ShuttingDown(TreadleError):
     cli_exit_code = 1
     error_code = "SHUTTING_DOWN"
+    http_status = 503
 
     def __init__(self) -> None:
         super().__init__("Treadle is shutting down and starts no new run; try again once it is back")
@@ -149,3 +198,73 @@ class DatabaseError(TreadleError):
 
     cli_exit_code = 2
     error_code = "DATABASE_UNAVAILABLE"
+    http_status = 503
+
+
+class RunConflict(TreadleError):
+    """The run is not in a state that allows the action."""
+
+    http_status = 409
+
+    def __init__(self, message: str, code: str = "RUN_CONFLICT"):
+        super().__init__(message)
+        self.error_code = code
+
+
+class SecretsFileError(TreadleError):
+    """The secrets file is missing, unreadable or malformed (CLI exit code 2)."""
+
+    cli_exit_code = 2
+    error_code = "SECRETS_FILE"
+
+
+class TokenError(TreadleError):
+    error_code = "TOKEN_ERROR"
+    cli_exit_code = 2
+
+
+class SignatureError(TreadleError):
+    """A request's signature or bearer token does not check out."""
+
+    error_code = "SIGNATURE_INVALID"
+    http_status = 401
+
+
+class WebhookUnauthorized(SignatureError):
+    """A webhook call whose signature or token does not check out."""
+
+    error_code = "WEBHOOK_UNAUTHORIZED"
+
+
+class WebhookNotConfigured(TreadleError):
+    error_code, http_status = "WEBHOOK_NOT_CONFIGURED", 503
+
+
+class MalformedBody(TreadleError):
+    error_code, http_status = "MALFORMED_BODY", 400
+
+
+class WorkflowPaused(TreadleError):
+    error_code, http_status = "WORKFLOW_PAUSED", 409
+
+
+class LaunchRejected(TreadleError):
+    """A trigger's params did not work out (422), or the workflow cannot start (409)."""
+
+    def __init__(self, reason: str | None, errors: dict[str, str] | None):
+        super().__init__(f"no run started: {reason}")
+        self.errors = errors
+        self.error_code = "INVALID_PARAMS" if errors else "CANNOT_START"
+        self.http_status = 422 if errors else 409
+
+
+class GitSyncError(TreadleError):
+    """Cloning or pulling the followed repository failed."""
+
+    error_code = "GIT_SYNC"
+
+
+class CircuitOpen(StepFailed):
+    """A call refused by an open (or busy half-open) breaker; retryable, with no HTTP status."""
+
+    error_code = "CIRCUIT_OPEN"

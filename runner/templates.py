@@ -21,6 +21,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 
+from .errors import TemplateFailed, TemplateSyntax
+
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 
 
@@ -160,16 +162,6 @@ def _guarded(name: str, plain: Any) -> Any:
 
 for _name in ("center", "replace", "format", "indent"):
     _env.filters[_name] = _guarded(_name, _env.filters[_name])
-
-
-class TemplateSyntax(Exception):
-    def __init__(self, message: str, lineno: int):
-        super().__init__(message)
-        self.message, self.lineno = message, lineno
-
-
-class TemplateFailed(Exception):
-    """Rendering failed at run time (undefined name, sandbox violation, error in a filter)."""
 
 
 def _whole_expression(text: str) -> str | None:

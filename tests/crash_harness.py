@@ -1,8 +1,10 @@
 """Fault injection: `treadle serve` killed with SIGKILL at random moments, restarted.
 
 Used by tests/test_crash.py (30 kill points) and bench/soak.py (1,000). Every step of
-the workflow appends a line to an execution log when it starts, so the checks can
-tell how often each step really ran; the database must agree with it.
+the workflow appends a line to an execution log when it starts and another when it
+ends (its side effect), so the checks can tell how often each step really ran, and
+whether two executions of one step ever overlapped (an orphan of a killed server
+finishing while its retry runs); the database must agree with the log.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ name: crashy
 params:
   log: {type: string, required: true}
 steps:
-  - id: a
-    run: &step 'echo "$TREADLE_RUN_ID $TREADLE_STEP_ID${TREADLE_INDEX:+[$TREADLE_INDEX]} $(date +%s.%N)" >> "{{ params.log }}"; sleep 0.03; echo "out-$TREADLE_STEP_ID${TREADLE_INDEX:+-$TREADLE_INDEX}"'
+  - id: a  # long enough to outlive a restart of its server: an orphan of it would overlap its retry
+    run: 'k="$TREADLE_RUN_ID $TREADLE_STEP_ID"; echo "$k start $$ $(date +%s.%N)" >> "{{ params.log }}"; sleep 2; echo "$k end $$ $(date +%s.%N)" >> "{{ params.log }}"; echo "out-$TREADLE_STEP_ID"'
   - id: b
-    run: *step
+    run: &step 'k="$TREADLE_RUN_ID $TREADLE_STEP_ID${TREADLE_INDEX:+[$TREADLE_INDEX]}"; echo "$k start $$ $(date +%s.%N)" >> "{{ params.log }}"; sleep 0.1; echo "$k end $$ $(date +%s.%N)" >> "{{ params.log }}"; echo "out-$TREADLE_STEP_ID${TREADLE_INDEX:+-$TREADLE_INDEX}"'
   - id: c
     needs: [a]
     run: *step
@@ -52,30 +54,35 @@ class Report:
     runs: int = 0
     executions: int = 0
     reexecuted_unfinished: int = 0  # at-least-once: a step that ran again after a kill mid-step
+    overlaps: int = 0  # an execution that ended after the next execution of the same step had started
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"seed {self.seed}: {len(self.kills)} kills, {self.runs} runs, {self.executions} step "
-                f"executions, {self.reexecuted_unfinished} re-run after a kill, {len(self.problems)} problems")
+                f"executions, {self.reexecuted_unfinished} re-run after a kill, {self.overlaps} overlaps, "
+                f"{len(self.problems)} problems")
 
 
 class Server:
-    def __init__(self, root: Path, port: int, grace: str = "2s", db: str | None = None):
+    def __init__(self, root: Path, port: int, grace: str = "2s", db: str | None = None,
+                 definitions: Path | None = None, log_name: str = "server.log"):
         self.root, self.port, self.grace = root, port, grace
         self.db = db or f"sqlite:///{root / 'treadle.db'}"
+        self.definitions = definitions or root / "definitions"
+        self.log_name = log_name
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 30) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.root / "server.log", "ab") as log:  # the child keeps its own copy
+        with open(self.root / self.log_name, "ab") as log:  # the child keeps its own copy
             self.proc = self._spawn(env, log)
         deadline = time.monotonic() + timeout
         self._wait_ready(deadline)
 
     def _spawn(self, env: dict[str, str], log) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve", "--definitions", str(self.root / "definitions"),
+            [sys.executable, "-m", "runner", "serve", "--definitions", str(self.definitions),
              "--db", self.db, "--port", str(self.port), "--grace", self.grace],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )
@@ -84,7 +91,7 @@ class Server:
         assert self.proc is not None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.root / 'server.log'}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.root / self.log_name}")
             try:
                 if httpx.get(self.base + "/health", timeout=1).status_code == 200:
                     return
@@ -163,10 +170,21 @@ def check(root: Path, report: Report, db: str) -> None:
             if len(got) != 1:
                 report.problems.append(f"run {run_id} step {step}[{item}] succeeded {len(got)} times")
     starts: dict[tuple[str, str, int], list[float]] = {}
+    spans: dict[tuple[str, str, int], dict[str, list[float]]] = {}  # key -> execution (shell pid) -> [start, end]
     for line in (root / "executions.log").read_text().splitlines():
-        run_id, label, at = line.split()
+        run_id, label, what, pid, at = line.split()
         step, _, rest = label.partition("[")
-        starts.setdefault((run_id, step, int(rest[:-1]) if rest else -1), []).append(float(at))
+        key = (run_id, step, int(rest[:-1]) if rest else -1)
+        if what == "start":
+            starts.setdefault(key, []).append(float(at))
+        spans.setdefault(key, {}).setdefault(pid, []).append(float(at))
+    for key, executions in spans.items():
+        ordered = sorted(executions.values())
+        for this, following in zip(ordered, ordered[1:], strict=False):
+            if len(this) == 2 and this[1] > following[0]:  # it finished its side effect after the next began
+                report.overlaps += 1
+                report.problems.append(f"{key}: an execution ended at {this[1]} after the next one began at "
+                                       f"{following[0]}")
     report.executions = sum(len(v) for v in starts.values())
     for key, times in starts.items():
         done = succeeded.get(key)

@@ -51,6 +51,21 @@ class PgServer:
     admin_url: str  # postgresql://postgres@127.0.0.1:PORT/postgres
     folder: Path | None = None  # ours to stop and remove; None for a server given by URL
     pid: int | None = None
+    restart_command: list[str] | None = None  # how it was started (to start it again after `halt`)
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: clients are cut off), keeping its data."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGINT)
+            while Path(f"/proc/{self.pid}").exists():
+                time.sleep(0.02)
+            self.pid = None
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port and data."""
+        assert self.restart_command is not None and self.folder is not None
+        subprocess.run(self.restart_command, capture_output=True, timeout=120, check=True)
+        self.pid = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
 
     def url(self, database: str) -> str:
         return self.admin_url.rsplit("/", 1)[0] + "/" + database
@@ -94,11 +109,13 @@ def start() -> PgServer | str:
         return f"initdb failed: {done.stderr.strip()[:500]}"
     options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
                "-c full_page_writes=off -c max_connections=300")
-    done = run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    command = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w",
+               "start"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         return f"PostgreSQL did not start: {done.stderr.strip()[:300]} {(folder / 'log').read_text()[-500:]}"
     pid = int((data / "postmaster.pid").read_text().split()[0])
-    return PgServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", folder, pid)
+    return PgServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", folder, pid, command)
 
 
 async def _admin(server: PgServer, *statements: str) -> None:

@@ -115,10 +115,12 @@ async def notifier(engine: Engine):
 
 async def _run(engine: Engine, tmp_path, text: str):
     exe = await asyncio.wait_for(engine.run(definition(text, tmp_path)), 30)
+    await engine.announced()  # the notifier has heard of the end
     return exe
 
 
-async def _settled(notifier: Notifier) -> None:
+async def _settled(engine: Engine, notifier: Notifier) -> None:
+    await engine.announced()  # the notifier has heard of every end so far
     await eventually(lambda: notifier.pending() == 0, 15)
 
 
@@ -142,7 +144,7 @@ async def test_a_succeeded_run_posts_one_event_with_the_run_facts(engine, notifi
         steps: [{{id: a, run: "echo 42"}}]
     """)
     assert exe.status == "succeeded"
-    await _settled(notifier)
+    await _settled(engine, notifier)
     [post] = receiver.got("/hook")
     event = _event(post)
     assert event == {
@@ -173,7 +175,7 @@ async def test_only_the_endings_listed_in_on_are_posted(engine, notifier, receiv
         steps: [{{id: a, run: "true"}}]
     """)
     assert exe.status == "succeeded"
-    await _settled(notifier)
+    await _settled(engine, notifier)
     [post] = receiver.got("/yes")
     assert post["headers"]["idempotency-key"] == f"{exe.id}:1"  # the index in the notify list
     assert receiver.got("/never") == []
@@ -186,7 +188,7 @@ async def test_a_failed_run_posts_its_error(engine, notifier, receiver, tmp_path
         steps: [{{id: boom, run: "exit 3"}}]
     """)
     assert exe.status == "failed"
-    await _settled(notifier)
+    await _settled(engine, notifier)
     [post] = receiver.got("/hook")
     event = _event(post)
     assert event["event_type"] == "run.failed" and event["status"] == "failed"
@@ -203,7 +205,7 @@ async def test_a_cancelled_run_is_posted(engine, notifier, receiver, tmp_path):
     await eventually(started.exists)
     assert engine.cancel(exe.id)
     await asyncio.wait_for(exe.wait(), 15)
-    await _settled(notifier)
+    await _settled(engine, notifier)
     [post] = receiver.got("/hook")
     assert _event(post)["event_type"] == "run.cancelled"
 
@@ -222,7 +224,7 @@ async def test_a_secret_in_the_outputs_arrives_masked(store, receiver, tmp_path)
             steps: [{{id: leak, run: "echo token=$T", env: {{T: "{{{{ secrets.TOKEN }}}}"}}}}]
         """)
         assert exe.status == "succeeded"
-        await _settled(notifier)
+        await _settled(engine, notifier)
     finally:
         await notifier.close()
         await engine.close()
@@ -248,7 +250,7 @@ async def test_a_signed_notification_verifies_and_a_missing_key_sends_nothing(
               - {{webhook: "{signed}", secret_env: HOOK_KEY}}
             steps: [{{id: a, run: "true"}}]
         """)
-        await _settled(notifier)
+        await _settled(engine, notifier)
     finally:
         await notifier.close()
         await engine.close()
@@ -272,7 +274,7 @@ async def test_a_receiver_failing_twice_gets_the_event_three_times_with_one_key(
         notify: [{{webhook: "{url}"}}]
         steps: [{{id: a, run: "true"}}]
     """)
-    await _settled(notifier)
+    await _settled(engine, notifier)
     posts = receiver.got("/hook")
     assert len(posts) == 3
     assert {p["headers"]["idempotency-key"] for p in posts} == {f"{exe.id}:0"}
@@ -288,7 +290,7 @@ async def test_429_is_retried_and_4xx_and_redirects_are_not(
         notify: [{{webhook: "{busy}"}}, {{webhook: "{gone}"}}, {{webhook: "{moved}"}}]
         steps: [{{id: a, run: "true"}}]
     """)
-    await _settled(notifier)
+    await _settled(engine, notifier)
     assert len(receiver.got("/busy")) == 2
     assert len(receiver.got("/gone")) == len(receiver.got("/moved")) == 1
     assert receiver.got("/elsewhere") == []  # a signed body never follows a redirect
@@ -307,7 +309,7 @@ async def test_a_receiver_that_always_fails_is_given_up_and_the_run_stays_succee
         notify: [{{webhook: "{url}", retries: 2}}]
         steps: [{{id: a, run: "true"}}]
     """)
-    await _settled(notifier)
+    await _settled(engine, notifier)
     assert len(receiver.got("/down")) == 3  # the first try and 2 retries
     assert exe.status == "succeeded" and await _stored_status(engine, exe.id) == "succeeded"
     assert receiver.got("/down")[0]["headers"]["authorization"].startswith("Basic ")
@@ -324,7 +326,7 @@ async def test_a_closed_port_is_given_up_and_the_failed_run_stays_failed(
         notify: [{{webhook: "{url}", retries: 1}}]
         steps: [{{id: a, run: "exit 1"}}]
     """)
-    await _settled(notifier)
+    await _settled(engine, notifier)
     assert exe.status == "failed" and await _stored_status(engine, exe.id) == "failed"
     [failure] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "abandoned after 2 tries" in failure and "ConnectError" in failure and url in failure
@@ -340,7 +342,7 @@ async def test_a_receiver_that_does_not_answer_times_out_and_is_retried(
             notify: [{{webhook: "{url}"}}]
             steps: [{{id: a, run: "true"}}]
         """)
-        await _settled(notifier)
+        await _settled(engine, notifier)
     finally:
         await notifier.close()
     # >= 2: on a very loaded machine the answered try might also outlast 0.3 s

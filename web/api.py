@@ -22,6 +22,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner import __version__
 from runner.dsl.loader import Definition
+from runner.engine.leases import LEASE_SECONDS
+from runner.engine.plan import plan_run
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
 from runner.errors import RunNotFound, WorkflowNotFound
@@ -30,7 +32,7 @@ from runner.triggers.notify import redact_url
 
 from .auth import visible, visible_names
 from .run_view import definition_of
-from .services import Services, cancel_conflict, cancel_run, plan_run, retry_run, start_run
+from .services import Services, cancel_conflict, cancel_run, retry_run, start_run
 from .sse import broker_messages, sse_response
 
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
@@ -188,6 +190,8 @@ class Health(TypedDict):
     database: dict[str, Any]
     runs: dict[str, Any]
     workflows: dict[str, int]
+    server: dict[str, Any]  # this server: id, leader (bool)
+    servers: list[dict[str, Any]]  # every live server on this database: id, host, pid, role, leader, leases
 
 
 def _services(request: Request) -> Services:
@@ -466,13 +470,18 @@ async def health(request: Request) -> Response[Health]:
     services = _services(request)
     store = services.store
     database: dict[str, Any] = {"status": "ok", "backend": store.backend, "url": store.shown_url,
-                                "write_errors": store.write_errors}
+                                "write_errors": store.write_errors, "fenced": store.writer.fenced}
     runs: dict[str, Any] = {"active": None, "last_24h": {}}
+    servers: list[dict[str, Any]] = []
     try:
         database["latency_ms"] = round(await store.ping() * 1000, 2)
         counts = await store.counts(time.time() - 86_400)
         runs["active"] = counts.pop("active")
         runs["last_24h"] = {k.removeprefix("last_24h_"): v for k, v in counts.items()}
+        servers = [{"id": s["id"], "host": s["host"], "pid": s["pid"], "role": s["role"], "version": s["version"],
+                    "started_at": iso(s["started_at"]), "heartbeat_at": iso(s["heartbeat_at"]),
+                    "leader": s["leader_since"] is not None, "leases": s["leases"]}
+                   for s in await store.leases.servers(within=LEASE_SECONDS)]
     except Exception as exc:  # the point of a health check: say so, do not fail
         database.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
     entries = services.catalog.entries()
@@ -482,6 +491,9 @@ async def health(request: Request) -> Response[Health]:
         "status": "ok" if ok else "degraded", "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 1), "database": database, "runs": runs,
         "workflows": {"total": len(entries), "valid": len(entries) - broken, "broken": broken},
+        "server": {"id": services.engine.owner, "leader": services.leader_since is not None,
+                   "leader_since": iso(services.leader_since)},
+        "servers": servers,
         "git": _git_status(services),
     }
     return Response(body, status_code=200 if ok else 503)

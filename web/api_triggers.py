@@ -20,10 +20,19 @@ from litestar.params import FromPath, JSONBody
 
 from runner.dsl.loader import Definition
 from runner.engine.report import iso
-from runner.errors import TreadleError, WorkflowInvalid, WorkflowNotFound
+from runner.errors import (
+    LaunchRejected,
+    MalformedBody,
+    SignatureError,
+    WebhookNotConfigured,
+    WebhookUnauthorized,
+    WorkflowInvalid,
+    WorkflowNotFound,
+    WorkflowPaused,
+)
 from runner.triggers.launcher import Launch, new_event_id
 from runner.triggers.notify import redact_url
-from runner.triggers.signing import SignatureError, check_bearer, verify
+from runner.triggers.signing import check_bearer, verify
 
 from . import rate_limits
 from .api import _errors, _services
@@ -32,14 +41,6 @@ from .services import Services
 
 # headers a webhook's `params:` templates may not read: credentials
 _HIDDEN_HEADERS = frozenset({"authorization", "cookie", "x-treadle-signature", "proxy-authorization"})
-
-
-class WebhookUnauthorized(TreadleError):
-    error_code, http_status = "WEBHOOK_UNAUTHORIZED", 401
-
-
-class WebhookNotConfigured(TreadleError):
-    error_code, http_status = "WEBHOOK_NOT_CONFIGURED", 503
 
 
 class EventRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,36 +118,18 @@ async def webhook(request: Request, workflow: FromPath[str]) -> Response[LaunchD
     try:
         payload = json.loads(body) if body.strip() else {}
     except ValueError as exc:
-        raise _BadBody(f"the body is not valid JSON: {exc}") from None
+        raise MalformedBody(f"the body is not valid JSON: {exc}") from None
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
     launch = await services.launcher.fire(
         definition, trigger="webhook", ref=request.headers.get("x-request-id"), mapping=hook.params,
         context={"body": payload, "headers": headers, "query": dict(request.query_params)},
         default=payload if isinstance(payload, dict) else {"body": payload})
     if launch.status == "rejected":
-        raise _Rejected(launch)
+        raise LaunchRejected(launch.reason, launch.errors)
     if launch.status == "paused":
-        raise _Paused(launch.reason or "paused")
+        raise WorkflowPaused(launch.reason or "paused")
     await services.store.flush()
     return _launch_response(launch)
-
-
-class _BadBody(TreadleError):
-    error_code, http_status = "MALFORMED_BODY", 400
-
-
-class _Paused(TreadleError):
-    error_code, http_status = "WORKFLOW_PAUSED", 409
-
-
-class _Rejected(TreadleError):
-    """The trigger's params did not work out (422), or the workflow cannot start (409)."""
-
-    def __init__(self, launch: Launch):
-        super().__init__(f"no run started: {launch.reason}")
-        self.errors = launch.errors
-        self.error_code = "INVALID_PARAMS" if launch.errors else "CANNOT_START"
-        self.http_status = 422 if launch.errors else 409
 
 
 @post("/api/events", status_code=202, opt={"audit": "event.emit"}, middleware=[rate_limits.TRIGGERS.middleware],
@@ -208,7 +191,7 @@ async def trigger_summary(services: Services, definition: Definition) -> dict[st
     paused = await services.state.paused()
     out: dict[str, Any] = {"workflow": definition.name, "paused": definition.name in paused,
                            "paused_since": None, "schedules": [], "webhook": None, "events": [], "files": [],
-                           "after": [], "concurrency": None, "queued": services.launcher.queued(definition.name),
+                           "after": [], "concurrency": None, "queued": await services.launcher.queued(definition.name),
                            "notify": []}
     if definition.name in paused:
         out["paused_since"] = iso(paused[definition.name]["changed_at"])

@@ -21,12 +21,8 @@ from litestar.template.config import TemplateConfig
 
 from runner import __version__
 from runner.errors import (
-    ParamError,
-    RunNotFound,
-    SecretMissing,
     TreadleError,
     WorkflowInvalid,
-    WorkflowNotFound,
 )
 from runner.limits import MAX_REQUEST_BODY_BYTES
 
@@ -44,13 +40,10 @@ from .pages_audit import AUDIT_PAGES
 from .pages_auth import AUTH_PAGES
 from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
-from .services import RunConflict, Services, Settings
+from .services import Services, Settings
 
 HERE = Path(__file__).parent
 log = logging.getLogger("treadle.web")
-# a missing secret is the server's setup, not the request: like an invalid file, 409
-_STATUS = {WorkflowNotFound: 404, RunNotFound: 404, WorkflowInvalid: 409, SecretMissing: 409,
-           RunConflict: 409, ParamError: 400}
 
 
 def error_response(request: Request, status: int, detail: str, code: str, extra: dict | None = None,
@@ -61,7 +54,7 @@ def error_response(request: Request, status: int, detail: str, code: str, extra:
 
 
 def _treadle_error(request: Request, exc: TreadleError) -> Response:
-    status = getattr(exc, "http_status", None) or next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
+    status = exc.http_status or 400  # every error says its own status (runner/errors.py)
     extra: dict = {}
     if getattr(exc, "errors", None) is not None:  # ParamError, a webhook's rejected params
         extra["errors"] = exc.errors  # type: ignore[attr-defined]

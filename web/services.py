@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import httpx
-from jinja2 import Environment, TemplateSyntaxError, meta
 
-from runner.dsl.loader import Definition
-from runner.dsl.params import validate_params
 from runner.engine.engine import Engine
-from runner.engine.run import RunExecution, raw_inputs
-from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowNotFound
+from runner.engine.run import RunExecution
+from runner.errors import (
+    RunConflict,
+    RunNotFound,
+    TreadleError,
+    WorkflowNotFound,
+)
 from runner.gitops.catalog import Catalog
 from runner.gitops.follower import Follower
 from runner.gitops.gitsync import GitSync, default_workdir
@@ -31,7 +31,6 @@ from runner.security.tokens import Tokens
 from runner.storage.events import Broker
 from runner.storage.models import RunStatus
 from runner.storage.store import DEFAULT_DB, Store
-from runner.templates import TemplateFailed, is_template, render, truthy
 from runner.triggers.file_triggers import FileTriggers
 from runner.triggers.launcher import Launch, Launcher
 from runner.triggers.notify import Notifier
@@ -39,14 +38,6 @@ from runner.triggers.schedules import Scheduler
 from runner.triggers.trigger_state import TriggerState
 
 from .auth import Gate
-
-
-class RunConflict(TreadleError):
-    """The run is not in a state that allows the action (HTTP 409)."""
-
-    def __init__(self, message: str, code: str = "RUN_CONFLICT"):
-        super().__init__(message)
-        self.error_code = code
 
 
 @dataclass
@@ -86,6 +77,8 @@ class Services:
     notifier: Notifier | None = None
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
+    leader_since: float | None = None  # this server leads (runs schedules and file triggers) since
+    _schedules: asyncio.Task | None = None
 
     @property
     def gitsync(self) -> GitSync | None:
@@ -116,39 +109,90 @@ class Services:
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
                            notifier=notifier, files=files, scheduler=scheduler)
             await follower.start()
+            await store.feed.start()
+            engine.leases.start()
             resumed = await engine.recover()
             if resumed:
                 print(f"treadle: resuming {len(resumed)} unfinished run(s): {', '.join(e.id for e in resumed)}",
                       file=sys.stderr, flush=True)
-            await launcher.load_queued()
-            await launcher.catch_up_chains()
-            recovery = asyncio.create_task(_recover_forever(engine))
-            await files.start()
-            schedules = asyncio.create_task(scheduler.run_forever(), name="treadle-schedules")
+            await launcher.pump()
+            stopping = services.stopping
+            loops = [asyncio.create_task(_every(RECOVER_SECONDS, stopping, engine.recover, "recovery"),
+                                         name="treadle-recovery"),
+                     asyncio.create_task(_every(PUMP_SECONDS, stopping, launcher.pump, "queue"), name="treadle-queue"),
+                     asyncio.create_task(_every(LEADER_POLL_SECONDS, stopping, services.lead_once, "leadership"),
+                                         name="treadle-leader")]
             try:
                 yield services
             finally:
-                services.stopping.set()
-                recovery.cancel()
-                schedules.cancel()
-                await files.stop()
+                stopping.set()
+                await asyncio.gather(*loops, return_exceptions=True)  # each finishes what it was doing
+                await services.step_down()
                 await follower.stop()
                 await _graceful_shutdown(engine, settings.grace)
                 await launcher.close()
                 await notifier.close()
                 await http.aclose()
 
-
-async def _recover_forever(engine: Engine) -> None:
-    """Take over runs whose process died (their lease ran out) while this one runs."""
-    from runner.engine.engine import LEASE_SECONDS
-
-    while True:
-        await asyncio.sleep(LEASE_SECONDS)
+    async def lead_once(self) -> None:
+        """Try to become the leader (called every second); while leading, run the
+        schedules, the file triggers and the catch-up of chains; when leadership is
+        lost, stop them."""
         try:
-            await engine.recover()
-        except Exception:  # keep trying; the next round may succeed
-            logging.getLogger("treadle.recovery").exception("recovery failed")
+            leading = await self.store.leadership.try_acquire()
+        except Exception as exc:  # the database is away: lead nothing meanwhile
+            logging.getLogger("treadle.leader").warning("leadership check failed: %s", exc)
+            leading = False
+        if leading and self.leader_since is None:
+            await self._take_lead()
+        elif not leading and self.leader_since is not None:
+            logging.getLogger("treadle.leader").warning("lost the leadership; schedules stop here")
+            await self.step_down()
+
+    async def _take_lead(self) -> None:
+        self.leader_since = time.time()
+        logging.getLogger("treadle.leader").info("this server leads: it runs schedules and file triggers")
+        with contextlib.suppress(Exception):
+            await self.store.leases.set_leader(self.engine.owner, True)
+        await self.launcher.catch_up_chains()
+        if self.files is not None:
+            await self.files.start()
+        if self.scheduler is not None:
+            self._schedules = asyncio.create_task(self.scheduler.run_forever(), name="treadle-schedules")
+
+    async def step_down(self) -> None:
+        """Stop what only the leader runs, and let another server lead."""
+        if self._schedules is not None:
+            self._schedules.cancel()
+            await asyncio.gather(self._schedules, return_exceptions=True)
+            self._schedules = None
+        if self.files is not None:
+            await self.files.stop()
+        if self.leader_since is not None:
+            self.leader_since = None
+            with contextlib.suppress(Exception):
+                await self.store.leases.set_leader(self.engine.owner, False)
+        await self.store.leadership.release()
+
+
+LEADER_POLL_SECONDS = 1.0
+RECOVER_SECONDS = 1.0  # how often a server looks for runs whose lease ran out (and takes them)
+PUMP_SECONDS = 1.0  # how often a server looks for queued runs that have room
+
+
+async def _every(seconds: float, stopping: asyncio.Event, action: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Call `action` every `seconds` until `stopping` is set. An action in progress is
+    let finish, never cancelled halfway: that could leave its transaction (and the row
+    locks it holds) open on the database. A failing action is logged and tried again."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+        if stopping.is_set():
+            return
+        try:
+            await action()
+        except Exception:  # the database may be away for a moment: the next round may succeed
+            logging.getLogger("treadle.services").exception("%s failed", what)
 
 
 async def _graceful_shutdown(engine: Engine, grace: float) -> None:
@@ -204,9 +248,12 @@ async def start_run(services: Services, name: str, params: dict | None, *, from_
     return launch
 
 
-async def cancel_run(services: Services, run_id: str, *, compensate: bool = False) -> bool:
-    """Cancel a run (a queued one too); False when it had already finished. Raises RunNotFound."""
-    if services.engine.cancel(run_id, compensate=compensate) or await services.launcher.cancel_queued(run_id):
+async def cancel_run(services: Services, run_id: str, *, compensate: bool = False, by: str = "api") -> bool:
+    """Cancel a run (a queued one too), whichever server drives it; False when it had
+    already finished. Raises RunNotFound."""
+    if await services.engine.request_cancel(run_id, by=by, compensate=compensate):
+        return True
+    if await services.launcher.cancel_queued(run_id):
         return True
     if await services.store.get_run(run_id) is None:
         raise RunNotFound(run_id)
@@ -217,12 +264,9 @@ async def cancel_conflict(services: Services, run_id: str) -> RunConflict:
     """Why a run that `cancel_run` did not cancel cannot be cancelled."""
     run = await services.store.get_run(run_id)
     status = run["status"] if run else "unknown"
-    if RunStatus(status).finished:
+    if status == "unknown" or RunStatus(status).finished:
         return RunConflict(f"run '{run_id}' already finished ({status}); nothing to cancel", "RUN_FINISHED")
-    # recorded as active, but no executor of this server holds it: `treadle run` in
-    # another process, or a server that stopped before the run could be marked
-    return RunConflict(f"run '{run_id}' is {status} but not executing in this server "
-                       "(started by `treadle run` in another process?); cancel it there", "RUN_NOT_HERE")
+    return RunConflict(f"run '{run_id}' is {status} and could not be cancelled; try again", "RUN_CONFLICT")
 
 
 async def retry_run(services: Services, run_id: str, from_step: str | None) -> RunExecution:
@@ -230,119 +274,26 @@ async def retry_run(services: Services, run_id: str, from_step: str | None) -> R
 
     Raises RunNotFound, RunConflict (the run is still going), ParamError (no such step).
     """
-    if run_id in services.engine.runs or run_id in services.launcher.queued_ids():
+    run = await services.store.get_run(run_id)
+    if run is not None and not RunStatus(run["status"]).finished:
         raise RunConflict(f"run '{run_id}' has not ended; cancel it or wait for it to end, "
                           "then retry", "RUN_ACTIVE")
-    run = await services.store.get_run(run_id)
     definition = services.catalog.get(run["workflow"]) if run else None
     limits = definition.spec.concurrency if definition and definition.spec else None
-    if limits is not None and limits.policy != "cancel_previous":
-        # a retry is not queued (what it reuses lives in memory): it starts now or not at all
-        going = services.launcher.active(definition.name)
-        if len(going) >= limits.limit:
-            raise RunConflict(f"workflow '{definition.name}': concurrency limit {limits.limit} reached (going: "
-                              f"{', '.join(e.id for e in going)}); retry when a run has ended", "CONCURRENCY_LIMIT")
-    elif limits is not None:
+    if limits is not None and limits.policy == "cancel_previous":
         await services.launcher.make_room(definition.name, limits.limit)
-    exe = await services.engine.retry(run_id, from_step)
+    new, reuse = await services.engine.prepare_retry(run_id, from_step)
+    if limits is None:
+        services.store.put_run(new.row, (services.engine.owner, 1))
+    else:
+        # a retry is not queued (what it reuses lives in memory): it starts now or not at all
+        async with services.store.admission.admit(definition.name) as adm:
+            going = await adm.running()
+            if len(going) >= limits.limit:
+                raise RunConflict(f"workflow '{definition.name}': concurrency limit {limits.limit} reached (going: "
+                                  f"{', '.join(r['id'] for r in going)}); retry when a run has ended",
+                                  "CONCURRENCY_LIMIT")
+            await adm.insert(new.row)
+    exe = services.engine.launch(new, reuse=reuse)
     await services.store.flush()
     return exe
-
-
-# -- dry run -------------------------------------------------------------------------
-
-_NEVER_KNOWN = frozenset({"steps"})  # step results exist only once the run is going
-_PER_ITEM = frozenset({"item", "index"})
-
-
-@lru_cache(maxsize=4096)
-def _names(template: str) -> frozenset[str]:
-    """The top-level names a template reads (`params`, `steps`, ...)."""
-    try:
-        return frozenset(meta.find_undeclared_variables(_PARSER.parse(template)))
-    except TemplateSyntaxError:
-        return frozenset()
-
-
-_PARSER = Environment()
-
-
-class _Renderer:
-    """Renders what is known before a run starts; leaves the rest as written."""
-
-    def __init__(self, context: dict[str, Any], unknown: frozenset[str]):
-        self.context, self.unknown = context, unknown
-        self.problems: list[str] = []
-
-    def value(self, value: Any, where: str, pending: list[str], unknown: frozenset[str] = frozenset()) -> Any:
-        if isinstance(value, dict):
-            return {k: self.value(v, f"{where}.{k}", pending, unknown) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.value(v, f"{where}[{i}]", pending, unknown) for i, v in enumerate(value)]
-        if not is_template(value):
-            return value
-        unknown = self.unknown | unknown
-        if any(name in value for name in unknown) and _names(value) & unknown:  # parse only when it may
-            pending.append(where)
-            return value
-        try:
-            return render(value, self.context)
-        except TemplateFailed as exc:
-            self.problems.append(f"{where}: {exc}")
-            pending.append(where)
-            return value
-
-
-def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Mapping[str, str]) -> dict[str, Any]:
-    """What a run of `definition` with `params` would do, without doing any of it.
-
-    Steps come in the order the engine would start them on one worker. Inputs are
-    rendered where they depend only on params, env and the run; what reads
-    `steps.*` (or `item`/`index` of a foreach) is left as written and its field
-    listed under `pending`. Secrets show as `***`.
-    """
-    plan: dict[str, Any] = {"workflow": definition.name, "version": definition.version, "path": definition.path,
-                            "valid": definition.valid, "params": None, "param_errors": {}, "order": [],
-                            "steps": [], "problems": [str(p) for p in definition.problems]}
-    spec, dag = definition.spec, definition.dag
-    if not definition.valid or spec is None or dag is None:
-        return plan
-    unknown = set(_NEVER_KNOWN)
-    try:
-        plan["params"] = validate_params(spec.params, params)
-    except ParamError as exc:
-        plan["param_errors"] = exc.errors
-        plan["problems"] += [f"param '{k}': {v}" for k, v in exc.errors.items()]
-        unknown |= {"params", "trigger"}
-    missing = [n for n in spec.secrets if not environ.get(n)]
-    if missing:
-        plan["problems"].append(str(SecretMissing(missing)))
-    run = {"id": "(dry-run)", "workflow": definition.name, "version": definition.version}
-    context = {"params": plan["params"], "trigger": plan["params"], "run": run, "env": {},
-               "secrets": {n: "***" for n in spec.secrets}, "steps": {}}
-    renderer = _Renderer(context, frozenset(unknown))
-    env_pending: list[str] = []
-    env = renderer.value(dict(spec.env), "env", env_pending)
-    context["env"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
-    if env_pending:
-        renderer.unknown |= {"env"}
-    plan["env"] = context["env"]
-    plan["order"] = list(dag.order)
-    steps = {s.id: s for s in spec.steps}
-    for sid in dag.order:
-        step = steps[sid]
-        pending: list[str] = []
-        where = f"steps.{sid}"
-        when = renderer.value(step.when, f"{where}.when", pending)
-        foreach = renderer.value(step.foreach, f"{where}.foreach", pending)
-        per_item = _PER_ITEM if step.foreach is not None else frozenset()
-        inputs = renderer.value(raw_inputs(definition, step), where, pending, per_item)
-        known_when = step.when is None or f"{where}.when" not in pending
-        plan["steps"].append({
-            "id": sid, "kind": step.kind, "needs": list(dag.deps[sid]), "trigger_rule": step.trigger_rule,
-            "continue_on_failure": step.continue_on_failure, "when": when,
-            "runs": (step.when is None or truthy(when)) if known_when else None,
-            "foreach": foreach, "input": inputs, "pending": pending,
-        })
-    plan["problems"] += renderer.problems
-    return plan

@@ -227,7 +227,7 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
 
     quiet = args.json
     async with Store(args.db) as store:
-        engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root,
+        engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root, role="run",
                         environ=getattr(args, "environ", None))
         stopping = _GracefulStop(engine, args.grace)
         try:

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import YamlSyntaxError
+
 try:  # the C parser is several times faster; fall back when libyaml is missing
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover
@@ -83,12 +85,6 @@ class Source:
             return (line + lineno - 1, col)
         line, col = self.where(path)
         return (line + lineno - 1, col if lineno == 1 else 1)
-
-
-class YamlSyntaxError(Exception):
-    def __init__(self, message: str, line: int, column: int):
-        super().__init__(message)
-        self.line, self.column = line, column
 
 
 def parse(text: str) -> Source:

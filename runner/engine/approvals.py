@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..storage.models import ApprovalKey as Key
-from ..storage.models import Decision, RunStatus
+from ..storage.models import Decision
 
 if TYPE_CHECKING:
     from ..storage.store import Store
@@ -39,8 +39,9 @@ TIMED_OUT, CANCELLED = Decision.TIMED_OUT.value, Decision.CANCELLED.value
 class Approvals:
     """Requests, decisions and the in-process wake-ups of waiting approval steps."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, on_waiting: Callable[[str, bool], None] = lambda run_id, waiting: None):
         self.store = store
+        self.on_waiting = on_waiting  # the run's driver records `waiting` / `running` (fenced)
         self._events: dict[Key, asyncio.Event] = {}
         self._waiting_runs: dict[str, int] = {}  # run id -> approvals of it waiting in this process
 
@@ -97,7 +98,7 @@ class Approvals:
     def _enter(self, run_id: str) -> None:
         self._waiting_runs[run_id] = self._waiting_runs.get(run_id, 0) + 1
         if self._waiting_runs[run_id] == 1:
-            self.store.update_run({"id": run_id, "status": RunStatus.WAITING.value})
+            self.on_waiting(run_id, True)
 
     def _leave(self, run_id: str, back_to_running: bool) -> None:
         left = self._waiting_runs.get(run_id, 1) - 1
@@ -106,7 +107,7 @@ class Approvals:
             return
         self._waiting_runs.pop(run_id, None)
         if back_to_running:
-            self.store.update_run({"id": run_id, "status": RunStatus.RUNNING.value})
+            self.on_waiting(run_id, False)
 
     async def pending(self, *, run_id: str | None = None, step_id: str | None = None,
                       offset: int = 0, limit: int = 50, workflows: list[str] | None = None,

@@ -22,7 +22,10 @@ from typing import Any
 import httpx
 
 from ..dsl.durations import format_duration
-from ..errors import StepFailed
+from ..errors import (
+    CircuitOpen,
+    StepFailed,
+)
 
 
 class CircuitState(StrEnum):
@@ -41,12 +44,6 @@ class BreakerSettings:
     def of(cls, value: dict[str, Any]) -> BreakerSettings:
         """From a step's `circuit_breaker` mapping (as validated by the definition)."""
         return cls(**{k: value[k] for k in ("failures", "reset_after", "half_open_max") if k in value})
-
-
-class CircuitOpen(StepFailed):
-    """A call refused by an open (or busy half-open) breaker; retryable, with no HTTP status."""
-
-    error_code = "CIRCUIT_OPEN"
 
 
 def host_of(url: str | httpx.URL) -> str | None:

@@ -38,16 +38,17 @@ from ..errors import (
 from ..storage.models import RunStatus, StepStatus
 from ..storage.store import Store
 from ..templates import Masker
+from . import orphans
 from .approvals import Approvals
 from .circuit import Breakers
 from .journal import Journal
-from .recovery import owner_is_dead_here, plan_resumes, reused_result
+from .leases import LEASE_SECONDS, LeaseKeeper, pid_namespace, process_is_gone
+from .recovery import plan_resumes, reused_result
 from .run import RunExecution
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
-LEASE_SECONDS = 5.0  # a run whose lease is older than this has nobody working on it
-HEARTBEAT_SECONDS = 1.0
+SWEEP_SECONDS = 5.0  # how often `recover` also looks for step processes whose server is gone
 
 
 @dataclass
@@ -58,6 +59,16 @@ class FinishedRun:
     status: str
     outputs: Any
     error: str | None
+
+
+@dataclass
+class NewRun:
+    """A checked run about to be recorded and started (see Engine.new_run)."""
+
+    row: dict[str, Any]
+    definition: Definition
+    params: dict[str, Any]  # checked, with the real values (the row's are masked)
+    secrets: dict[str, str]
 
 
 @dataclass
@@ -103,7 +114,7 @@ class Engine:
     def __init__(
         self, store: Store, *, lookup: Callable[[str], Definition | None] | None = None,
         definitions_dir: Path | None = None, environ: dict[str, str] | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | None = None, role: str = "serve",
     ):
         self.store = store
         self.lookup = lookup or (lambda name: None)
@@ -113,7 +124,7 @@ class Engine:
         self._own_http = http is None
         self.runs: dict[str, RunExecution] = {}
         self.breakers = Breakers()  # per-host circuit breakers of http steps, shared by all runs
-        self.approvals = Approvals(store)  # approval steps' requests and decisions
+        self.approvals = Approvals(store, on_waiting=self._waiting)  # approval steps' requests and decisions
         self._versions_written: set[tuple[str, str]] = set()
         # this process's name on the runs it drives (see leases in models.Run)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
@@ -121,7 +132,12 @@ class Engine:
         # called when a run finishes (not when it is suspended to be resumed): chaining,
         # queues, notifications; each callback must return quickly and never raise
         self.run_ended: list[Callable[[RunEnded], None]] = []
-        self._heartbeat: asyncio.Task | None = None
+        self.leases = LeaseKeeper(self, role)
+        self._swept_at = 0.0
+        self._ending: set[asyncio.Task] = set()  # announcements of ended runs (see run_finished)
+        self._ended: dict[str, RunExecution] = {}  # runs ended here whose end is not committed yet
+        store.writer.on_refused = self._refused
+        store.feed.on_cancel = lambda run_id, compensate: self.cancel(run_id, compensate=compensate)
         if definitions_dir is not None and str(definitions_dir.resolve()) not in sys.path:
             sys.path.insert(0, str(definitions_dir.resolve()))
 
@@ -151,13 +167,36 @@ class Engine:
         for exe in list(self.runs.values()):
             exe.suspend()
         await asyncio.gather(*(exe.wait() for exe in list(self.runs.values())), return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        await self.store.flush()  # the runs' last records are committed while their leases are still held
+        await self.announced()
+        await self.leases.stop()
         if self._own_http:
             await self.http.aclose()
         await self.store.flush()
 
     def run_finished(self, exe: RunExecution) -> None:
+        """A run this process drove has ended: once its end is committed (and not refused:
+        the run may have been taken over meanwhile), tell the listeners."""
+        self._ended[exe.id] = exe  # its last records may still be refused (see _refused)
+        task = asyncio.get_running_loop().create_task(self._announce_end(exe), name=f"ended-{exe.id}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def announced(self) -> None:
+        """Return once the runs that have ended so far are announced to the listeners."""
+        while self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+
+    async def _announce_end(self, exe: RunExecution) -> None:
+        try:
+            await self.store.flush()
+        except Exception:
+            log.exception("run %s: could not commit its end", exe.id)
+            return
+        finally:
+            self._ended.pop(exe.id, None)
+        if exe.journal.closed:  # refused: another server drives it now and will end it
+            return
         ended = RunEnded(exe.id, exe.definition.name, exe.status.value, exe.trigger, exe.started_at, time.time(),
                          exe.mask.data(exe.outputs), exe.mask.text(exe.error) if exe.error else None,
                          exe.definition, exe.parent_run_id)
@@ -168,14 +207,20 @@ class Engine:
                 log.exception("run_ended callback %r failed", callback)
 
     def _keep_leases(self) -> None:
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._renew_leases(), name="treadle-leases")
+        self.leases.start()
 
-    async def _renew_leases(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            if self.runs:
-                self.store.renew_leases(self.owner, time.time() + LEASE_SECONDS)
+    def _refused(self, leases: set[tuple[str, tuple[str, int]]]) -> None:
+        """The writer refused records written under these leases: they are held elsewhere now."""
+        for run_id, fence in leases:
+            exe = self.runs.get(run_id) or self._ended.get(run_id)
+            if exe is not None and exe.journal.fence == fence:
+                exe.lose_lease("its records were refused: another server holds its lease now")
+
+    def _waiting(self, run_id: str, waiting: bool) -> None:
+        """An approval of the run started (or stopped) waiting for a person."""
+        exe = self.runs.get(run_id)
+        if exe is not None:
+            exe.journal.run(status=RunStatus.WAITING.value if waiting else RunStatus.RUNNING.value)
 
     async def recover(self, *, workflow: str | None = None) -> list[RunExecution]:
         """Resume the unfinished runs nobody drives (their process died or stopped).
@@ -186,18 +231,21 @@ class Engine:
         if self.draining:
             return []
         self._keep_leases()
-        now = time.time()
-        dead = [o for o in await self.store.active_owners() if owner_is_dead_here(o)]
-        claimed = await self.store.claim_stale_runs(self.owner, now + LEASE_SECONDS, now=now,
-                                                    workflow=workflow, dead_owners=dead)
-        plans = await plan_resumes(self.store, claimed, self.stored_definition, self.environ)
+        local = await self.store.leases.same_machine(socket.gethostname(), pid_namespace())
+        dead = [s["id"] for s in local if s["id"] != self.owner and process_is_gone(s["pid"])]
+        claimed = await self.store.leases.claim_stale(self.owner, LEASE_SECONDS, workflow=workflow, dead_owners=dead)
+        if claimed:  # what their earlier owner left running here must not overlap the steps run again
+            await asyncio.to_thread(orphans.stop_for_runs, {r["id"] for r in claimed}, self.owner)
+        if time.monotonic() - self._swept_at > SWEEP_SECONDS:
+            await self._sweep_orphans()
+        plans = await plan_resumes(self.store, claimed, self.stored_definition, self.environ, self.owner)
         # every execution is registered before any starts, so a resumed parent run finds
         # its resumed child runs instead of starting them again
         resumed = []
         for plan in plans:
             run = plan.run
             exe = RunExecution(self, run["id"], plan.definition, run["params"] or {}, plan.secrets, {},
-                               resumed=plan.state)
+                               resumed=plan.state, epoch=run["lease_epoch"])
             exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
             exe.parent_run_id = run["parent_run_id"]
             self._register(exe)
@@ -209,12 +257,26 @@ class Engine:
                      len(exe.resumed.finished) if exe.resumed else 0)
         return resumed
 
+    async def _sweep_orphans(self) -> None:
+        """Stop step processes on this machine whose server is gone."""
+        self._swept_at = time.monotonic()
+        live = {s["id"]: s for s in await self.store.leases.servers(within=LEASE_SECONDS)}
+        host, ns = socket.gethostname(), pid_namespace()
+
+        def is_alive(owner: str) -> bool:
+            server = live.get(owner)
+            if server is None:
+                return False
+            return not (server["host"] == host and server["pid_ns"] == ns and process_is_gone(server["pid"]))
+
+        await asyncio.to_thread(orphans.stop_of_gone_owners, is_alive, self.owner)
+
     def _register(self, exe: RunExecution) -> None:
         self.runs[exe.id] = exe
         exe.on_done(lambda: self.runs.pop(exe.id, None))
 
-    def journal(self, run_id: str) -> Journal:
-        return Journal(self.store, run_id)
+    def journal(self, run_id: str, epoch: int) -> Journal:
+        return Journal(self.store, run_id, (self.owner, epoch))
 
     def prepare(self, definition: Definition, params: dict[str, Any] | None, *, from_text: bool = False) -> tuple[dict, dict]:
         """Check that a run can start: valid definition, params, secrets. Returns (params, secrets)."""
@@ -232,58 +294,81 @@ class Engine:
         self, definition: Definition, params: dict[str, Any] | None = None, *, from_text: bool = False,
         trigger: str = "manual", parent_run_id: str | None = None, parent_step_id: str | None = None,
         retry_of: str | None = None, retry_from: str | None = None,
-        reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
-        ref: str | None = None, queued_id: str | None = None,
+        reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0, ref: str | None = None,
     ) -> RunExecution:
         """Validate and start a run; returns at once with the running execution.
 
         `ref`: what exactly started it (a schedule slot, a file, an upstream run).
-        `queued_id`: start this queued run (see `enqueue`) instead of a new one.
         """
-        if self.draining:
-            raise ShuttingDown()
-        checked, secret_values = self.prepare(definition, params, from_text=from_text)
-        self._keep_leases()
-        now = time.time()
-        self._write_version(definition, now)
-        lease = {"status": RunStatus.RUNNING.value, "started_at": now, "owner": self.owner,
-                 "lease_until": now + LEASE_SECONDS}
-        if queued_id is not None:
-            run_id = queued_id
-            self.store.update_run({"id": run_id, "reason": None, **lease})
-        else:
-            run_id = new_run_id()
-            parent = self.runs.get(parent_run_id) if parent_run_id else None
-            self.store.put_run({
-                "id": run_id, "workflow": definition.name, "version": definition.version,
-                "commit": definition.revision, "trigger": trigger, "trigger_ref": ref,
-                "params": self._recorded_params(run_id, definition, checked,
-                                                [*secret_values.values(), *(parent.mask_values if parent else ())]),
-                "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
-                "retry_of": retry_of, "retry_from": retry_from, "created_at": now, **lease,
-            })
-        exe = RunExecution(self, run_id, definition, checked, secret_values, reuse or {}, depth=depth,
-                           parent=self.runs.get(parent_run_id) if parent_run_id else None)
-        exe.trigger, exe.started_at = trigger, now
-        self._register(exe)
-        exe.start()
-        return exe
+        new = self.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
+                           parent_run_id=parent_run_id, parent_step_id=parent_step_id, retry_of=retry_of,
+                           retry_from=retry_from)
+        self.store.put_run(new.row, (self.owner, 1))
+        return self.launch(new, reuse=reuse, depth=depth)
 
-    def enqueue(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
-                ref: str | None = None, reason: str, from_text: bool = False) -> tuple[str, dict[str, Any]]:
-        """Record a `queued` run (params checked now, so a bad start fails at once);
-        `start(..., queued_id=)` starts it later. Returns (run id, checked params)."""
+    def new_run(
+        self, definition: Definition, params: dict[str, Any] | None = None, *, from_text: bool = False,
+        trigger: str = "manual", ref: str | None = None, queued_reason: str | None = None,
+        parent_run_id: str | None = None, parent_step_id: str | None = None,
+        retry_of: str | None = None, retry_from: str | None = None,
+    ) -> NewRun:
+        """A checked run, not recorded yet: its row (running under this process's lease,
+        epoch 1; or `queued` when `queued_reason` is given, with no owner). The caller
+        inserts the row (the writer, or the launcher's admission transaction), then
+        `launch`es a running one."""
+        if self.draining and queued_reason is None:
+            raise ShuttingDown()
         checked, secret_values = self.prepare(definition, params, from_text=from_text)
         now = time.time()
         self._write_version(definition, now)
         run_id = new_run_id()
-        self.store.put_run({
+        parent = self.runs.get(parent_run_id) if parent_run_id else None
+        row = {
             "id": run_id, "workflow": definition.name, "version": definition.version,
-            "commit": definition.revision, "status": RunStatus.QUEUED.value,
-            "params": self._recorded_params(run_id, definition, checked, list(secret_values.values())),
-            "trigger": trigger, "trigger_ref": ref, "reason": reason, "created_at": now,
-        })
-        return run_id, checked
+            "commit": definition.revision, "trigger": trigger, "trigger_ref": ref,
+            "params": self._recorded_params(run_id, definition, checked,
+                                            [*secret_values.values(), *(parent.mask_values if parent else ())]),
+            "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
+            "retry_of": retry_of, "retry_from": retry_from, "created_at": now,
+        }
+        if queued_reason is not None:
+            row.update(status=RunStatus.QUEUED.value, reason=queued_reason, lease_epoch=0)
+        else:
+            row.update(status=RunStatus.RUNNING.value, started_at=now, owner=self.owner, lease_epoch=1,
+                       lease_until=now + LEASE_SECONDS)
+        return NewRun(row, definition, checked, secret_values)
+
+    def launch(self, new: NewRun, *, reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
+               epoch: int = 1) -> RunExecution:
+        """Drive a run whose row is recorded (or queued in the writer ahead of anything the
+        run writes) as running under this process's lease, at `epoch`."""
+        self._keep_leases()
+        row = new.row
+        parent_run_id = row.get("parent_run_id")
+        exe = RunExecution(self, row["id"], new.definition, new.params, new.secrets, reuse or {}, depth=depth,
+                           parent=self.runs.get(parent_run_id) if parent_run_id else None, epoch=epoch)
+        exe.trigger, exe.started_at = row["trigger"], row.get("started_at") or time.time()
+        exe.lease_seen = epoch > 1  # a claimed row is committed already
+        self._register(exe)
+        exe.start()
+        return exe
+
+    async def start_claimed(self, row: dict[str, Any]) -> RunExecution:
+        """Drive a queued run this process has just claimed (its row says running, owned
+        here under `lease_epoch`). A run that can no longer start fails, saying why."""
+        journal = self.journal(row["id"], row["lease_epoch"])
+        try:
+            definition = await self.stored_definition(row)
+            if definition is None:
+                raise TreadleError("its definition version is not in the database")
+            definition.commit = row.get("commit")
+            checked, secret_values = self.prepare(definition, row["params"] or {})
+        except TreadleError as exc:  # e.g. a secret removed meanwhile: the run fails, the queue goes on
+            journal.run(status=RunStatus.FAILED.value, error=f"could not start from the queue: {exc}",
+                        reason=None, finished_at=time.time(), lease_until=None)
+            raise
+        journal.run(reason=None, started_at=time.time())
+        return self.launch(NewRun(row, definition, checked, secret_values), epoch=row["lease_epoch"])
 
     def _recorded_params(self, run_id: str, definition: Definition, params: dict[str, Any],
                          secrets: list[str]) -> dict[str, Any]:
@@ -308,6 +393,16 @@ class Engine:
         exe = await self.start(definition, params, **kw)
         await exe.wait()
         return exe
+
+    async def request_cancel(self, run_id: str, *, by: str, compensate: bool = False) -> bool:
+        """Cancel a run wherever it is driven: here at once; on another server through
+        the cancel request it sees within a second. False when no server drives it."""
+        if self.cancel(run_id, compensate=compensate):
+            return True
+        if not await self.store.leases.request_cancel(run_id, by, compensate):
+            return False
+        await self.store.feed.notify({"cancel": run_id, "compensate": compensate})  # its driver stops it at once
+        return True
 
     def cancel(self, run_id: str, *, compensate: bool = False) -> bool:
         """Cancel a run of this engine (with `compensate`, undo what succeeded, newest
@@ -369,6 +464,13 @@ class Engine:
         runs the workflow's current definition when it is valid (so a fix just saved
         is used), "same" the exact version the old run used.
         """
+        new, reuse = await self.prepare_retry(run_id, from_step, version=version)
+        self.store.put_run(new.row, (self.owner, 1))
+        return self.launch(new, reuse=reuse)
+
+    async def prepare_retry(self, run_id: str, from_step: str | None = None, *,
+                            version: str = "current") -> tuple[NewRun, dict[str, dict[str, Any]]]:
+        """The new run of a retry (not recorded yet) and what it reuses (see `retry`)."""
         run = await self.store.get_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
@@ -396,6 +498,6 @@ class Engine:
             for sid, row in final.items()
             if row["status"] == StepStatus.SUCCEEDED and sid not in redo and sid in dag.dependents
         }
-        return await self.start(definition, run["params"], trigger="retry", retry_of=run_id,
-                                retry_from=from_step, reuse=reuse)
+        new = self.new_run(definition, run["params"], trigger="retry", retry_of=run_id, retry_from=from_step)
+        return new, reuse
 

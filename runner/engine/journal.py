@@ -4,8 +4,9 @@ A run driver (RunExecution) never speaks to the store directly: every attempt, l
 chunk and change of the run row goes through its Journal, in the order it happened.
 That keeps the driver's writes in one place, and it is where they are fenced: each
 record carries the run's lease (owner and epoch), and the writer commits it only
-while that lease still holds (see runner/storage/store.py), so a driver that lost
-its run to another server can never overwrite what the new owner wrote.
+while that lease still holds (runner/storage/writer.py), so a driver that lost its
+run to another server can never overwrite what the new owner wrote. Once the driver
+knows it lost the lease, `close()` drops whatever it would still write.
 """
 
 from __future__ import annotations
@@ -20,23 +21,40 @@ class Journal:
     """Args:
         store: the store whose writer commits the records.
         run_id: the run this journal writes for.
+        fence: (owner, epoch) of the lease the run is driven under.
     """
 
-    __slots__ = ("_store", "run_id")
+    __slots__ = ("_store", "run_id", "fence", "closed", "dropped")
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, fence: tuple[str, int]):
         self._store = store
         self.run_id = run_id
+        self.fence = fence
+        self.closed = False
+        self.dropped = 0  # records not written because the lease was lost
+
+    def close(self) -> None:
+        """The lease is lost: write nothing more for this run."""
+        self.closed = True
 
     def step(self, row: dict[str, Any]) -> None:
         """One attempt of a step (or foreach item), inserted or replaced whole; keyed by
         run, step, item and attempt (attempt 0: the step never started)."""
-        self._store.put_step(row)
+        if self.closed:
+            self.dropped += 1
+            return
+        self._store.put_step(row, self.fence)
 
     def log(self, row: dict[str, Any]) -> None:
         """One chunk of a step's log (the LogSink's sink)."""
-        self._store.put_log(row)
+        if self.closed:
+            self.dropped += 1
+            return
+        self._store.put_log(row, self.fence)
 
     def run(self, **columns: Any) -> None:
         """Change columns of the run row."""
-        self._store.update_run({"id": self.run_id, **columns})
+        if self.closed:
+            self.dropped += 1
+            return
+        self._store.update_run({"id": self.run_id, **columns}, self.fence)

@@ -11,8 +11,6 @@ carry on where they were.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,47 +40,33 @@ class ResumePlan:
 
 async def plan_resumes(store: Store, claimed: list[dict[str, Any]],
                        stored_definition: Callable[[dict[str, Any]], Awaitable[Definition | None]],
-                       environ: Mapping[str, str]) -> list[ResumePlan]:
-    """Plans for the runs this process just claimed; a run that cannot go on (its
-    definition is gone, a secret is missing, `resume: false`) is marked failed."""
+                       environ: Mapping[str, str], owner: str) -> list[ResumePlan]:
+    """Plans for the runs `owner` just claimed; a run that cannot go on (its definition
+    is gone, a secret is missing, `resume: false`) is marked failed. What is written
+    here is fenced by the lease of the claim."""
     plans = []
     for run in claimed:
+        fence = (owner, run["lease_epoch"])
         try:
-            plans.append(await _plan(store, run, stored_definition, environ))
+            plans.append(await _plan(store, run, stored_definition, environ, fence))
         except _CannotResume as exc:
-            _fail(store, run, str(exc))
+            _fail(store, run, str(exc), fence)
     return plans
-
-
-def owner_is_dead_here(owner: str) -> bool:
-    """An owner on this machine whose process is gone: no need to wait for its lease
-    to run out (a restart right after a kill -9 resumes at once)."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class _CannotResume(Exception):
     pass
 
 
-def _fail(store: Store, run: dict[str, Any], error: str) -> None:
+def _fail(store: Store, run: dict[str, Any], error: str, fence: tuple[str, int]) -> None:
     store.update_run({"id": run["id"], "status": RunStatus.FAILED.value, "error": error,
-                             "finished_at": time.time(), "lease_until": None})
+                      "finished_at": time.time(), "lease_until": None}, fence)
     log.warning("run %s of %s not resumed: %s", run["id"], run["workflow"], error)
 
 
 async def _plan(store: Store, run: dict[str, Any],
                 stored_definition: Callable[[dict[str, Any]], Awaitable[Definition | None]],
-                environ: Mapping[str, str]) -> ResumePlan:
+                environ: Mapping[str, str], fence: tuple[str, int]) -> ResumePlan:
     definition = await stored_definition(run)
     if definition is None:
         raise _CannotResume("interrupted, and its definition version is not in the database")
@@ -93,23 +77,24 @@ async def _plan(store: Store, run: dict[str, Any],
     assert spec is not None
     rows = await store.step_attempts(run["id"])
     if not spec.resume:
-        _mark_interrupted(store, rows)
+        _mark_interrupted(store, rows, fence)
         raise _CannotResume("interrupted: Treadle stopped while the run was in progress (the workflow says resume: false)")
     missing = [n for n in spec.secrets if not environ.get(n)]
     if missing:
         raise _CannotResume(f"interrupted, and cannot resume: secret {', '.join(missing)} not set")
     secrets = {n: environ[n] for n in spec.secrets}
-    return ResumePlan(run, definition, await _resumed_state(store, run["id"], definition, rows), secrets)
+    return ResumePlan(run, definition, await _resumed_state(store, run["id"], definition, rows, fence), secrets)
 
 
-def _mark_interrupted(store: Store, rows: list[dict[str, Any]]) -> None:
+def _mark_interrupted(store: Store, rows: list[dict[str, Any]], fence: tuple[str, int]) -> None:
     for row in rows:
         if row["status"] in (StepStatus.RUNNING.value, StepStatus.PENDING.value):
             store.put_step({**row, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
-                                   "error": INTERRUPTED.split(";")[0]})
+                            "error": INTERRUPTED.split(";")[0]}, fence)
 
 
-async def _resumed_state(store: Store, run_id: str, definition: Definition, rows: list[dict[str, Any]]) -> Resumed:
+async def _resumed_state(store: Store, run_id: str, definition: Definition, rows: list[dict[str, Any]],
+                         fence: tuple[str, int]) -> Resumed:
     spec = definition.spec
     assert spec is not None
     steps = {s.id: s for s in spec.steps}
@@ -143,7 +128,7 @@ async def _resumed_state(store: Store, run_id: str, definition: Definition, rows
         # unfinished: interrupted, waiting for a retry, or failed with retries left
         if last["status"] == StepStatus.RUNNING.value:
             store.put_step({**last, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
-                                   "error": INTERRUPTED})
+                            "error": INTERRUPTED}, fence)
         next_attempt = last["attempt"] if last["status"] == StepStatus.PENDING.value else last["attempt"] + 1
         state.next_attempt[(sid, item)] = (max(next_attempt, 1), failures)
     return state

@@ -75,11 +75,20 @@ def raw_inputs(definition: Definition, step: StepSpec) -> dict[str, Any]:
     return cache[step.id]
 
 
+class LeaseCheck(Protocol):
+    async def confirm(self, run_id: str) -> bool:
+        """Whether this process still holds the run's lease (the LeaseKeeper answers)."""
+        ...
+
+
 class RunHost(StepServices, Protocol):
     """What a run needs of the engine that drives it (the Engine is one)."""
 
-    def journal(self, run_id: str) -> Journal:
-        """Where the run's writes go."""
+    owner: str  # this process's name on the runs it drives
+    leases: LeaseCheck
+
+    def journal(self, run_id: str, epoch: int) -> Journal:
+        """Where the run's writes go, fenced by its lease (this process, `epoch`)."""
         ...
 
     def run_finished(self, exe: RunExecution) -> None:
@@ -91,11 +100,14 @@ class RunExecution:
     def __init__(
         self, engine: RunHost, run_id: str, definition: Definition, params: dict[str, Any],
         secrets: dict[str, str], reuse: dict[str, dict[str, Any]], *, depth: int = 0,
-        parent: RunExecution | None = None, resumed: Resumed | None = None,
+        parent: RunExecution | None = None, resumed: Resumed | None = None, epoch: int = 1,
     ):
         assert definition.spec is not None and definition.dag is not None
         self.engine = engine
-        self.journal = engine.journal(run_id)
+        self.epoch = epoch  # of the lease this process drives the run under
+        self.journal = engine.journal(run_id, epoch)
+        self.lease_seen = resumed is not None  # a renewal has confirmed the lease (see LeaseKeeper)
+        self.created_monotonic = time.monotonic()
         self.id, self.definition, self.params, self.depth = run_id, definition, params, depth
         self.spec, self.dag = definition.spec, definition.dag
         self.steps = {s.id: s for s in (*self.spec.steps, *self.spec.on_failure, *self.spec.on_success,
@@ -139,6 +151,24 @@ class RunExecution:
         a shutdown need not wait for it, the run resumes waiting after the restart)."""
         running = sum(not t.done() for t in self._tasks.values())
         return running > self.engine.approvals.waiting(self.id)
+
+    def lose_lease(self, reason: str) -> None:
+        """Another server drives this run now (or may, any moment): stop its running
+        steps at once and write nothing more for it; it is the new owner's."""
+        if self.journal.closed:
+            return
+        log.warning("run %s of %s: %s; this process stops driving it", self.id, self.definition.name, reason)
+        self.journal.close()
+        self._suspending = True  # even a cancel, a timeout or a wind-up in progress gives way
+        self._cancel_request = (INTERRUPTED, RunStatus.RUNNING)
+        if self._task is None or self._task.done():
+            return
+        self._task.cancel()
+        if not self._started:  # it never ran: nothing to stop
+            self._set_done()
+            return
+        for task in self._tasks.values():
+            task.cancel()
 
     def suspend(self) -> None:
         """Stop the running steps and leave the run unfinished, for the next start to resume."""
@@ -262,7 +292,8 @@ class RunExecution:
                          outputs=self.mask.data(outputs), finished_at=time.time(), lease_until=None,
                          compensated=compensated)
         self._set_done()
-        self.engine.run_finished(self)
+        if not self.journal.closed:  # a run given up to another server ends there, not here
+            self.engine.run_finished(self)
 
     # -- after the main steps: compensation (SAGA) and handlers --------------------
 
@@ -304,6 +335,8 @@ class RunExecution:
             await self._all_done
 
     def _set_done(self) -> None:
+        if self._done.is_set():
+            return
         self._done.set()
         for callback in self._done_callbacks:
             callback()
@@ -322,7 +355,8 @@ class RunExecution:
         if self._encoded_env is None:
             from ..steps.shell import encode_env
 
-            self._encoded_env = encode_env({**os.environ, **self.context["env"]})
+            # TREADLE_OWNER marks every process of the step (runner/engine/orphans.py)
+            self._encoded_env = encode_env({**os.environ, **self.context["env"], "TREADLE_OWNER": self.engine.owner})
         return self._encoded_env
 
     def _plain_context(self) -> dict[str, Any]:
@@ -620,6 +654,8 @@ class RunExecution:
                     raise _Failed(StepFailed(too_big, retryable=False))
                 logs.set_attempt(attempt)
                 async with self._sem:
+                    if not await self.engine.leases.confirm(self.id):
+                        raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
                     row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
                            "started_at": time.time(), "input": self.mask.data(inp)}
                     self.journal.step(row)

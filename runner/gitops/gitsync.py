@@ -16,11 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import GitSyncError
+
 log = logging.getLogger("treadle.gitsync")
-
-
-class GitSyncError(Exception):
-    pass
 
 
 @dataclass

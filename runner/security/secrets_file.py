@@ -22,16 +22,11 @@ from pathlib import Path
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from ..errors import TreadleError
+from ..errors import (
+    SecretsFileError,
+    )
 
 ENV_VAR = "TREADLE_SECRETS_FILE"
-
-
-class SecretsFileError(TreadleError):
-    """The secrets file is missing, unreadable or malformed (CLI exit code 2)."""
-
-    cli_exit_code = 2
-    error_code = "SECRETS_FILE"
 
 
 def read_secrets_file(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TreadleError
+from ..errors import (
+    TokenError,
+    )
 
 if TYPE_CHECKING:
     from ..storage.store import Store
@@ -30,11 +32,6 @@ SCOPES = ("read", "run", "admin")
 PREFIX = "trd_"
 SESSION_SECONDS = 12 * 3600
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
-
-
-class TokenError(TreadleError):
-    error_code = "TOKEN_ERROR"
-    cli_exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import DatabaseError
+from .models import Run
 
 URL_HELP = "use sqlite:///PATH (the default, embedded) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 _SCHEMA_LOCK_ID = 0x7472_6561_646C_65  # "treadle": the advisory lock held while the schema changes
@@ -47,6 +48,11 @@ class Dialect:
         raise NotImplementedError
 
     now_sql = ""  # the database clock as epoch seconds (float)
+
+    def lock_runs(self, run_ids: list[str]) -> Any:
+        """A statement that locks the rows of these runs for the rest of the transaction
+        and returns (id, owner, lease_epoch) of each: the writer's fence."""
+        raise NotImplementedError
 
     @contextlib.asynccontextmanager
     async def schema_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
@@ -83,6 +89,12 @@ class SQLite(Dialect):
 
     def placeholders(self, count: int) -> str:
         return ", ".join("?" * count)
+
+    def lock_runs(self, run_ids: list[str]) -> Any:
+        # a write first: it takes the database's write lock at once (a read first
+        # could not upgrade if another connection wrote in between)
+        return (update(Run).where(Run.id.in_(run_ids)).values(lease_epoch=Run.lease_epoch)
+                .returning(Run.id, Run.owner, Run.lease_epoch))
 
     def exists(self) -> bool:
         return self.path == ":memory:" or Path(self.path).expanduser().exists()
@@ -129,6 +141,11 @@ class Postgres(Dialect):
 
     def placeholders(self, count: int) -> str:
         return ", ".join(f"${i}" for i in range(1, count + 1))
+
+    def lock_runs(self, run_ids: list[str]) -> Any:
+        # row locks: a claim of one of these runs waits until this batch commits, and
+        # a batch after the claim sees the new owner
+        return select(Run.id, Run.owner, Run.lease_epoch).where(Run.id.in_(run_ids)).with_for_update()
 
     @contextlib.asynccontextmanager
     async def schema_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:

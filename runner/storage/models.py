@@ -72,10 +72,17 @@ class Run(SQLModel, table=True):
     version: str
     commit: str | None = None  # git revision the definition came from (`abc..+dirty`), if known
     status: str = Field(index=True)
-    # who drives the run, and until when: a process renews its leases every second;
-    # a run whose lease ran out has nobody working on it and is resumed by the next start
-    owner: str | None = None
+    # who drives the run, and until when (the database's clock): the owner renews its
+    # leases every second; a run whose lease ran out has nobody working on it and is
+    # claimed by another server (or the next start). Every claim bumps the epoch, and a
+    # driver's writes count only while owner and epoch are still its own (fencing)
+    owner: str | None = Field(default=None, index=True)
     lease_until: float | None = None
+    lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # a cancel asked on any server, honoured by the one driving the run
+    cancel_requested_at: float | None = None
+    cancel_requested_by: str | None = None
+    cancel_compensate: bool | None = None
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JsonType))
     outputs: Any = Field(default=None, sa_column=Column(JsonType))
     error: str | None = None
@@ -220,3 +227,28 @@ class AuditEntry(SQLModel, table=True):
     result: str  # ok | denied | failed
     status: int | None = None  # the HTTP status answered, if any
     detail: Any = Field(default=None, sa_column=Column(JsonType))
+
+
+class Server(SQLModel, table=True):
+    """A live `treadle serve` (or `treadle run`) on this database, seen by its heartbeat."""
+
+    __tablename__ = "server"
+    id: str = Field(primary_key=True)  # the owner name on its runs: host:pid:random
+    host: str
+    pid: int
+    pid_ns: str | None = None  # the pid namespace: a pid means something only inside it
+    role: str  # serve | run
+    version: str
+    started_at: float
+    heartbeat_at: float = Field(index=True)  # database clock
+    leader_since: float | None = None
+    stopped_at: float | None = None
+
+
+class WorkflowLock(SQLModel, table=True):
+    """One row per name, written (hence locked) while a server decides whether a run may
+    start under a concurrency limit: every server serialises on the same row."""
+
+    __tablename__ = "workflow_lock"
+    name: str = Field(primary_key=True)
+    taken: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

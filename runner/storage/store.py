@@ -5,11 +5,11 @@ its schema to the current revision, and offers:
 
 - the engine's records, queued in order and committed in batches by the single
   writer (runner/storage/writer.py): `put_version`, `put_run`, `update_run`,
-  `put_step`, `put_log`, `flush`;
-- the reads of runs, attempts, logs and definition versions (below), and the
-  claims of runs nobody drives (recovery);
-- its parts, each in a module of its own: `approvals`, `tokens` (and sessions),
-  `audit`, `marks` (trigger marks, pause flags), `run_pages` (the run page's queries);
+  `put_step`, `put_log`, `flush`; a run driver's records carry its lease (fenced);
+- the reads of runs, attempts, logs and definition versions (below);
+- its parts, each in a module of its own: `leases` (leases, claims, live servers,
+  cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
+  marks, pause flags), `run_pages` (the run page's queries);
 - `broker`: the event feed, published after each commit.
 
 One SQLAlchemy implementation serves both databases; what differs lives in
@@ -18,19 +18,25 @@ runner/storage/database.py.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 
 from .. import DEFAULT_DB
 from ..errors import DatabaseError
+from .admission import AdmissionStore
 from .approvals import ApprovalStore
 from .audit import AuditStore
 from .database import SQLite, dialect_for
 from .events import Broker
+from .feed import Feed
+from .leadership import Leadership
+from .leases import LeaseStore
 from .marks import MarkStore
-from .models import UNFINISHED_RUN_STATES, LogChunk, Run, RunStatus, StepAttempt, WorkflowVersion
+from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
 from .run_pages import RunPages
 from .schema import ensure_schema
 from .tokens import TokenStore
@@ -62,6 +68,12 @@ class Store:
         self.audit = AuditStore(self.engine, self.writer)
         self.marks = MarkStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
+        self.leases = LeaseStore(self.engine, self.dialect)
+        self.admission = AdmissionStore(self.engine, self.dialect)
+        self.leadership = Leadership(self.engine, self.dialect)
+        self.feed = Feed(self, sender=f"{os.getpid()}:{secrets.token_hex(4)}")
+        if self.feed.enabled:
+            self.writer.on_commit = self.feed.notify_batch
 
     @property
     def backend(self) -> str:
@@ -101,6 +113,7 @@ class Store:
         self.writer.start()
 
     async def close(self) -> None:
+        await self.feed.stop()
         await self.writer.stop()
         await self.engine.dispose()
 
@@ -116,57 +129,32 @@ class Store:
     def put_version(self, row: dict[str, Any]) -> None:
         self.writer.put("version", row)
 
-    def put_run(self, row: dict[str, Any]) -> None:
-        """Insert a new run (every required column)."""
-        self.writer.put("run", row)
+    def put_run(self, row: dict[str, Any], fence: tuple[str, int] | None = None) -> None:
+        """Insert a new run (every required column); `fence`: the lease it starts under."""
+        self.writer.put("run", row, fence)
 
-    def update_run(self, row: dict[str, Any]) -> None:
+    def update_run(self, row: dict[str, Any], fence: tuple[str, int] | None = None) -> None:
         """Update some columns of a run; `row` holds `id` and the columns to set."""
-        self.writer.put("run_update", row)
+        self.writer.put("run_update", row, fence)
 
-    def put_step(self, row: dict[str, Any]) -> None:
+    def put_step(self, row: dict[str, Any], fence: tuple[str, int] | None = None) -> None:
         """Insert or replace one step attempt, keyed by run, step, item and attempt."""
-        self.writer.put("step", row)
+        self.writer.put("step", row, fence)
 
-    def put_log(self, row: dict[str, Any]) -> None:
-        self.writer.put("log", row)
-
-    def renew_leases(self, owner: str, until: float) -> None:
-        """Extend the lease of every unfinished run `owner` drives."""
-        self.writer.put("lease", {"owner": owner, "until": until})
+    def put_log(self, row: dict[str, Any], fence: tuple[str, int] | None = None) -> None:
+        self.writer.put("log", row, fence)
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
         await self.writer.flush()
 
-    # -- leases and recovery ----------------------------------------------------------
-
-    async def active_owners(self) -> list[str]:
-        """The processes named as owners of unfinished runs."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(Run.owner).distinct().where(
-                Run.status.in_(list(UNFINISHED_RUN_STATES)), Run.owner.is_not(None)))
-            return [r[0] for r in rows]
-
-    async def claim_stale_runs(self, owner: str, until: float, now: float | None = None,
-                               workflow: str | None = None, dead_owners: list[str] | None = None) -> list[dict[str, Any]]:
-        """Take over the unfinished runs nobody is driving (no lease, one that ran out,
-        or an owner known to be dead); returns them. Atomic: two processes never
-        claim the same run."""
-        now = time.time() if now is None else now
-        stale = (Run.lease_until.is_(None)) | (Run.lease_until < now)
-        if dead_owners:
-            stale = stale | Run.owner.in_(dead_owners)
-        stmt = (
-            update(Run)
-            # a queued run has nobody driving it on purpose: the launcher starts it
-            .where(Run.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]), stale,
-                   *([Run.workflow == workflow] if workflow else []))
-            .values(owner=owner, lease_until=until)
-            .returning(*Run.__table__.columns)
-        )
-        async with self.engine.begin() as conn:
-            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+    async def changed(self, run_id: str) -> None:
+        """Tell the event feed that a run row changed outside the writer (a claim, a
+        cancel of a queued run, an admission): pages showing it refresh."""
+        run = await self.get_run(run_id)
+        if run is not None:
+            self.writer.announce([("run_update", run, None)])
+            await self.feed.notify({"runs": {run_id: {"run": 1}}})
 
     # -- reading -----------------------------------------------------------------------
 

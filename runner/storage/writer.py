@@ -8,6 +8,12 @@ reorder them; each commit leaves a state from which a run can be resumed.
 Text is stored the same on both databases: a NUL character (which PostgreSQL cannot
 hold in text or JSON) becomes U+FFFD, in logs, inputs, outputs and errors alike.
 
+Records of a run driver are fenced: each carries the (owner, epoch) of the lease it
+was written under, and the batch's transaction first locks the rows of those runs and
+reads who holds them now. A record whose lease is no longer held (the run was taken
+over by another server after this one stalled) is refused, never written, and
+`on_refused` tells the engine, which stops driving that run.
+
 A database that cannot be reached (a restart of PostgreSQL, a locked SQLite file) is
 waited for: the batch is tried again with a growing pause, and nothing queued is
 dropped. A record the database refuses (a bug, a value it cannot hold) is logged and
@@ -21,15 +27,16 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
+from .models import LogChunk, Run, StepAttempt, WorkflowVersion
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from .database import Dialect
     from .events import Broker
@@ -75,7 +82,12 @@ class Writer:
         self.engine, self.dialect, self.broker = engine, dialect, broker
         self.sql = HotSql(dialect)
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.errors = 0  # failed tries of a batch, and records refused
+        self.errors = 0  # failed tries of a batch, and records the database refused
+        self.fenced = 0  # records refused because their run's lease was no longer held
+        # called with (run id, (owner, epoch)) of the leases whose records were refused
+        self.on_refused: Callable[[set[tuple[str, tuple[str, int]]]], None] | None = None
+        # called after each commit with the batch (the event feed across servers)
+        self.on_commit: Callable[[AsyncConnection, list[tuple]], Awaitable[None]] | None = None
         self.last_batch_seconds = 0.0
         self._task: asyncio.Task | None = None
 
@@ -86,15 +98,16 @@ class Writer:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def put(self, kind: str, row: Any) -> None:
-        self.queue.put_nowait((kind, row))
+    def put(self, kind: str, row: Any, fence: tuple[str, int] | None = None) -> None:
+        """Queue a record; `fence` (owner, epoch): commit it only while that lease holds."""
+        self.queue.put_nowait((kind, row, fence))
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed."""
         if not self.running:
             return
         done = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(("flush", done))
+        self.queue.put_nowait(("flush", done, None))
         await done
 
     async def stop(self) -> None:
@@ -118,17 +131,22 @@ class Writer:
                     break
             await self.write(batch)
 
-    async def write(self, batch: list[tuple[str, Any]]) -> None:
-        statements = self._statements(batch)
+    async def write(self, batch: list[tuple[str, Any, Any]]) -> None:
         started = time.perf_counter()
         pause = 0.05
         tries = 0
-        while statements:
+        refused: set[tuple[str, tuple[str, int]]] = set()
+        statements: list[tuple[Any, Any]] = []
+        while True:
             tries += 1
             try:
                 async with self.engine.begin() as conn:
+                    refused = await self._fence(conn, batch)
+                    statements = self._statements(batch, refused)
                     for stmt, params in statements:
                         await _execute(conn, stmt, params)
+                    if self.on_commit is not None:
+                        await self.on_commit(conn, [r for r in batch if r[0] != "flush"])
                 break
             except Exception as exc:
                 self.errors += 1
@@ -146,17 +164,43 @@ class Writer:
                 await self._write_one_by_one(statements)
                 break
         self.last_batch_seconds = time.perf_counter() - started
-        self._publish(batch)
+        if refused:
+            self.fenced += sum(1 for _, row, fence in batch if fence is not None and (_run_of(row), fence) in refused)
+            log.warning("store: records of run(s) %s refused: their lease is held by another server now",
+                        ", ".join(sorted({run_id for run_id, _ in refused})))
+            if self.on_refused is not None:
+                self.on_refused(refused)
+        self._publish(batch, refused)
 
-    def _statements(self, batch: list[tuple[str, Any]]) -> list[tuple[Any, Any]]:
+    async def _fence(self, conn: AsyncConnection, batch: list[tuple[str, Any, Any]]) -> set[tuple[str, tuple[str, int]]]:
+        """Lock the rows of the runs with fenced records in this batch and return the
+        (run, lease) pairs of records whose lease is no longer the run's (owner, epoch)."""
+        wanted: dict[str, set[tuple[str, int]]] = {}
+        inserted: dict[str, tuple[str, int]] = {}
+        for kind, row, fence in batch:
+            if fence is None:
+                continue
+            if kind == "run":  # a new run, inserted in this very batch under this lease
+                inserted[row["id"]] = fence
+            else:
+                wanted.setdefault(_run_of(row), set()).add(fence)
+        if not wanted:
+            return set()
+        held = {r[0]: (r[1], r[2]) for r in (await conn.execute(self.dialect.lock_runs(list(wanted)))).all()}
+        return {(run_id, f) for run_id, fences in wanted.items() for f in fences
+                if f != held.get(run_id, inserted.get(run_id))}
+
+    def _statements(self, batch: list[tuple[str, Any, Any]], refused: set[tuple[str, tuple[str, int]]],
+                    ) -> list[tuple[Any, Any]]:
         versions: dict[tuple[str, str], dict] = {}
         runs: dict[str, dict] = {}
         updates: dict[str, dict] = {}
         steps: dict[tuple, dict] = {}
         logs: list[dict] = []
-        leases: dict[str, float] = {}
         inserts: dict[Any, list[dict]] = {}  # plain rows of other tables (the audit log)
-        for kind, row in batch:
+        for kind, row, fence in batch:
+            if fence is not None and refused and (_run_of(row), fence) in refused:
+                continue
             if kind == "step":
                 steps[tuple(row[k] for k in STEP_KEY)] = row
             elif kind == "log":
@@ -169,8 +213,6 @@ class Writer:
                     runs[row["id"]] = {**runs[row["id"]], **row}
                 else:
                     updates[row["id"]] = {**updates.get(row["id"], {}), **row}
-            elif kind == "lease":
-                leases[row["owner"]] = row["until"]
             elif kind == "version":
                 versions[(row["workflow"], row["version"])] = row
             elif kind == "insert":
@@ -189,11 +231,6 @@ class Writer:
         if logs:
             out.append((self.sql.log_insert, [tuple(_text(r[c]) for c in _LOG_COLS) for r in logs]))
         out += [(table.insert(), rows) for table, rows in inserts.items()]
-        out += [
-            (update(Run).where(Run.owner == owner, Run.status.in_(list(UNFINISHED_RUN_STATES)))
-             .values(lease_until=until), None)
-            for owner, until in leases.items()
-        ]
         return out
 
     async def _write_one_by_one(self, statements: list[tuple[Any, Any]]) -> None:
@@ -206,9 +243,15 @@ class Writer:
                     self.errors += 1
                     log.error("store: record dropped: %s: %s", type(exc).__name__, str(exc)[:500])
 
-    def _publish(self, batch: list[tuple[str, Any]]) -> None:
+    def announce(self, records: list[tuple[str, Any, Any]]) -> None:
+        """Publish records committed outside the writer, as if it had written them."""
+        self._publish(records, set())
+
+    def _publish(self, batch: list[tuple[str, Any, Any]], refused: set[tuple[str, tuple[str, int]]]) -> None:
         broker = self.broker
-        for kind, row in batch:
+        for kind, row, fence in batch:
+            if fence is not None and refused and (_run_of(row), fence) in refused:
+                continue
             if kind == "flush":
                 if not row.done():
                     row.set_result(None)
@@ -261,3 +304,8 @@ async def _execute(conn: Any, stmt: Any, params: Any) -> None:
         await conn.exec_driver_sql(stmt, params)
     else:
         await conn.execute(stmt, params)
+
+
+def _run_of(row: dict[str, Any]) -> str:
+    """The run a record belongs to (attempts and logs say `run_id`, run rows `id`)."""
+    return row["run_id"] if "run_id" in row else row["id"]

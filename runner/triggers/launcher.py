@@ -12,6 +12,13 @@ call `launch` with `manual=True`. Per workflow:
 - queued runs are rows in the database: after a restart they are still queued,
   and start as slots free up.
 
+Admission is decided in the database (runner/storage/admission.py), under a lock
+per workflow that every server shares: several servers on one database never run
+more than the limit together, and any of them starts the next queued run (by
+compare-and-set, oldest first) when a slot frees up. Every server also looks for
+queued runs with room every `PUMP_SECONDS`, so a slot freed by a run that ended on
+a server that died is used too.
+
 When a run ends the launcher releases the queue of its workflow and starts the
 workflows that follow it (`triggers.after`). A follow-up is marked before it
 starts (the upstream run id, compare-and-set), so a restart never starts it twice;
@@ -22,20 +29,19 @@ caught up at the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import secrets as pysecrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..dsl.loader import Definition
 from ..engine.engine import Engine, RunEnded
-from ..engine.run import RunExecution
+from ..engine.leases import LEASE_SECONDS
 from ..errors import ParamError, TreadleError
+from ..storage.admission import MANUAL_TRIGGERS
 from ..storage.models import RunStatus
 from ..templates import TemplateFailed, render
 from .trigger_state import TriggerState
@@ -67,23 +73,6 @@ class Launch:
         return {**out, "errors": self.errors} if self.errors else out
 
 
-@dataclass
-class _Queued:
-    run_id: str
-    definition: Definition
-    params: dict[str, Any]
-    trigger: str
-    manual: bool
-
-
-@dataclass
-class _Lane:
-    """One workflow's admission state."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    queue: deque[_Queued] = field(default_factory=deque)
-
-
 class Launcher:
     """Args:
         engine: starts the runs.
@@ -93,12 +82,9 @@ class Launcher:
 
     def __init__(self, engine: Engine, state: TriggerState, definitions: Callable[[], Iterable[Definition]]):
         self.engine, self.state, self.definitions = engine, state, definitions
-        self._lanes: dict[str, _Lane] = {}
+        self.store = engine.store
         self._tasks: set[asyncio.Task] = set()
         engine.run_ended.append(self._run_ended)
-
-    def _lane(self, name: str) -> _Lane:
-        return self._lanes.setdefault(name, _Lane())
 
     # -- starting ------------------------------------------------------------------
 
@@ -113,32 +99,42 @@ class Launcher:
         if not manual and await self.state.is_paused(name):
             return Launch(name, "paused", reason=f"workflow '{name}' is paused; resume it to let triggers start it")
         limits = definition.spec.concurrency if definition.spec else None
-        lane = self._lane(name)
-        async with lane.lock:
-            if limits is None:
-                exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
-                return Launch(name, "started", exe.id)
-            active = self.active(name)
-            if len(active) < limits.limit and not lane.queue:
-                exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
-                return Launch(name, "started", exe.id)
-            busy = f"concurrency limit {limits.limit} reached (going: {', '.join(e.id for e in active) or 'none'}"
-            busy += f"; queued: {len(lane.queue)})" if lane.queue else ")"
-            if limits.policy == "skip":
-                self.engine.prepare(definition, params, from_text=from_text)  # bad params still say so
-                log.info("%s: %s start skipped: %s", name, trigger, busy)
-                return Launch(name, "skipped", reason=f"skipped: {busy}")
-            if limits.policy == "queue":
-                reason = f"waiting for a free slot: {busy}"
-                run_id, checked = self.engine.enqueue(definition, params, trigger=trigger, ref=ref, reason=reason,
-                                                      from_text=from_text)
-                lane.queue.append(_Queued(run_id, definition, checked, trigger, manual))
-                return Launch(name, "queued", run_id, reason)  # committed in order; callers flush
-            # cancel_previous: the oldest going runs make room for the new one
-            self.engine.prepare(definition, params, from_text=from_text)
-            await self._cancel_oldest(active, len(active) - limits.limit + 1, name)
+        if limits is None:
             exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
             return Launch(name, "started", exe.id)
+        new = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref)  # bad params raise
+        for _ in range(3):  # cancel_previous: the cancelled runs may lose their slot to another start meanwhile
+            async with self.store.admission.admit(name) as adm:
+                going, waiting = await adm.running(), await adm.queued()
+                if len(going) < limits.limit and not waiting:
+                    await adm.insert(new.row)
+                    victims = []
+                else:
+                    busy = f"concurrency limit {limits.limit} reached (going: {', '.join(r['id'] for r in going) or 'none'}"
+                    busy += f"; queued: {len(waiting)})" if waiting else ")"
+                    if limits.policy == "skip":
+                        log.info("%s: %s start skipped: %s", name, trigger, busy)
+                        return Launch(name, "skipped", reason=f"skipped: {busy}")
+                    if limits.policy == "queue":
+                        reason = f"waiting for a free slot: {busy}"
+                        queued = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
+                                                     queued_reason=reason)
+                        await adm.insert(queued.row)
+                        launch = Launch(name, "queued", queued.row["id"], reason)
+                        break
+                    # cancel_previous: the oldest going runs make room for the new one
+                    victims = [r["id"] for r in going[:max(len(going) - limits.limit + 1, 0)]]
+                    await adm.request_cancel(victims, f"cancel_previous of {name}")
+            if victims:
+                await self._wait_cancelled(victims, name)
+                continue
+            launch = Launch(name, "started", self.engine.launch(new).id)
+            break
+        else:
+            return Launch(name, "skipped", reason=f"skipped: the runs cancelled to make room were replaced meanwhile "
+                                                  f"(concurrency limit {limits.limit})")
+        await self.store.changed(launch.run_id)
+        return launch
 
     async def fire(self, definition: Definition, *, trigger: str, ref: str | None, mapping: dict[str, Any] | None,
                    context: dict[str, Any], default: dict[str, Any] | None) -> Launch:
@@ -162,89 +158,79 @@ class Launcher:
         except TreadleError as exc:
             return Launch(name, "rejected", reason=str(exc))
 
-    def active(self, name: str) -> list[RunExecution]:
-        """The going runs of `name` that count against its limit, oldest first."""
-        return sorted((e for e in self.engine.runs.values()
-                       if e.definition.name == name and e.parent_run_id is None),
-                      key=lambda e: e.started_at)
+    async def active(self, name: str) -> list[dict[str, Any]]:
+        """The going runs of `name` that count against its limit (on any server), oldest first."""
+        return await self.store.admission.running(name)
 
-    async def _cancel_oldest(self, active: list[RunExecution], count: int, name: str) -> None:
-        victims = active[:max(count, 0)]
-        for exe in victims:
-            exe.cancel()
-        if victims:
-            log.info("%s: cancel_previous cancelled %s", name, ", ".join(e.id for e in victims))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in victims), return_exceptions=True),
-                                       CANCEL_WAIT_SECONDS)
+    async def _wait_cancelled(self, run_ids: list[str], name: str) -> None:
+        """Cancel these runs (here at once, elsewhere through their cancel request) and wait
+        until they have ended, at most CANCEL_WAIT_SECONDS."""
+        log.info("%s: cancel_previous cancels %s", name, ", ".join(run_ids))
+        for run_id in run_ids:
+            self.engine.cancel(run_id)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            await self.store.flush()
+            runs = [await self.store.get_run(run_id) for run_id in run_ids]
+            if all(r is None or RunStatus(r["status"]).finished for r in runs):
+                return
+            await asyncio.sleep(0.05)
 
     # -- the queue -------------------------------------------------------------------
 
-    async def load_queued(self) -> int:
-        """Take up the queued runs recorded in the database (after a restart)."""
-        rows, _ = await self.engine.store.list_runs(status=RunStatus.QUEUED.value, limit=100_000)
-        taken = 0
-        for row in sorted(rows, key=lambda r: r["created_at"]):
-            definition = await self.engine.stored_definition(row)
-            lane = self._lane(row["workflow"])
-            if definition is None or not definition.valid or any(q.run_id == row["id"] for q in lane.queue):
-                continue
-            lane.queue.append(_Queued(row["id"], definition, row["params"] or {}, row["trigger"],
-                                      row["trigger"] in ("manual", "api", "retry")))
-            taken += 1
-        for name in list(self._lanes):
-            await self.release(name)
-        return taken
-
     async def release(self, name: str) -> list[str]:
         """Start queued runs of `name` while there is room; returns their ids."""
-        lane = self._lane(name)
-        started: list[str] = []
-        async with lane.lock:
-            paused = await self.state.is_paused(name)
-            while lane.queue and not self.engine.draining:
-                item = lane.queue[0]
-                limits = item.definition.spec.concurrency if item.definition.spec else None
-                if limits is not None and len(self.active(name)) >= limits.limit:
+        definition = next((d for d in self.definitions() if d.name == name and d.valid), None)
+        limits = definition.spec.concurrency if definition is not None and definition.spec else None
+        if self.engine.draining:
+            return []
+        paused = await self.state.is_paused(name)
+        claimed: list[dict[str, Any]] = []
+        async with self.store.admission.admit(name) as adm:
+            going = len(await adm.running())
+            for item in await adm.queued():
+                if limits is not None and going + len(claimed) >= limits.limit:
                     break
-                if paused and not item.manual:
+                if paused and item["trigger"] not in MANUAL_TRIGGERS:
                     break
-                lane.queue.popleft()
-                try:
-                    exe = await self.engine.start(item.definition, item.params, trigger=item.trigger,
-                                                  queued_id=item.run_id)
-                    started.append(exe.id)
-                except TreadleError as exc:  # e.g. a secret removed meanwhile: the run fails, the queue goes on
-                    self.engine.store.update_run({"id": item.run_id, "status": RunStatus.FAILED.value,
-                                                  "error": f"could not start from the queue: {exc}",
-                                                  "reason": None, "finished_at": time.time()})
+                row = await adm.claim_queued(item["id"], self.engine.owner, LEASE_SECONDS)
+                if row is not None:
+                    claimed.append(row)
+        started = []
+        for row in claimed:
+            try:
+                started.append((await self.engine.start_claimed(row)).id)
+            except TreadleError as exc:
+                log.error("%s: queued run %s could not start: %s", name, row["id"], exc)
+            await self.store.changed(row["id"])
         return started
 
-    def queued(self, name: str) -> list[str]:
+    async def queued(self, name: str) -> list[str]:
         """Ids of the queued runs of `name`, in the order they will start."""
-        return [q.run_id for q in self._lane(name).queue]
+        return [r["id"] for r in await self.store.admission.queued(name)]
 
-    def queued_ids(self) -> set[str]:
-        return {q.run_id for lane in self._lanes.values() for q in lane.queue}
+    async def pump(self) -> list[str]:
+        """Start queued runs of every workflow that has room (any server's freed slot)."""
+        started: list[str] = []
+        for name in dict.fromkeys(r["workflow"] for r in await self.store.admission.queued()):
+            started += await self.release(name)
+        return started
 
     async def make_room(self, name: str, limit: int) -> None:
         """cancel_previous for a start that does not go through `launch` (a retry)."""
-        async with self._lane(name).lock:
-            active = self.active(name)
-            await self._cancel_oldest(active, len(active) - limit + 1, name)
+        going = await self.active(name)
+        victims = [r["id"] for r in going[:max(len(going) - limit + 1, 0)]]
+        if victims:
+            async with self.store.admission.admit(name) as adm:
+                await adm.request_cancel(victims, f"cancel_previous of {name}")
+            await self._wait_cancelled(victims, name)
 
     async def cancel_queued(self, run_id: str) -> bool:
-        """Cancel a queued run; False when it is not queued here."""
-        for lane in self._lanes.values():
-            for item in list(lane.queue):
-                if item.run_id == run_id:
-                    lane.queue.remove(item)
-                    now = time.time()
-                    self.engine.store.update_run({"id": run_id, "status": RunStatus.CANCELLED.value, "reason": None,
-                                                  "error": "cancelled while queued", "finished_at": now})
-                    await self.engine.store.flush()
-                    return True
-        return False
+        """Cancel a queued run; False when it is not queued."""
+        if not await self.store.admission.cancel_queued(run_id):
+            return False
+        await self.store.changed(run_id)
+        return True
 
     # -- when a run ends: its queue, the workflows after it ---------------------------
 
@@ -256,6 +242,7 @@ class Launcher:
     async def _follow_up(self, ended: RunEnded) -> None:
         try:
             if ended.parent_run_id is None:
+                await self.store.flush()  # the end of the run is committed: its slot shows free
                 await self.release(ended.workflow)
             await self.chain(ended.run_id, ended.workflow, ended.status, ended.outputs, ended.trigger)
         except Exception:

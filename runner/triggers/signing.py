@@ -18,7 +18,9 @@ import hashlib
 import hmac
 import re
 
-from ..errors import TreadleError
+from ..errors import (
+    SignatureError,
+    )
 
 TIMESTAMP_HEADER = "X-Treadle-Timestamp"
 SIGNATURE_HEADER = "X-Treadle-Signature"
@@ -27,12 +29,6 @@ DEFAULT_TOLERANCE = 300.0  # seconds either way; covers clock skew and a few slo
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")  # whole seconds; anything longer is no timestamp
-
-
-class SignatureError(TreadleError):
-    """A request's signature or bearer token does not check out (the web layer answers 401)."""
-
-    error_code = "SIGNATURE_INVALID"
 
 
 def _digest(secret: str, timestamp: str, body: bytes) -> str:

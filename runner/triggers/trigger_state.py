@@ -16,10 +16,16 @@ if TYPE_CHECKING:
     from ..storage.store import Store
 
 
+PAUSE_TTL = 1.0  # seconds a server trusts what it read of the pause flags
+
+
 class TriggerState:
     def __init__(self, store: Store):
         self.store = store
-        self._paused: dict[str, dict[str, Any]] | None = None  # cache; this process writes all changes
+        # pause flags as read from the database, at most PAUSE_TTL old: another server
+        # may pause or resume, and this one follows within a second
+        self._paused: dict[str, dict[str, Any]] | None = None
+        self._read_at = 0.0
 
     # -- marks -------------------------------------------------------------------
 
@@ -39,8 +45,9 @@ class TriggerState:
 
     async def paused(self) -> dict[str, dict[str, Any]]:
         """Paused workflows: name -> {changed_at, changed_by}."""
-        if self._paused is None:
+        if self._paused is None or time.monotonic() - self._read_at > PAUSE_TTL:
             self._paused = await self.store.marks.paused()
+            self._read_at = time.monotonic()
         return self._paused
 
     async def is_paused(self, workflow: str) -> bool:
