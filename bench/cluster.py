@@ -1,6 +1,8 @@
-"""Several servers on one PostgreSQL: failover time, a kill campaign, and throughput.
+"""Scale-out figures: several servers on one PostgreSQL, and steps on a Dask cluster.
 
-    python bench/cluster.py [--failovers 5] [--kills 1000] [--runs 60] [--pg URL]
+    python bench/cluster.py [--failovers 5] [--kills 1000] [--runs 60] [--steps 1000] [--pg URL]
+
+(0 turns a part off.)
 
 - Failover: two servers, each in a pid namespace of its own (`unshare --pid`), so
   that neither can see the other's processes, as on two machines; a run's long step
@@ -13,11 +15,17 @@
 - Throughput: the same runs (20 `set` steps each) started through the API of two
   servers on PostgreSQL, then of one server on SQLite, in the same run; runs/s and
   steps/s from the first start to the last end.
+- Dask: a real scheduler and worker processes (`treadle worker`); the time one
+  `run: true` step takes from start to end on a worker against in-process (the
+  dispatch round trip, p50; target < 15 ms), and `--steps` `true` steps (n roots and a
+  join) on 1 and 2 workers against local execution in the same run (target: 2 workers
+  >= 70% of the local rate).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import subprocess
 import sys
@@ -134,6 +142,7 @@ def main() -> int:
     parser.add_argument("--failovers", type=int, default=5)
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=1000, help="shell steps for the Dask rate (0: no Dask part)")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     parser.add_argument("--pg", help="admin URL of a PostgreSQL server (default: start one)")
     args = parser.parse_args()
@@ -171,10 +180,92 @@ def main() -> int:
                  f"{args.runs * 20 / pg_seconds:,.0f} steps/s")
             line("throughput: one server on SQLite", f"{args.runs / sq_seconds:.1f} runs/s",
                  f"{args.runs * 20 / sq_seconds:,.0f} steps/s")
+        if args.steps:
+            asyncio.run(dask_figures(args.steps))
     finally:
         if not args.pg:
             server.stop()
     return 0
+
+
+async def _sh_true() -> int:
+    proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "true", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    await proc.communicate()
+    return proc.returncode or 0
+
+
+async def _bare_dask(client: object, n: int) -> tuple[float, float]:
+    """Dask alone: the round trip of one `sh -c true` task (p50, ms), and n of them at once (tasks/s)."""
+    trips = []
+    for _ in range(30):
+        started = time.perf_counter()
+        await client.submit(_sh_true, pure=False)
+        trips.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    await client.gather([client.submit(_sh_true, pure=False) for _ in range(n)])
+    return statistics.median(trips), n / (time.perf_counter() - started)
+
+
+def fanout(n: int) -> str:
+    steps = "\n".join(f"  - {{id: s{i}, needs: [], run: 'true'}}" for i in range(n))
+    return f"name: fan\nmax_parallel: 16\nsteps:\n{steps}\n  - {{id: join, needs: [{', '.join(f's{i}' for i in range(n))}], log: done}}\n"
+
+
+async def _measure(text: str, dispatcher: object | None) -> tuple[float, list[float]]:
+    """(seconds for the run, each `true` attempt's start-to-end in ms)."""
+    from runner.dsl.loader import load_text
+    from runner.engine.engine import Engine
+    from runner.storage.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="treadle-bench-dask-"))
+    definition = load_text(text, "bench.yaml", base_dir=tmp)
+    async with Store(f"sqlite:///{tmp / 't.db'}") as store:
+        engine = Engine(store, definitions_dir=tmp, dispatcher=dispatcher)
+        started = time.perf_counter()
+        exe = await engine.run(definition)
+        elapsed = time.perf_counter() - started
+        assert exe.status == "succeeded", exe.error
+        await store.flush()
+        spans = [(r["finished_at"] - r["started_at"]) * 1000 for r in await store.step_attempts(exe.id)
+                 if r["status"] == "succeeded" and r["step_id"] != "join" and r["started_at"]]
+        await engine.close()
+    return elapsed, spans
+
+
+async def dask_figures(n: int) -> None:
+    from runner.dispatch.dask import DaskDispatcher
+    from tests import dask_cluster
+
+    root = Path(tempfile.mkdtemp(prefix="treadle-bench-dask-cluster-"))
+    cluster = dask_cluster.start(root)  # two workers: `plain` and `special`
+    try:
+        dispatcher = DaskDispatcher(cluster.address, root)
+        await dispatcher.start()
+        one = "name: one\nsteps:\n" + "\n".join(f"  - {{id: s{i}, run: 'true'}}" for i in range(30)) + "\n"
+        _, local_spans = await _measure(one, None)
+        _, dask_spans = await _measure(one, dispatcher)
+        bare_trip, bare_rate = await _bare_dask(dispatcher.client, n)
+        local_p50, dask_p50 = statistics.median(local_spans), statistics.median(dask_spans)
+        line("dask, bare: submit -> result of a `sh -c true` task, p50", f"{bare_trip:.1f} ms", "(Dask's own limit here)")
+        line("dask: one `true` step, start to end, p50", f"{dask_p50:.1f} ms", f"local {local_p50:.1f} ms")
+        line("  dispatch round trip (the difference), p50", f"{dask_p50 - local_p50:.1f} ms", "target < 15 ms",
+             dask_p50 - local_p50 < 15)
+        text = fanout(n)
+        local_s, _ = await _measure(text, None)
+        two_s, _ = await _measure(text, dispatcher)
+        cluster.kill_worker("special")
+        one_s, _ = await _measure(text, dispatcher)
+        line(f"dask: {n} `true` steps (n roots + join), local", f"{n / local_s:,.0f} steps/s", "(the limit here)")
+        line("  on 1 worker", f"{n / one_s:,.0f} steps/s", f"{local_s / one_s:.0%} of local")
+        line("  on 2 workers", f"{n / two_s:,.0f} steps/s", f"{local_s / two_s:.0%} of local; target >= 70%",
+             local_s / two_s >= 0.7)
+        line("  bare Dask, the same tasks on 2 workers", f"{bare_rate:,.0f} tasks/s",
+             f"(Dask's own limit here: {bare_rate * local_s / n:.0%} of local; Treadle is "
+             f"{(n / two_s) / bare_rate:.0%} of it)")
+        await dispatcher.close()
+    finally:
+        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
     │   └── CircuitOpen          refused by an open circuit breaker
     ├── ShuttingDown             Treadle is stopping: no new run                      503
     ├── DatabaseError            the database cannot be used (URL, connection, schema)  503
+    ├── ExecutorError            the cluster executor's scheduler cannot be reached    503
     ├── SecretsFileError         --secrets-file missing, unreadable or malformed
     ├── TokenError               a token cannot be created as asked                   400
     ├── SignatureError           a signature or bearer token does not check out       401
@@ -268,3 +269,11 @@ class CircuitOpen(StepFailed):
     """A call refused by an open (or busy half-open) breaker; retryable, with no HTTP status."""
 
     error_code = "CIRCUIT_OPEN"
+
+
+class ExecutorError(TreadleError):
+    """The executor URL is wrong, or the Dask scheduler cannot be reached."""
+
+    cli_exit_code = 2
+    error_code = "EXECUTOR_UNAVAILABLE"
+    http_status = 503

@@ -70,6 +70,7 @@ class Server:
         self.db = db or f"sqlite:///{root / 'treadle.db'}"
         self.definitions = definitions or root / "definitions"
         self.log_name = log_name
+        self.extra_args: list[str] = []  # more `treadle serve` flags
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{port}"
 
@@ -83,7 +84,7 @@ class Server:
     def _spawn(self, env: dict[str, str], log) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "runner", "serve", "--definitions", str(self.definitions),
-             "--db", self.db, "--port", str(self.port), "--grace", self.grace],
+             "--db", self.db, "--port", str(self.port), "--grace", self.grace, *self.extra_args],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )
 

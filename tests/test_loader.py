@@ -105,7 +105,7 @@ def test_good_full_uses_every_field_of_the_format() -> None:
     assert definition.valid, definition.problems
     used: dict[type, set[str]] = {}
     _fields_used(definition.spec, used)
-    for model in (d.WorkflowSpec, d.StepSpec, d.HttpSpec, d.RetrySpec, d.ParamSpec, d.DefaultsSpec,
+    for model in (d.WorkflowSpec, d.StepSpec, d.HttpSpec, d.RetrySpec, d.ParamSpec, d.DefaultsSpec, d.ResourcesSpec,
                   t.TriggersSpec, t.ScheduleSpec, t.WebhookSpec, t.EventSpec, t.FileTriggerSpec,
                   t.AfterSpec, t.ConcurrencySpec, t.NotifySpec):
         # token_env is the alternative to secret_env (one or the other): tested in test_webhooks

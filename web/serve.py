@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
                    default=[h for h in os.environ.get("TREADLE_ALLOWED_HOSTS", "").split(",") if h.strip()],
                    help="a Host name the server answers to besides the bind address, e.g. the name behind "
                         "a proxy (repeatable; env TREADLE_ALLOWED_HOSTS, comma-separated)")
+    p.add_argument("--executor", default=os.environ.get("TREADLE_EXECUTOR", "local"),
+                   help="where run, python and http steps execute: local (default), dask://HOST:8786 (a Dask "
+                        "scheduler), or dask-local (a Dask cluster in this process; see --workers) "
+                        "(env TREADLE_EXECUTOR)")
+    p.add_argument("--workers", type=int, default=2, help="with --executor dask-local: worker processes (default 2)")
     p.add_argument("--insecure", action="store_true",
                    help="allow running without tokens on an address other than loopback (anyone who reaches "
                         "it can start shell steps)")
@@ -68,7 +73,13 @@ def serve(args: argparse.Namespace) -> int:
                         git_interval=interval, grace=grace,
                         secrets_file=Path(args.secrets_file) if args.secrets_file else None,
                         admin_token=args.admin_token or None,
-                        insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host])
+                        insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host],
+                        executor=args.executor, workers=args.workers)
+    if not (settings.executor == "local" or settings.executor == "dask-local"
+            or settings.executor.startswith(("dask://", "tcp://"))):
+        print(f"treadle serve: --executor '{settings.executor}': use local, dask://HOST:PORT or dask-local",
+              file=sys.stderr)
+        return 2
     try:  # the database first: a wrong URL or a server that is down is one line, not a traceback
         refusal = asyncio.run(prepare_database(settings))
     except TreadleError as exc:
@@ -76,6 +87,10 @@ def serve(args: argparse.Namespace) -> int:
         return exc.cli_exit_code
     if refusal:
         print(f"treadle serve: {refusal}", file=sys.stderr)
+        return 2
+    unreachable = executor_unreachable(settings.executor)
+    if unreachable:
+        print(f"treadle serve: {unreachable}", file=sys.stderr)
         return 2
     app = create_app(settings)
     print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
@@ -105,3 +120,24 @@ async def prepare_database(settings: Settings) -> str | None:
     return (f"refusing to listen on {settings.host} without authentication: anyone who reaches it could start "
             "shell steps. Create a token first (`treadle token create admin --scope admin`), set "
             "TREADLE_ADMIN_TOKEN, or pass --insecure if this network is trusted.")
+
+
+def executor_unreachable(executor: str) -> str | None:
+    """Why the Dask scheduler of `--executor dask://HOST:PORT` cannot be used, or None."""
+    import importlib.util
+    import socket
+
+    if executor in ("local",):
+        return None
+    if importlib.util.find_spec("distributed") is None:
+        return (f"--executor {executor} needs Dask distributed, which is not installed: "
+                'pip install "treadle[dask]"')
+    if executor == "dask-local":
+        return None
+    host, _, port = executor.split("://", 1)[1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port or 8786)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        return (f"cannot reach the Dask scheduler at {executor}: {exc}; start it with `dask scheduler` "
+                "(docs/cluster.md)")
+    return None

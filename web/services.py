@@ -56,6 +56,8 @@ class Settings:
     admin_token: str | None = None  # a known admin token for automation (TREADLE_ADMIN_TOKEN)
     insecure: bool = False  # allow running open on a non-loopback address
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
+    executor: str = "local"  # local | dask://HOST:PORT | dask-local (docs/cluster.md)
+    workers: int = 2  # dask-local: worker processes
 
 
 @dataclass
@@ -94,8 +96,9 @@ class Services:
         async with Store(settings.db, broker) as store:
             # one client for http steps and notifications, closed after both are done
             http = httpx.AsyncClient(follow_redirects=True)
+            dispatcher = await _dispatcher(settings, folder)
             engine = Engine(store, lookup=catalog.get, definitions_dir=folder, http=http,
-                            environ=with_secrets_file(settings.secrets_file))
+                            environ=with_secrets_file(settings.secrets_file), dispatcher=dispatcher)
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
             state = TriggerState(store)
             launcher = Launcher(engine, state, catalog.entries)
@@ -132,6 +135,7 @@ class Services:
                 await _graceful_shutdown(engine, settings.grace)
                 await launcher.close()
                 await notifier.close()
+                await dispatcher.close()
                 await http.aclose()
 
     async def lead_once(self) -> None:
@@ -173,6 +177,19 @@ class Services:
             with contextlib.suppress(Exception):
                 await self.store.leases.set_leader(self.engine.owner, False)
         await self.store.leadership.release()
+
+
+async def _dispatcher(settings: Settings, folder: Path) -> Any:
+    """Where steps execute: this process, or a Dask cluster (connected before serving)."""
+    if settings.executor == "local":
+        from runner.dispatch.local import LocalDispatcher
+
+        return LocalDispatcher()
+    from runner.dispatch.dask import DaskDispatcher
+
+    dispatcher = DaskDispatcher(settings.executor, folder, workers=settings.workers)
+    await dispatcher.start()
+    return dispatcher
 
 
 LEADER_POLL_SECONDS = 1.0

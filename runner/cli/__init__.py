@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .db import register as register_db
     from .tokens import register as register_tokens
+    from .worker import register as register_worker
 
     register_tokens(sub, d)
     register_db(sub, d)
+    register_worker(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)
     return parser

@@ -83,3 +83,10 @@ def hide_placeholders(value: Any) -> Any:
     if isinstance(value, list):
         return [hide_placeholders(v) for v in value]
     return value
+
+
+def resources_of(resources: dict[str, Any] | None, labels: list[str]) -> dict[str, float]:
+    """A step's `resources` and `labels` as Dask worker resources (`label-NAME`)."""
+    out = {k: float(v) for k, v in (resources or {}).items() if v is not None}
+    out.update({f"label-{label}": 1.0 for label in labels})
+    return out

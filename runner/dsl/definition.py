@@ -171,11 +171,46 @@ class CircuitBreakerSpec(_Model):
     half_open_max: int = Field(1, ge=1, le=1000, description="trial calls let through at once while half-open")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|K|M|G|T)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 10**3, "m": 10**6, "g": 10**9,
+               "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> float:
+    """Bytes of a size as written: `4GiB`, `512MiB`, `2GB`, or a number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}; write e.g. 4GiB, 512MiB or a number of bytes")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"size {value} must be more than 0")
+        return float(value)
+    found = _SIZE.match(str(value))
+    if not found:
+        raise ValueError(f"invalid size {value!r}; write e.g. 4GiB, 512MiB, 2GB or a number of bytes")
+    return float(found.group(1)) * _SIZE_UNITS[(found.group(2) or "b").lower()]
+
+
+class ResourcesSpec(_Model):
+    """What a step needs of a cluster worker: it runs only on a worker that offers it."""
+
+    cpu: float | None = Field(None, gt=0, description="CPU cores")
+    memory: float | str | None = Field(None, description="bytes, or 4GiB, 512MiB, 2GB")
+    gpu: float | None = Field(None, gt=0, description="GPUs")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: Any) -> float | None:
+        return None if value is None else parse_size(value)
+
+
 class ApprovalSpec(_Model):
     """A person approves or rejects from the dashboard or the API; the run waits."""
 
     message: str = Field(description="what the person is asked (a template)")
     timeout: Duration | None = Field(None, description="no decision by then: the step fails")
+
+
+CLUSTER_KINDS = ("run", "python", "http")  # the kinds a cluster worker may execute
 
 
 class StepSpec(_Model):
@@ -210,6 +245,14 @@ class StepSpec(_Model):
     compensate: CompensationSpec | None = Field(
         None, description="undoes this step when the run fails after it succeeded (any step kind)"
     )
+    executor: Literal["local", "cluster"] | None = Field(
+        None, description="run, python and http steps: `local` keeps the step on the server when Treadle "
+                          "executes steps on a cluster; default: the workflow's"
+    )
+    resources: ResourcesSpec | None = Field(None, description="cluster steps: what the worker must offer")
+    labels: list[str] = Field(default_factory=list, description="cluster steps: run only on workers with these labels")
+    placement_timeout: Duration | None = Field(
+        None, description="cluster steps: fail when no worker has taken the step by then (default 10m)")
 
     @field_validator("needs", mode="before")
     @classmethod
@@ -247,6 +290,11 @@ class StepSpec(_Model):
             field = "with_" if extra == "with" else extra
             if field in self.model_fields_set and kind != owner:
                 raise _error_at(extra, f"'{extra}' only applies to '{owner}' steps, not '{kind}'; remove it")
+        if kind not in CLUSTER_KINDS:
+            for key in ("executor", "resources", "labels", "placement_timeout"):
+                if key in self.model_fields_set:
+                    raise _error_at(key, f"'{key}' only applies to run, python and http steps (a '{kind}' step "
+                                         "always runs on the server); remove it")
         return self
 
 
@@ -303,6 +351,9 @@ class WorkflowSpec(_Model):
                                    description="what starts runs besides a person: schedules, webhooks, events, files, other workflows")
     concurrency: ConcurrencySpec | None = Field(None, description="how many runs may go at once, and what happens to more")
     notify: list[NotifySpec] = Field(default_factory=list, description="POST a JSON event when a run ends")
+    executor: Literal["local", "cluster"] = Field(
+        "cluster", description="where run, python and http steps execute when Treadle has a cluster "
+                               "(`serve --executor dask://...`): `local` keeps them all on the server")
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -348,7 +399,7 @@ def json_schema() -> dict[str, Any]:
                 "description": "seconds, or 45s, 10m, 1h30m, 500ms"}
     one_or_many = {"type": "string"}
     for name, props in [("", schema["properties"]), *((n, d["properties"]) for n, d in defs.items())]:
-        for key in ("timeout", "delay", "max_delay", "wait", "reset_after", "settle"):
+        for key in ("timeout", "delay", "max_delay", "wait", "reset_after", "settle", "placement_timeout"):
             if key in props:
                 props[key] = {**duration, **({"default": props[key]["default"]} if "default" in props[key] else {})}
         ending = {"enum": ["succeeded", "failed", "cancelled"]}

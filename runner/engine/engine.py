@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from ..dispatch.local import LocalDispatcher
 from ..dsl.loader import Definition, load_text
 from ..dsl.params import validate_params
 from ..errors import (
@@ -114,7 +115,7 @@ class Engine:
     def __init__(
         self, store: Store, *, lookup: Callable[[str], Definition | None] | None = None,
         definitions_dir: Path | None = None, environ: dict[str, str] | None = None,
-        http: httpx.AsyncClient | None = None, role: str = "serve",
+        http: httpx.AsyncClient | None = None, role: str = "serve", dispatcher: Any = None,
     ):
         self.store = store
         self.lookup = lookup or (lambda name: None)
@@ -133,6 +134,7 @@ class Engine:
         # queues, notifications; each callback must return quickly and never raise
         self.run_ended: list[Callable[[RunEnded], None]] = []
         self.leases = LeaseKeeper(self, role)
+        self.dispatcher = dispatcher or LocalDispatcher()  # where run, python and http steps execute
         self._swept_at = 0.0
         self._ending: set[asyncio.Task] = set()  # announcements of ended runs (see run_finished)
         self._ended: dict[str, RunExecution] = {}  # runs ended here whose end is not committed yet
@@ -239,6 +241,8 @@ class Engine:
         if time.monotonic() - self._swept_at > SWEEP_SECONDS:
             await self._sweep_orphans()
         plans = await plan_resumes(self.store, claimed, self.stored_definition, self.environ, self.owner)
+        # what still runs of them on cluster workers stops before their steps run again
+        await self.dispatcher.forget([token for plan in plans for token in plan.state.interrupted])
         # every execution is registered before any starts, so a resumed parent run finds
         # its resumed child runs instead of starting them again
         resumed = []
@@ -260,16 +264,17 @@ class Engine:
     async def _sweep_orphans(self) -> None:
         """Stop step processes on this machine whose server is gone."""
         self._swept_at = time.monotonic()
-        live = {s["id"]: s for s in await self.store.leases.servers(within=LEASE_SECONDS)}
+        seen = await asyncio.to_thread(orphans.owners_seen)
+        seen.discard(self.owner)
+        if not seen:
+            return
         host, ns = socket.gethostname(), pid_namespace()
-
-        def is_alive(owner: str) -> bool:
-            server = live.get(owner)
-            if server is None:
-                return False
-            return not (server["host"] == host and server["pid_ns"] == ns and process_is_gone(server["pid"]))
-
-        await asyncio.to_thread(orphans.stop_of_gone_owners, is_alive, self.owner)
+        gone = set()
+        for server in await self.store.leases.known(sorted(seen), within=LEASE_SECONDS):
+            here = server["host"] == host and server["pid_ns"] == ns
+            if not server["alive"] or (here and process_is_gone(server["pid"])):
+                gone.add(server["id"])
+        await asyncio.to_thread(orphans.stop_of_owners, gone)
 
     def _register(self, exe: RunExecution) -> None:
         self.runs[exe.id] = exe

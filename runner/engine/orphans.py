@@ -9,7 +9,9 @@ Every step process carries TREADLE_OWNER (the server that drives the run) and
 TREADLE_RUN_ID in its environment, inherited by everything it starts. Before a
 server resumes a run it claimed, it stops every process on this machine that belongs
 to that run and to another owner; and every few seconds it stops the processes of
-owners that are gone (no heartbeat, or a pid that no longer exists here). What runs
+owners that its own database knows and knows to be gone (no heartbeat, or a pid that
+no longer exists here). An owner its database has never seen belongs to another
+Treadle (another database on the same machine) and is left alone. What runs
 on another machine is stopped by that machine's next Treadle, or by nobody: steps
 stay at-least-once, and TREADLE_IDEMPOTENCY_KEY is there for steps that must not
 repeat a side effect.
@@ -21,7 +23,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("treadle.orphans")
@@ -74,7 +76,14 @@ def stop_for_runs(run_ids: set[str], keep_owner: str) -> int:
     return stop(pids, f"an earlier owner of run(s) {', '.join(sorted(run_ids))}")
 
 
-def stop_of_gone_owners(is_alive: Callable[[str], bool], keep_owner: str) -> int:
-    """Stop the step processes whose owner is gone (`is_alive(owner)` says no)."""
-    pids = [pid for pid, owner, _ in step_processes() if owner != keep_owner and not is_alive(owner)]
+def owners_seen() -> set[str]:
+    """The owners named by the step processes on this machine (of any Treadle, any database)."""
+    return {owner for _, owner, _ in step_processes()}
+
+
+def stop_of_owners(gone: set[str]) -> int:
+    """Stop the step processes of these owners (servers of this database known to be gone)."""
+    if not gone:
+        return 0
+    pids = [pid for pid, owner, _ in step_processes() if owner in gone]
     return stop(pids, "a server that is gone")

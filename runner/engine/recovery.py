@@ -129,6 +129,7 @@ async def _resumed_state(store: Store, run_id: str, definition: Definition, rows
         if last["status"] == StepStatus.RUNNING.value:
             store.put_step({**last, "status": StepStatus.CANCELLED.value, "finished_at": time.time(),
                             "error": INTERRUPTED}, fence)
+            state.interrupted.append(f"{run_id}.{sid}.{item}.{last['attempt']}")
         next_attempt = last["attempt"] if last["status"] == StepStatus.PENDING.value else last["attempt"] + 1
         state.next_attempt[(sid, item)] = (max(next_attempt, 1), failures)
     return state

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import limits
+from ..dispatch.job import StepJob, hide_placeholders, placeholders, resources_of
 from ..dsl.dag import Dag, build_dag, steps_of
 from ..dsl.definition import RetrySpec, StepSpec
 from ..dsl.durations import format_duration
@@ -42,6 +43,7 @@ class Resumed:
     finished: dict[str, tuple[StepStatus, dict[str, Any]]] = field(default_factory=dict)
     next_attempt: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (attempt, failures)
     items: dict[str, dict[int, Any]] = field(default_factory=dict)  # foreach outputs already made
+    interrupted: list[str] = field(default_factory=list)  # attempts that were running (their cluster tokens)
 
     def attempt(self, step_id: str, item: int) -> tuple[int, int]:
         return self.next_attempt.get((step_id, item), (1, 0))
@@ -75,6 +77,13 @@ def raw_inputs(definition: Definition, step: StepSpec) -> dict[str, Any]:
     return cache[step.id]
 
 
+class Dispatcher(Protocol):
+    """runner/dispatch/: local (the default) or a Dask cluster."""
+
+    def remote(self, kind: str, executor: str | None) -> bool: ...
+    async def execute(self, job: StepJob, ctx: StepContext, placement_timeout: float | None = None) -> StepOutcome: ...
+
+
 class LeaseCheck(Protocol):
     async def confirm(self, run_id: str) -> bool:
         """Whether this process still holds the run's lease (the LeaseKeeper answers)."""
@@ -86,6 +95,7 @@ class RunHost(StepServices, Protocol):
 
     owner: str  # this process's name on the runs it drives
     leases: LeaseCheck
+    dispatcher: Dispatcher  # where run, python and http steps execute
 
     def journal(self, run_id: str, epoch: int) -> Journal:
         """Where the run's writes go, fenced by its lease (this process, `epoch`)."""
@@ -635,6 +645,9 @@ class RunExecution:
         timeout = step.timeout if step.timeout is not None else (None if step.approval else defaults.timeout)
         kind = REGISTRY[step.kind]
         raw = raw_inputs(self.definition, step)
+        remote = self.engine.dispatcher.remote(step.kind, step.executor or self.spec.executor)
+        if remote:  # the worker puts the secrets in: only placeholders leave the server
+            ctx = {**ctx, "secrets": placeholders(list(self.spec.secrets))}
         key = {"run_id": self.id, "step_id": step.id, "item": item}
         logs = LogSink(self.journal.log, {**key, "attempt": 1}, self.mask.text,
                        safe_cut=self.mask.safe_cut if self.mask else None)
@@ -657,20 +670,25 @@ class RunExecution:
                     if not await self.engine.leases.confirm(self.id):
                         raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
                     row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
-                           "started_at": time.time(), "input": self.mask.data(inp)}
+                           "started_at": time.time(), "input": self.mask.data(hide_placeholders(inp) if remote else inp)}
                     self.journal.step(row)
                     sctx = StepContext(
                         run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
                         workflow=self.definition.name, base_dir=self.definition.base_dir,
                         env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
-                        timeout=timeout, process_env=self._process_env(),
+                        timeout=timeout, process_env=None if remote else self._process_env(),
+                        started=self._on_worker(row) if remote else None,
                     )
                     limit = asyncio.timeout(timeout)
                     permit: Permit | None = None
                     try:
                         permit = admit_call(self.engine.breakers, inp)  # CircuitOpen: a failed attempt
                         async with limit:
-                            outcome = await kind.execute(sctx, inp)
+                            if remote:
+                                outcome = await self.engine.dispatcher.execute(
+                                    self._job(step, sctx, inp, timeout), sctx, step.placement_timeout)
+                            else:
+                                outcome = await kind.execute(sctx, inp)
                         error = None
                         settle(permit, outcome=outcome)
                     except StepFailed as exc:
@@ -725,6 +743,31 @@ class RunExecution:
                     raise
         finally:
             logs.close()
+
+    def _on_worker(self, row: dict[str, Any]) -> Callable[[str], None]:
+        """Record which cluster worker took the attempt (kept in `row` for its later writes)."""
+        def started(worker: str) -> None:
+            row["worker"] = worker
+            self.journal.step(dict(row))
+        return started
+
+    def _job(self, step: StepSpec, sctx: StepContext, inp: dict[str, Any], timeout: float | None) -> StepJob:
+        """One attempt of a cluster step as plain data (runner/dispatch/job.py)."""
+        definition = self.definition
+        base = definition.base_dir
+        root = getattr(self.engine, "definitions_dir", None)
+        try:
+            base_dir = base.resolve().relative_to(root.resolve()).as_posix() if base and root else "."
+        except ValueError:
+            base_dir = "."
+        resources = step.resources.model_dump(exclude_none=True) if step.resources else {}
+        return StepJob(
+            token=f"{self.id}.{step.id}.{sctx.index if sctx.index is not None else -1}.{sctx.attempt}",
+            kind=step.kind, input=inp, run_id=self.id, step_id=step.id, index=sctx.index, attempt=sctx.attempt,
+            workflow=definition.name, version=definition.version, commit=definition.revision,
+            owner=self.engine.owner, env=dict(self.context["env"]), base_dir=base_dir, code=None, timeout=timeout,
+            secret_names=list(self.spec.secrets), resources=resources_of(resources, list(step.labels)),
+        )
 
     @staticmethod
     def _check_output(outcome: StepOutcome | None, error: StepFailed | None) -> StepFailed | None:

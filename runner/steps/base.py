@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +56,7 @@ class StepContext:
     logs: LogSink
     timeout: float | None = None
     process_env: dict[bytes, bytes] | None = None  # Treadle's environment + the workflow's env, encoded once per run
+    started: Callable[[str], None] | None = None  # told which cluster worker took the attempt
 
     @property
     def idempotency_key(self) -> str:

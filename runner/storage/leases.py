@@ -124,6 +124,14 @@ class LeaseStore:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
+    async def known(self, ids: list[str], within: float) -> list[dict[str, Any]]:
+        """The servers of this database among `ids`, each with `alive` (a heartbeat in
+        the last `within` seconds, and not stopped)."""
+        alive = and_(Server.heartbeat_at > self._now() - within, Server.stopped_at.is_(None)).label("alive")
+        query = select(Server.id, Server.host, Server.pid, Server.pid_ns, alive).where(Server.id.in_(ids))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
     async def same_machine(self, host: str, pid_ns: str | None) -> list[dict[str, Any]]:
         """Servers recorded on this host and pid namespace that hold runs (to spot the
         dead among them by pid, without waiting for their leases to run out)."""

@@ -121,6 +121,7 @@ class StepAttempt(SQLModel, table=True):
     exit_code: int | None = None
     http_status: int | None = None
     error: str | None = None
+    worker: str | None = None  # the cluster worker that executed it (None: the server itself)
 
 
 class LogChunk(SQLModel, table=True):
