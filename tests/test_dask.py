@@ -89,6 +89,7 @@ async def test_run_python_and_http_steps_execute_on_workers_with_live_logs(engin
     attempts = {r["step_id"]: r for r in await store.step_attempts(exe.id)}
     workers = set(cluster.wait_for_workers(2).values())
     assert {attempts[s]["worker"] for s in ("sh", "py", "call")} <= workers
+    assert steps["py"]["attempt_list"][0]["worker"] == attempts["py"]["worker"]  # the API says where it ran
     assert steps["sh"]["output"].endswith(f'{{"on": "{attempts["sh"]["worker"]}"}}')  # it really ran there
     assert steps["py"]["output"]["x"] == 42 and steps["py"]["output"]["pid"] != os.getpid()
     assert steps["call"]["output"]["json"] == {"status": "ok", "items": [1, 2, 3]}

@@ -118,6 +118,7 @@ class _Trace(TypedDict):
 class Attempt(_Trace):
     attempt: int
     item: int | None  # the foreach index; None for the step as a whole
+    worker: str | None  # the cluster worker that executed it; None: the server itself
 
 
 class StepDoc(_Trace):

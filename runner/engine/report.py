@@ -45,7 +45,7 @@ def attempt_doc(row: dict[str, Any]) -> dict[str, Any]:
         "started_at": iso(row["started_at"]), "finished_at": iso(row["finished_at"]),
         "duration_ms": duration_ms(row["started_at"], row["finished_at"]), "input": row["input"],
         "output": row["output"], "exit_code": row["exit_code"], "http_status": row["http_status"],
-        "error": row["error"],
+        "error": row["error"], "worker": row.get("worker"),
     }
 
 
