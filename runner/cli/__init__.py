@@ -20,7 +20,7 @@ from .. import DEFAULT_DB, __version__
 from ..dsl.durations import format_duration
 from ..dsl.loader import Definition, load_file
 from ..errors import ParamError, Problem, TreadleError
-from ..gitops.catalog import Catalog
+from ..gitops.catalog import Catalog, relative_to_root
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -140,6 +140,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in (args.paths or [_defaults()["definitions"]])]
     problems: list[Problem] = []
     count = 0
+    folder = Path(_defaults()["definitions"])
+    folder_catalog: Catalog | None = None
     for path in paths:
         if path.is_dir():
             catalog = Catalog(path)
@@ -148,7 +150,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             problems += [Problem(str(path / p.path), p.line, p.column, p.message) for p in catalog.problems()]
         elif path.exists():
             count += 1
-            problems += load_file(path).problems
+            rel = relative_to_root(path, folder) if folder.is_dir() else None
+            if rel is None:
+                problems += load_file(path).problems
+                continue
+            # a file of the definitions folder (a pre-commit hook passes files): checked
+            # with the others, so that what it says about them is checked too
+            if folder_catalog is None:
+                folder_catalog = Catalog(folder)
+                folder_catalog.load_all()
+            problems += [Problem(str(path), p.line, p.column, p.message) for p in folder_catalog.problems()
+                         if p.path == rel.as_posix()]
         else:
             problems.append(Problem(str(path), 1, 1, "no such file or folder"))
     for p in problems:

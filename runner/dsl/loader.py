@@ -39,6 +39,7 @@ from . import definition as d
 from . import trigger_spec as t
 from .dag import Dag, build_dag
 from .durations import parse_duration
+from .refs import name_refs
 from .yaml_source import Source, YamlSyntaxError, parse
 
 log = logging.getLogger("treadle.loader")
@@ -55,6 +56,9 @@ class Definition:
     spec: d.WorkflowSpec | None = None
     dag: Dag | None = None
     problems: list[Problem] = field(default_factory=list)
+    # the spec as read even when other problems keep the file from running, so that
+    # checks across files (crossfile.py) still report everything in one pass
+    parsed: d.WorkflowSpec | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # cwd for `run` steps
     name_at: tuple[int, int] = (1, 1)  # where the name is written (line, column), for name clashes
     loaded_at: float = field(default_factory=time.time)
@@ -183,7 +187,7 @@ def _load_text(text: str, path: str, *, name: str, base_dir: Path | None, versio
     try:
         src = parse(text)
     except YamlSyntaxError as exc:
-        problems.add(exc.line, exc.column, exc.args[0])
+        problems.add(exc.line, exc.column, exc.args[0] + _yaml_hint(text, exc.line, exc.args[0]))
         result.problems = problems.items
         return result
     for dup_path, line, col, first in src.duplicates:
@@ -210,9 +214,26 @@ def _load_text(text: str, path: str, *, name: str, base_dir: Path | None, versio
     _check_text_values(src, problems)
     _check_run_limits(src, problems)
     result.problems = problems.items
+    result.parsed = spec
     if not result.problems and spec is not None:
         result.spec, result.dag = spec, dag
     return result
+
+
+def _yaml_hint(text: str, line: int, message: str) -> str:
+    """A plain-words fix for the common causes of a YAML syntax error, or ""."""
+    lines = text.splitlines()
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    if any("\t" in row[: len(row) - len(row.lstrip())] for row in lines[max(0, line - 2): line]):
+        return "; indent with spaces: YAML does not allow tabs for indentation"
+    if "mapping values are not allowed" in message:
+        return ("; a value that contains ': ' must be quoted, e.g. log: \"time: 5\" (or use a `|` block for "
+                "several lines)")
+    if "quoted scalar" in message and "end of stream" in message:
+        return "; a quote is not closed: end the value with the quote it starts with (\" or ')"
+    if "{{" in here and ("flow" in message or "unhashable" in message or "expected ','" in message):
+        return "; a template at the start of a value must be quoted: key: \"{{ ... }}\""
+    return ""
 
 
 def _failed(name: str, path: str, source: str, message: str, at: tuple[int, int] = (1, 1)) -> Definition:
@@ -225,6 +246,7 @@ class _Collector:
 
     def __init__(self, path: str, text: str = ""):
         self.path, self._text = path, text
+        self.text = text
         self._seen: dict[Problem, None] = {}  # in the order found (a set would lose it)
         self._lines: int | None = None
 
@@ -423,7 +445,13 @@ def _report_type(data_path: tuple, expected: list[str], value: Any, src: Source,
     """`steps[0].run: expected text or a list, got the number 1.1 (...)`."""
     message = f"{_dotted(data_path)}: expected {' or '.join(expected)}, got {_describe(value, data_path, src)}"
     written = src.texts.get(data_path)
-    if "text" in expected and written is not None and (expected == ["text"] or written != json.dumps(value)):
+    line, column = src.where(data_path)
+    rows = problems.text.splitlines()
+    at_value = rows[line - 1][column - 1:] if 0 < line <= len(rows) else ""
+    if "text" in expected and at_value.lstrip().startswith("{{"):
+        message += (f"; a template at the start of a value must be quoted, or YAML reads its braces as a mapping: "
+                    f"write \"{at_value.strip()}\"")
+    elif "text" in expected and written is not None and (expected == ["text"] or written != json.dumps(value)):
         message += f"; put it in quotes (\"{written}\") to keep it as text"
     elif model in _MODEL_HINTS:
         message += f"; {_MODEL_HINTS[model]}"
@@ -558,6 +586,15 @@ def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Col
 class _TemplateChecker:
     def __init__(self, src: Source, dag: Dag | None, ids: set[str], problems: _Collector):
         self.src, self.dag, self.ids, self.problems = src, dag, ids, problems
+        raw = src.data if isinstance(src.data, dict) else {}
+        params, env, secrets = raw.get("params"), raw.get("env"), raw.get("secrets")
+        # what a template may name: None when the file's own declaration is malformed (reported apart)
+        self.declared: dict[str, set[str] | None] = {
+            "params": set(params) if isinstance(params, dict) else (set() if params is None else None),
+            "env": set(env) if isinstance(env, dict) else (set() if env is None else None),
+            "secrets": {s for s in secrets if isinstance(s, str)} if isinstance(secrets, list)
+            else (set() if secrets is None else None),
+        }
 
     def visit(self, value: Any, path: tuple, step_id: str | None) -> None:
         if isinstance(value, dict):
@@ -579,6 +616,26 @@ class _TemplateChecker:
                 message = _ref_problem(ref, step_id, self.dag, self.ids)
                 if message:
                     self.problems.add(*self._at(path, lineno), f"{_dotted(path)}: refers to steps.{ref}, {message}")
+            if path[0] not in ("triggers", "notify"):  # their templates see the trigger's data, not these
+                self._check_names(value, path)
+
+    def _check_names(self, value: str, path: tuple) -> None:
+        """`params.x`, `env.X`, `secrets.X` must name what the file declares (else the
+        run fails on it with Jinja's "'dict object' has no attribute ...")."""
+        for root, segments, lineno in name_refs(value):
+            kind = "params" if root == "trigger" else root
+            declared = self.declared.get(kind)
+            if declared is None or not segments or not isinstance(segments[0], str) or segments[0] in declared:
+                continue
+            name = segments[0]
+            if kind == "env" and path[0] == "env":
+                message = "but `env` is rendered before itself; use the value, or a param"
+            else:
+                what = {"params": "param", "env": "env variable", "secrets": "secret"}[kind]
+                close = difflib.get_close_matches(name, sorted(declared), n=1)
+                fix = f"did you mean '{close[0]}'?" if close else f"declare it under `{kind}:`"
+                message = f"but the workflow declares no {what} '{name}'; {fix}"
+            self.problems.add(*self._at(path, lineno), f"{_dotted(path)}: refers to {root}.{name}, {message}")
 
     def _at(self, path: tuple, lineno: int) -> tuple[int, int]:
         """Where line `lineno` of the template at `path` is written. Only a `|` or `>`

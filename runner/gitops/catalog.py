@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from ..dsl import crossfile
 from ..dsl.loader import Definition, load_file
 from ..errors import Problem
 from .gitinfo import GitState, blob_id, read_state
@@ -145,7 +146,12 @@ class Catalog:
         view: dict[str, Definition] = {}
         good = {rel: d for rel, d in self._good.items() if rel in loaded}  # deleted files leave
         loaded = dict(sorted(loaded.items()))
+        # what a file says about another (a `workflow:` step's target and params, `after`)
+        across = crossfile.check(d for d in loaded.values() if counts[d.name] == 1)
         for rel, definition in loaded.items():
+            if rel in across:
+                definition = replace(definition, spec=None, dag=None, problems=sorted(
+                    [*definition.problems, *across[rel]], key=lambda p: (p.line, p.column)))
             if counts[definition.name] > 1:
                 others = sorted(r for r, d in loaded.items() if d.name == definition.name and r != rel)
                 problem = Problem(rel, *definition.name_at, f"workflow name '{definition.name}' is also used by {', '.join(others)}; names must be unique (rename a file or set `name:`)")
