@@ -277,3 +277,10 @@ class ExecutorError(TreadleError):
     cli_exit_code = 2
     error_code = "EXECUTOR_UNAVAILABLE"
     http_status = 503
+
+
+class RevisionError(TreadleError):
+    """`treadle plan`: the folder is not in a git work tree, or a revision names no commit."""
+
+    cli_exit_code = 2
+    error_code = "BAD_REVISION"

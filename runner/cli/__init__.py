@@ -77,11 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     from .db import register as register_db
+    from .plan import register as register_plan
     from .tokens import register as register_tokens
     from .worker import register as register_worker
 
     register_tokens(sub, d)
     register_db(sub, d)
+    register_plan(sub, d)
     register_worker(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)

@@ -27,10 +27,16 @@ from .yaml_source import Source, parse
 def check(definitions: Iterable[Definition]) -> dict[str, list[Problem]]:
     """Problems per definition path, for every definition among `definitions` that parsed
     (a file with problems of its own gets these too, so one pass shows all)."""
+    return {path: [problem for problem, _ in found] for path, found in references(definitions).items()}
+
+
+def references(definitions: Iterable[Definition]) -> dict[str, list[tuple[Problem, str]]]:
+    """Like `check`, each problem with the workflow it is about (the one called or
+    followed): `treadle plan` tells who breaks when that workflow changes."""
     entries = list(definitions)
     by_name = {d.name: d for d in entries}
     names = sorted(by_name)
-    out: dict[str, list[Problem]] = {}
+    out: dict[str, list[tuple[Problem, str]]] = {}
     for definition in entries:
         if definition.parsed is None:
             continue
@@ -40,7 +46,8 @@ def check(definitions: Iterable[Definition]) -> dict[str, list[Problem]]:
     return out
 
 
-def _check_one(definition: Definition, by_name: dict[str, Definition], names: list[str]) -> list[Problem]:
+def _check_one(definition: Definition, by_name: dict[str, Definition],
+               names: list[str]) -> list[tuple[Problem, str]]:
     spec = definition.parsed
     assert spec is not None
     calls = [(i, s) for i, s in enumerate(spec.steps) if s.workflow is not None and "{{" not in s.workflow]
@@ -48,15 +55,17 @@ def _check_one(definition: Definition, by_name: dict[str, Definition], names: li
     if not calls and not afters:
         return []
     src = _source(definition)
-    problems: list[Problem] = []
+    problems: list[tuple[Problem, str]] = []
+    target = ""  # the workflow the next problems are about
 
     def add(path: tuple, message: str, *, key: bool = False) -> None:
         line, column = src.where(path, key=key) if src is not None else (1, 1)
-        problems.append(Problem(definition.path, line, column, message))
+        problems.append((Problem(definition.path, line, column, message), target))
 
     children: dict[str, Definition] = {}
     for i, step in calls:
         where = ("steps", i)
+        target = step.workflow
         child = by_name.get(step.workflow)
         if child is None:
             close = difflib.get_close_matches(step.workflow, names, n=1)
@@ -88,6 +97,7 @@ def _check_one(definition: Definition, by_name: dict[str, Definition], names: li
     if children and src is not None:
         _check_child_outputs(definition, src, children, problems)
     for i, after in afters:
+        target = after.workflow
         if after.workflow not in by_name:
             close = difflib.get_close_matches(after.workflow, names, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "no file defines it"
@@ -99,7 +109,7 @@ def _check_one(definition: Definition, by_name: dict[str, Definition], names: li
 
 
 def _check_child_outputs(definition: Definition, src: Source, children: dict[str, Definition],
-                         problems: list[Problem]) -> None:
+                         problems: list[tuple[Problem, str]]) -> None:
     """`steps.<child step>.output.<name>` must be an output the child returns."""
     for path, text in _templates(src.data, ()):
         for root, segments, lineno in name_refs(text):
@@ -116,9 +126,9 @@ def _check_child_outputs(definition: Definition, src: Source, children: dict[str
             hint = f"did you mean '{close[0]}'?" if close else (
                 f"it returns {', '.join(sorted(offered))}" if offered else "it returns no outputs")
             line, column = src.where(path)
-            problems.append(Problem(definition.path, line + lineno - 1 if lineno > 1 and path in src.blocks else line,
-                                    column, f"{_dotted(path)}: refers to steps.{segments[0]}.output.{name}, but "
-                                            f"workflow '{child.name}' has no output '{name}'; {hint}"))
+            problems.append((Problem(definition.path, line + lineno - 1 if lineno > 1 and path in src.blocks else line,
+                                     column, f"{_dotted(path)}: refers to steps.{segments[0]}.output.{name}, but "
+                                             f"workflow '{child.name}' has no output '{name}'; {hint}"), child.name))
 
 
 def _outputs_of(child: Definition) -> set[str] | None:

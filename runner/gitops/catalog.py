@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..dsl import crossfile
-from ..dsl.loader import Definition, load_file
+from ..dsl.loader import Definition, load_file, load_text
 from ..errors import Problem
 from .gitinfo import GitState, blob_id, read_state
 
@@ -75,6 +75,13 @@ class Catalog:
         with self._lock:  # a reload waits: files it read must not be replaced by an older scan
             loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
             self._swap(loaded)
+
+    def load_texts(self, texts: dict[str, str]) -> None:
+        """Load the folder as given in memory, relative path -> text (a git revision's
+        files for `treadle plan`): the same checks as files on disk."""
+        with self._lock:
+            self._swap({rel: load_text(text, rel, base_dir=self.root) for rel, text in texts.items()
+                        if Path(rel).suffix in SUFFIXES and _visible(Path(rel))})
 
     def reload(self, paths: Iterable[Path]) -> list[str]:
         """Reload changed files (removed ones leave); returns the relative paths touched.
