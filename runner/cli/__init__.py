@@ -78,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .db import register as register_db
     from .plan import register as register_plan
+    from .replay import register as register_replay
     from .tokens import register as register_tokens
     from .worker import register as register_worker
 
     register_tokens(sub, d)
     register_db(sub, d)
     register_plan(sub, d)
+    register_replay(sub, d)
     register_worker(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)

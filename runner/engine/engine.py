@@ -45,6 +45,7 @@ from .circuit import Breakers
 from .journal import Journal
 from .leases import LEASE_SECONDS, LeaseKeeper, pid_namespace, process_is_gone
 from .recovery import plan_resumes, reused_result
+from .replay import Replay
 from .run import RunExecution
 
 log = logging.getLogger("treadle.engine")
@@ -199,6 +200,8 @@ class Engine:
             self._ended.pop(exe.id, None)
         if exe.journal.closed:  # refused: another server drives it now and will end it
             return
+        if exe.trigger == "replay":  # a rehearsal: no notification, no chaining, no queue slot held
+            return
         ended = RunEnded(exe.id, exe.definition.name, exe.status.value, exe.trigger, exe.started_at, time.time(),
                          exe.mask.data(exe.outputs), exe.mask.text(exe.error) if exe.error else None,
                          exe.definition, exe.parent_run_id)
@@ -344,7 +347,7 @@ class Engine:
         return NewRun(row, definition, checked, secret_values)
 
     def launch(self, new: NewRun, *, reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
-               epoch: int = 1) -> RunExecution:
+               epoch: int = 1, replay: Replay | None = None) -> RunExecution:
         """Drive a run whose row is recorded (or queued in the writer ahead of anything the
         run writes) as running under this process's lease, at `epoch`."""
         self._keep_leases()
@@ -354,6 +357,7 @@ class Engine:
                            parent=self.runs.get(parent_run_id) if parent_run_id else None, epoch=epoch)
         exe.trigger, exe.started_at = row["trigger"], row.get("started_at") or time.time()
         exe.lease_seen = epoch > 1  # a claimed row is committed already
+        exe.replay = replay
         self._register(exe)
         exe.start()
         return exe

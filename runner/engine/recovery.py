@@ -76,6 +76,9 @@ async def _plan(store: Store, run: dict[str, Any],
     spec = definition.spec
     assert spec is not None
     rows = await store.step_attempts(run["id"])
+    if run.get("trigger") == "replay":  # its recorded answers were in the process that stopped
+        _mark_interrupted(store, rows, fence)
+        raise _CannotResume("interrupted: a replay is not resumed; run `treadle replay` again")
     if not spec.resume:
         _mark_interrupted(store, rows, fence)
         raise _CannotResume("interrupted: Treadle stopped while the run was in progress (the workflow says resume: false)")

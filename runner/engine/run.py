@@ -27,6 +27,7 @@ from .logsink import LogSink
 if TYPE_CHECKING:
     from ..dsl.loader import Definition
     from .journal import Journal
+    from .replay import Recorded, Replay
 
 log = logging.getLogger("treadle.run")
 NO_RETRY = RetrySpec()
@@ -47,6 +48,14 @@ class Resumed:
 
     def attempt(self, step_id: str, item: int) -> tuple[int, int]:
         return self.next_attempt.get((step_id, item), (1, 0))
+
+
+class _WouldRun(Exception):
+    """A replay `--offline` reached a step whose input changed: reported, not executed."""
+
+    def __init__(self, shown_input: Any):
+        super().__init__("would run")
+        self.input = shown_input
 
 
 class _Failed(Exception):
@@ -154,6 +163,7 @@ class RunExecution:
         self.draining = False  # shutting down: start no new step
         self._suspending = False
         self.context: dict[str, Any] = self._plain_context()  # `env` is rendered when the run starts
+        self.replay: Replay | None = None  # set by Engine.launch for `treadle replay` (replay.py)
 
     @property
     def busy(self) -> bool:
@@ -512,6 +522,8 @@ class RunExecution:
     async def _step(self, sid: str) -> None:
         step = self.steps[sid]
         try:
+            if self.replay is not None and self.replay.unknowable(sid, self.dag.deps.get(sid, ())):
+                raise _WouldRun(None)  # offline, after a step that would run: its input cannot be known
             if step.when is not None and not truthy(render(step.when, self.context)):
                 self._record_not_run(sid, StepStatus.SKIPPED)
                 status, result = StepStatus.SKIPPED, {}
@@ -527,6 +539,10 @@ class RunExecution:
         except _Failed as exc:
             err = exc.error
             status, result = StepStatus.FAILED, {"output": err.output, "exit_code": err.exit_code, "error": str(err)}
+        except _WouldRun as exc:
+            self.replay.would_run(sid)  # type: ignore[union-attr]
+            self._record_not_run(sid, StepStatus.SKIPPED, note={"replay": "would run", "input": exc.input})
+            status, result = StepStatus.SKIPPED, {}
         except TemplateFailed as exc:
             error = f"when: {exc}" if step.when is not None else str(exc)
             self._record_failure_row(sid, -1, error)
@@ -589,6 +605,11 @@ class RunExecution:
                 results[index], sizes[index] = outcome.output, outcome.size
             except _Failed as exc:
                 failures.append((index, str(exc)))
+            except _WouldRun as exc:  # replay --offline: this item's input changed
+                self.replay.would_run(step.id)  # type: ignore[union-attr]
+                self.journal.step({"run_id": self.id, "step_id": step.id, "item": index, "attempt": 0,
+                                   "status": StepStatus.SKIPPED.value, "finished_at": time.time(),
+                                   "input": {"replay": "would run", "input": exc.input}})
 
         try:
             await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
@@ -666,6 +687,13 @@ class RunExecution:
                     self._record_failure_row(step.id, item, too_big, attempt)
                     raise _Failed(StepFailed(too_big, retryable=False))
                 logs.set_attempt(attempt)
+                if self.replay is not None:
+                    shown = self.mask.data(hide_placeholders(inp) if remote else inp)
+                    answer = self.replay.answer(step.id, item, shown)
+                    if answer is not None:
+                        return self._replayed({**key, "attempt": attempt}, shown, answer, logs)
+                    if self.replay.offline:
+                        raise _WouldRun(shown)
                 async with self._sem:
                     if not await self.engine.leases.confirm(self.id):
                         raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
@@ -743,6 +771,22 @@ class RunExecution:
                     raise
         finally:
             logs.close()
+
+    def _replayed(self, key: dict[str, Any], shown: Any, answer: Recorded, logs: LogSink) -> StepOutcome:
+        """A replayed step: its input is the recorded one, so the recorded outcome answers."""
+        assert self.replay is not None
+        logs.write("treadle", f"[treadle: replay: input unchanged, answered from run {self.replay.of} "
+                              f"(attempt {answer.attempt}); nothing executed]\n")
+        now = time.time()
+        row = {**key, "status": answer.status, "started_at": now, "finished_at": now, "input": shown,
+               "output": answer.output, "exit_code": answer.exit_code, "http_status": answer.http_status}
+        if answer.status == StepStatus.FAILED.value:
+            self.journal.step({**row, "error": answer.error})
+            raise _Failed(StepFailed(answer.error or "failed", output=answer.output, exit_code=answer.exit_code,
+                                     http_status=answer.http_status, retryable=False))
+        self.journal.step(row)
+        return StepOutcome(output=answer.output, exit_code=answer.exit_code, http_status=answer.http_status,
+                           extra=dict(answer.extra))
 
     def _on_worker(self, row: dict[str, Any]) -> Callable[[str], None]:
         """Record which cluster worker took the attempt (kept in `row` for its later writes)."""
