@@ -603,9 +603,9 @@ def test_schema_describes_the_file_format(tmp_path: Path) -> None:
 
 
 def test_pre_commit_hook_runs_treadle_validate(tmp_path: Path) -> None:
-    hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
-    assert isinstance(hooks, list) and len(hooks) == 1
-    hook = hooks[0]
+    hooks = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
+    assert set(hooks) == {"treadle-validate", "treadle-plan"}
+    hook = hooks["treadle-validate"]
     assert hook["id"] == "treadle-validate" and hook["entry"] == "treadle validate"
     assert hook["language"] == "python" and hook["pass_filenames"] is True
     files = re.compile(hook["files"])
@@ -622,3 +622,20 @@ def test_pre_commit_hook_runs_treadle_validate(tmp_path: Path) -> None:
     bad = subprocess.run([entry, *args, "definitions/good.yaml", "definitions/wf.yaml"], cwd=tmp_path,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and bad.stdout.splitlines() == ["definitions/" + BROKEN_LINE]
+
+
+def test_pre_commit_plan_hook_refuses_a_commit_that_breaks_a_workflow(tmp_path: Path) -> None:
+    hook = {h["id"]: h for h in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}["treadle-plan"]
+    assert hook["pass_filenames"] is False and hook["language"] == "python"
+    entry = shutil.which(hook["entry"].split()[0])
+    assert entry is not None
+    git(tmp_path, "init", "-q")
+    write(tmp_path / "definitions" / "child.yaml", "params: {n: integer}\nsteps: [{id: a, log: hi}]\n")
+    write(tmp_path / "definitions" / "parent.yaml", "steps: [{id: c, workflow: child, params: {n: 1}}]\n")
+    commit_all(tmp_path, "first")
+    run = [entry, *hook["entry"].split()[1:]]
+    assert subprocess.run(run, cwd=tmp_path, capture_output=True, text=True).returncode == 0
+    write(tmp_path / "definitions" / "child.yaml", "params: {m: integer}\nsteps: [{id: a, log: hi}]\n")
+    refused = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert "! breaks parent: parent.yaml:1:" in refused.stdout and "has no param 'n'" in refused.stdout

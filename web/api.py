@@ -460,7 +460,8 @@ def _git_status(services: Services) -> dict[str, Any] | None:
         return None
     st = sync.state
     return {"url": redact_url(st.url), "branch": st.branch, "commit": st.commit, "error": st.error,
-            "last_attempt_at": iso(st.last_attempt_at), "last_success_at": iso(st.last_success_at)}
+            "last_attempt_at": iso(st.last_attempt_at), "last_success_at": iso(st.last_success_at),
+            "apply": st.apply, "incoming": st.incoming, "incoming_subject": st.incoming_subject or None}
 
 
 # public: load balancers and probes call it without a token (the git URL loses its credentials)

@@ -25,6 +25,7 @@ from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
 
 from . import live
+from .api import _git_status
 from .api_approvals import decide
 from .api_breakers import reset_breakers
 from .api_triggers import trigger_summary
@@ -85,7 +86,7 @@ async def workflows_page(request: Request) -> Template:
     last = await services.store.last_runs()
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
     broken = [d for d in entries if not d.healthy]
-    sync = services.gitsync.state if services.gitsync is not None else None
+    sync = _git_status(services)  # the URL without its credentials
     breakers = [b.snapshot() for b in services.engine.breakers.all()]
     waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN,
                                                                      workflows=visible_names(request))

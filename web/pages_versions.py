@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Template
 
+from runner.dsl.loader import load_text
 from runner.errors import WorkflowNotFound
+from runner.gitops.plan import compare_workflow
+from runner.gitops.plan_format import lines_of
 
 from .api_versions import diff_versions, version_source
 from .pages import _services, error_page
@@ -48,7 +51,17 @@ async def diff_page(
         return error_page(404, "No such version", f"Workflow '{name}' has no recorded version '{old}' or '{to}'.")
     lines = [(line[:1] if line[:1] in "+-@" and not line.startswith(("+++", "---")) else "", line.rstrip("\n"))
              for line in text.splitlines(keepends=True)]
-    return Template("diff.html", context={"name": name, "old": old, "new": to, "lines": lines, "nav": "workflows"})
+    plan = await _plan(services, name, old.strip(), to.strip())
+    return Template("diff.html", context={"name": name, "old": old, "new": to, "lines": lines, "nav": "workflows",
+                                          "plan": plan})
+
+
+async def _plan(services: Any, name: str, old: str, new: str) -> list[tuple[str, str]] | None:
+    """What changed in meaning between the two versions (`treadle plan` for one workflow);
+    None when nothing did."""
+    a, b = await version_source(services, name, old), await version_source(services, name, new)
+    entry = compare_workflow(load_text(a["source"], a["path"], name=name), load_text(b["source"], b["path"], name=name))
+    return lines_of(entry) if entry is not None else None
 
 
 VERSION_PAGES = [version_page, diff_page]

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
                    "--definitions is then the folder inside it")
     p.add_argument("--branch", default="main", help="branch to follow with --git (default main)")
     p.add_argument("--interval", default="30s", help="how often to pull with --git (default 30s)")
+    p.add_argument("--apply", choices=["auto", "manual"], default="auto",
+                   help="with --git: auto (default) puts each new commit in force; manual fetches it and shows "
+                        "its plan on the dashboard (/plan) until an admin applies it")
     p.add_argument("--grace", default="30s",
                    help="on SIGTERM/SIGINT, how long running steps may finish before they are "
                         "interrupted (default 30s); unfinished runs resume at the next start")
@@ -70,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
         return exc.cli_exit_code
     settings = Settings(definitions=Path(args.definitions), db=args.db, host=args.host, port=args.port,
                         watch=not args.no_watch, git_url=args.git, git_branch=args.branch,
-                        git_interval=interval, grace=grace,
+                        git_interval=interval, git_apply=args.apply, grace=grace,
                         secrets_file=Path(args.secrets_file) if args.secrets_file else None,
                         admin_token=args.admin_token or None,
                         insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host],

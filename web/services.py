@@ -51,6 +51,7 @@ class Settings:
     git_branch: str = "main"
     git_interval: float = 30.0
     git_workdir: Path | None = None  # default: .treadle/git/<hash of the url>
+    git_apply: str = "auto"  # manual: fetched commits wait for a person to apply them (their plan shown)
     grace: float = 30.0  # at shutdown, how long running steps may finish
     secrets_file: Path | None = None  # a dotenv file of secrets, besides the environment (which wins)
     admin_token: str | None = None  # a known admin token for automation (TREADLE_ADMIN_TOKEN)
@@ -238,7 +239,8 @@ async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:
     if not settings.git_url:
         return None, settings.definitions
     workdir = settings.git_workdir or default_workdir(settings.git_url)
-    gitsync = GitSync(settings.git_url, workdir, branch=settings.git_branch, interval=settings.git_interval)
+    gitsync = GitSync(settings.git_url, workdir, branch=settings.git_branch, interval=settings.git_interval,
+                      apply=settings.git_apply)
     await gitsync.sync()
     if gitsync.state.commit is None:
         raise TreadleError(f"cannot follow {settings.git_url} ({settings.git_branch}): {gitsync.state.error}")

@@ -28,21 +28,17 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..gitops.plan import has_breaks, make_plan
+    from ..gitops.plan import has_breaks, plan_between
     from ..gitops.plan_format import as_github, as_markdown, as_text
-    from ..gitops.revisions import Repository
 
-    folder = Path(args.definitions)
-    repo = Repository(folder)
-    base, head = repo.resolve(args.base), repo.resolve(args.head)
-    base_catalog, head_catalog = repo.catalog(base), repo.catalog(head)
-    plan = make_plan(base_catalog, head_catalog)
+    doc = plan_between(Path(args.definitions), args.base, args.head)
+    labels, plan = doc.pop("labels"), doc["workflows"]
     if args.format == "json":
-        print(json.dumps({"base": base.as_json(), "head": head.as_json(), "workflows": plan}, indent=2))
+        print(json.dumps(doc, indent=2))
     elif args.format == "markdown":
-        print(as_markdown(plan, base.label, head.label), end="")
+        print(as_markdown(plan, labels["base"], labels["head"]), end="")
     elif args.format == "github":
         print(as_github(plan, args.definitions), end="")
     else:
-        print(as_text(plan, base.label, head.label), end="")
+        print(as_text(plan, labels["base"], labels["head"]), end="")
     return 1 if args.fail_on_breaks and has_breaks(plan) else 0

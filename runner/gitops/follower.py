@@ -74,6 +74,16 @@ class Follower:
             await self._reload_all()
         return changed
 
+    async def apply_incoming(self, commit: str) -> str:
+        """Manual mode (`serve --git URL --apply manual`): put the fetched commit in force."""
+        if self.gitsync is None:
+            from ..errors import GitSyncError
+
+            raise GitSyncError("this server does not follow a git repository (start it with --git URL)")
+        applied = await self.gitsync.apply_incoming(commit)
+        await self._reload_all()
+        return applied
+
     def _synced(self) -> None:
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.create_task(self._reload_all()))

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import GitSyncError
 
 log = logging.getLogger("treadle.gitsync")
+INCOMING_REF = "refs/treadle/incoming"
 
 
 @dataclass
@@ -30,6 +31,9 @@ class SyncState:
     last_success_at: float | None = None
     error: str | None = None
     history: list[dict] = field(default_factory=list)  # newest last, bounded
+    apply: str = "auto"  # manual: new commits are fetched, and put in force by a person (apply)
+    incoming: str | None = None  # manual: the fetched tip, when it is not the commit in force
+    incoming_subject: str = ""
 
 
 def default_workdir(url: str, base: Path = Path(".treadle/git")) -> Path:
@@ -39,9 +43,12 @@ def default_workdir(url: str, base: Path = Path(".treadle/git")) -> Path:
 class GitSync:
     """Keeps `workdir` at the tip of `branch` of `url`."""
 
-    def __init__(self, url: str, workdir: Path, *, branch: str = "main", interval: float = 30.0):
+    def __init__(self, url: str, workdir: Path, *, branch: str = "main", interval: float = 30.0,
+                 apply: str = "auto"):
+        if apply not in ("auto", "manual"):
+            raise GitSyncError(f"--apply {apply!r}: use auto (put each new commit in force) or manual")
         self.url, self.workdir, self.branch, self.interval = url, workdir, branch, interval
-        self.state = SyncState(url=url, branch=branch)
+        self.state = SyncState(url=url, branch=branch, apply=apply)
         self._lock = asyncio.Lock()
 
     def _git(self, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
@@ -67,9 +74,37 @@ class GitSync:
             # from the URL, not `origin`: a working folder kept from another URL (or
             # a --git changed between starts) still follows what it is told to
             self._git("fetch", "--quiet", "--no-tags", self.url, self.branch, cwd=self.workdir)
-            self._git("reset", "--quiet", "--hard", "FETCH_HEAD", cwd=self.workdir)
-            self._git("clean", "--quiet", "-d", "--force", cwd=self.workdir)  # files no commit has
+            if self.state.apply == "manual":  # a fresh clone is in force; after that, a person applies
+                # kept under a ref of ours (FETCH_HEAD is overwritten by the next fetch)
+                self._git("update-ref", INCOMING_REF, "FETCH_HEAD", cwd=self.workdir)
+                incoming = self._git("rev-parse", INCOMING_REF, cwd=self.workdir)
+                head = self._git("rev-parse", "HEAD", cwd=self.workdir)
+                self.state.incoming = incoming if incoming != head else None
+                self.state.incoming_subject = (self._git("log", "-1", "--format=%s", incoming, cwd=self.workdir)
+                                               if self.state.incoming else "")
+                return head
+            self._reset("FETCH_HEAD")
         return self._git("rev-parse", "HEAD", cwd=self.workdir)
+
+    def _reset(self, commit: str) -> None:
+        self._git("reset", "--quiet", "--hard", commit, cwd=self.workdir)
+        self._git("clean", "--quiet", "-d", "--force", cwd=self.workdir)  # files no commit has
+
+    async def apply_incoming(self, commit: str) -> str:
+        """Manual mode: put the fetched commit in force. `commit` is the one the person
+        saw the plan of; a newer fetch since then is refused (its plan was not seen)."""
+        async with self._lock:
+            if self.state.apply != "manual":
+                raise GitSyncError("this server applies new commits itself (--apply auto); nothing to apply")
+            if self.state.incoming is None:
+                raise GitSyncError("no incoming commit: the commit in force is the newest fetched")
+            if commit != self.state.incoming:
+                raise GitSyncError(f"the incoming commit is now {self.state.incoming[:10]}, not {commit[:10]}; "
+                                   "review its plan, then apply it")
+            await asyncio.to_thread(self._reset, commit)
+            self.state.commit, self.state.incoming, self.state.incoming_subject = commit, None, ""
+            self._remember(ok=True, detail=f"applied {commit}")
+            return commit
 
     def _local_head(self) -> str | None:
         if not (self.workdir / ".git").is_dir():

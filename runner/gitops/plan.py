@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from croniter import CroniterBadDateError
@@ -28,6 +29,7 @@ from ..dsl.loader import Definition
 from ..errors import Problem
 from ..triggers.schedules import next_fire
 from .catalog import Catalog
+from .revisions import Repository
 
 # the workflow's own settings: compared field by field and shown before -> after
 SETTINGS = ("description", "tags", "env", "secrets", "max_parallel", "timeout", "defaults", "resume",
@@ -61,6 +63,18 @@ def make_plan(base: Catalog, head: Catalog, *, now: datetime | None = None,
         entry["hidden_breaks"] = len(breaks) - len(shown)
         out.append(entry)
     return out
+
+
+def plan_between(folder: Path, base: str | None, head: str | None, *,
+                 visible: Callable[[Definition], bool] | None = None) -> dict[str, Any]:
+    """The plan of the definitions `folder` from git revision `base` to `head` (None:
+    the working tree), as `treadle plan --json` and `/api/plan` give it. Slow (git,
+    loading every file twice): call it in a worker thread from async code."""
+    repo = Repository(folder)
+    old, new = repo.resolve(base), repo.resolve(head)
+    plan = make_plan(repo.catalog(old), repo.catalog(new), visible=visible)
+    return {"base": old.as_json(), "head": new.as_json(), "workflows": plan,
+            "labels": {"base": old.label, "head": new.label}}
 
 
 def compare_workflow(old: Definition | None, new: Definition | None, *,
