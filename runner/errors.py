@@ -284,3 +284,10 @@ class RevisionError(TreadleError):
 
     cli_exit_code = 2
     error_code = "BAD_REVISION"
+
+
+class ServerCheckFailed(TreadleError):
+    """`treadle validate --server URL`: the server could not be asked about secrets."""
+
+    cli_exit_code = 2
+    error_code = "SERVER_CHECK_FAILED"

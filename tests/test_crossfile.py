@@ -123,3 +123,24 @@ def test_a_file_with_problems_of_its_own_still_gets_the_cross_file_ones(tmp_path
     assert "steps[0].workflow: there is no workflow 'no-such-workflow'; add its file to the definitions folder" \
         in messages
     assert len(messages) == 7
+
+
+def test_validate_server_warns_about_secrets_the_server_does_not_have(tmp_path: Path) -> None:
+    from tests.web_server import serving
+
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("HAVE=s3cr3t-value\n")
+    secrets.chmod(0o600)
+    flow = "secrets: [HAVE, LACK]\nsteps: [{id: a, run: 'echo {{ secrets.HAVE }} {{ secrets.LACK }}'}]\n"
+    with serving(tmp_path / "server", {"flow.yaml": flow}, secrets_file=secrets) as base:
+        local = _folder(tmp_path / "local" if (tmp_path / "local").mkdir() is None else tmp_path, {"flow.yaml": flow})
+        done = subprocess.run([sys.executable, "-m", "runner", "validate", str(local), "--server", base],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stdout + done.stderr  # a warning, not a problem
+    assert done.stdout.splitlines() == [
+        f"{local}/flow.yaml:1:17: warning: secrets[1]: {base} does not have secret 'LACK'; set it there "
+        "(environment or --secrets-file) before a run needs it"]
+    assert "s3cr3t" not in done.stdout + done.stderr
+    gone = subprocess.run([sys.executable, "-m", "runner", "validate", str(local), "--server", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin"})
+    assert gone.returncode == 2 and "cannot reach it" in gone.stderr

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help=f"files or folders (default: {d['definitions']})")
     p.add_argument("--format", choices=["text", "github", "json"], default="text",
                    help="github: GitHub Actions annotations")
+    p.add_argument("--server", metavar="URL", help="also warn about declared secrets this Treadle server does not "
+                                                   "have (asks POST URL/api/secrets/check; names only)")
+    p.add_argument("--token", default=os.environ.get("TREADLE_TOKEN"),
+                   help="API token for --server, scope run (env TREADLE_TOKEN)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of definition files (for editors)")
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in (args.paths or [_defaults()["definitions"]])]
     problems: list[Problem] = []
+    checked: list[tuple[str, Definition]] = []  # (path as shown, definition), for --server
     count = 0
     folder = Path(_defaults()["definitions"])
     folder_catalog: Catalog | None = None
@@ -152,11 +157,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
             catalog.load_all()
             count += len(catalog.entries())
             problems += [Problem(str(path / p.path), p.line, p.column, p.message) for p in catalog.problems()]
+            checked += [(str(path / d.path), d.broken or d) for d in catalog.entries()]
         elif path.exists():
             count += 1
             rel = relative_to_root(path, folder) if folder.is_dir() else None
             if rel is None:
-                problems += load_file(path).problems
+                alone = load_file(path)
+                problems += alone.problems
+                checked.append((str(path), alone))
                 continue
             # a file of the definitions folder (a pre-commit hook passes files): checked
             # with the others, so that what it says about them is checked too
@@ -165,23 +173,62 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 folder_catalog.load_all()
             problems += [Problem(str(path), p.line, p.column, p.message) for p in folder_catalog.problems()
                          if p.path == rel.as_posix()]
+            checked += [(str(path), d.broken or d) for d in folder_catalog.entries() if d.path == rel.as_posix()]
         else:
             problems.append(Problem(str(path), 1, 1, "no such file or folder"))
-    for p in problems:
+    warnings = _missing_secrets(args.server, args.token, checked) if args.server else []
+    for p, severity in [*((p, "error") for p in problems), *((w, "warning") for w in warnings)]:
         if args.format == "github":
-            print(f"::error file={_gh_property(p.path)},line={p.line},col={p.column}::{_gh_escape(p.message)}")
-        elif args.format == "json":
-            continue
-        else:
-            print(p)
+            print(f"::{severity} file={_gh_property(p.path)},line={p.line},col={p.column}::{_gh_escape(p.message)}")
+        elif args.format == "text":
+            print(p if severity == "error" else f"{p.path}:{p.line}:{p.column}: warning: {p.message}")
     if args.format == "json":
-        print(json.dumps([{"path": p.path, "line": p.line, "column": p.column, "message": p.message} for p in problems], indent=2))
+        print(json.dumps([{"path": p.path, "line": p.line, "column": p.column, "message": p.message,
+                           "severity": severity}
+                          for p, severity in [*((p, "error") for p in problems), *((w, "warning") for w in warnings)]],
+                         indent=2))
     elif args.format == "text":
         files = {p.path for p in problems}
         summary = f"{count} file{'s' if count != 1 else ''} checked: "
         summary += f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''}" if problems else "all valid"
+        if warnings:
+            summary += f"; {len(warnings)} secret{'s' if len(warnings) != 1 else ''} missing on {args.server}"
         print(summary, file=sys.stderr)
     return 1 if problems else 0
+
+
+def _missing_secrets(server: str, token: str | None, checked: list[tuple[str, Definition]]) -> list[Problem]:
+    """A warning on each declared secret the server does not have (it would refuse to
+    start the workflow): asks the server by name, never sending or reading a value."""
+    import httpx
+
+    from ..dsl.yaml_source import parse
+    from ..errors import ServerCheckFailed
+
+    declared = [(shown, d, i, name) for shown, d in checked if d.parsed is not None
+                for i, name in enumerate(d.parsed.secrets)]
+    if not declared:
+        return []
+    url = server.rstrip("/") + "/api/secrets/check"
+    try:
+        answer = httpx.post(url, json={"names": sorted({n for *_, n in declared})}, timeout=30,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+    except httpx.HTTPError as exc:
+        raise ServerCheckFailed(f"--server {server}: cannot reach it ({exc})") from None
+    if answer.status_code in (401, 403):
+        raise ServerCheckFailed(f"--server {server}: answered {answer.status_code}; pass a token with scope run "
+                                "(--token or TREADLE_TOKEN)")
+    if answer.status_code != 200:
+        raise ServerCheckFailed(f"--server {server}: answered {answer.status_code} to {url}")
+    missing = set(answer.json().get("missing", []))
+    out = []
+    for shown, d, i, name in declared:
+        if name in missing:
+            line, column = parse(d.source).where(("secrets", i))
+            out.append(Problem(shown, line, column, f"secrets[{i}]: {server} does not have secret '{name}'; set it "
+                                                    "there (environment or --secrets-file) before a run needs it"))
+    return out
+
 
 
 def _gh_escape(text: str) -> str:
