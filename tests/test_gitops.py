@@ -587,8 +587,8 @@ def test_validate_formats_and_exit_codes(tmp_path: Path) -> None:
     r = treadle("validate", "--format", "json", "defs/team/bad.yaml", "defs/good.yaml", "defs/missing.yaml", cwd=tmp_path)
     assert r.returncode == 1
     assert json.loads(r.stdout) == [
-        {"path": "defs/team/bad.yaml", "line": 4, "column": 5, "message": message},
-        {"path": "defs/missing.yaml", "line": 1, "column": 1, "message": "no such file or folder"},
+        {"path": "defs/team/bad.yaml", "line": 4, "column": 5, "message": message, "severity": "error"},
+        {"path": "defs/missing.yaml", "line": 1, "column": 1, "message": "no such file or folder", "severity": "error"},
     ]
 
     r = treadle("validate", "--format", "github", "defs/good.yaml", cwd=tmp_path)

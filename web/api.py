@@ -193,6 +193,7 @@ class Health(TypedDict):
     workflows: dict[str, int]
     server: dict[str, Any]  # this server: id, leader (bool)
     servers: list[dict[str, Any]]  # every live server on this database: id, host, pid, role, leader, leases
+    components: dict[str, Any]  # database ok|error, scheduler leader|standby, watcher watching|off, git ok|error|null
 
 
 def _services(request: Request) -> Services:
@@ -489,6 +490,15 @@ async def health(request: Request) -> Response[Health]:
     entries = services.catalog.entries()
     broken = sum(not d.healthy for d in entries)
     ok = database["status"] == "ok"
+    ended = sum(runs["last_24h"].get(s, 0) for s in ("succeeded", "failed"))
+    runs["success_rate_24h"] = round(runs["last_24h"].get("succeeded", 0) / ended, 4) if ended else None
+    sync = services.gitsync
+    components = {
+        "database": database["status"],
+        "scheduler": "leader" if services.leader_since is not None else "standby",
+        "watcher": "watching" if services.follower.watching else "off",
+        "git": None if sync is None else ("error" if sync.state.error else "ok"),
+    }
     body: Health = {
         "status": "ok" if ok else "degraded", "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 1), "database": database, "runs": runs,
@@ -497,9 +507,29 @@ async def health(request: Request) -> Response[Health]:
                    "leader_since": iso(services.leader_since)},
         "servers": servers,
         "git": _git_status(services),
+        "components": components,
     }
     return Response(body, status_code=200 if ok else 503)
 
 
+# public like /health: a load balancer or a Kubernetes readiness probe calls it
+@get("/ready", tags=["health"], opt={"public": True},
+     responses={503: ResponseSpec(dict[str, Any], description="not ready: why")})
+async def ready(request: Request) -> Response[dict[str, Any]]:
+    """200 when this server can take work: definitions loaded, database migrated and
+    answering, not shutting down; 503 with the reason otherwise (send no traffic)."""
+    services = _services(request)
+    reasons = []
+    if services.stopping.is_set():
+        reasons.append("shutting down")
+    if not services.catalog.loaded:
+        reasons.append("definitions not loaded yet")
+    try:
+        await services.store.ping()
+    except Exception as exc:
+        reasons.append(f"database: {type(exc).__name__}: {exc}"[:300])
+    return Response({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+
+
 API_ROUTES = [list_workflows, get_workflow, create_run, dry_run, list_runs, get_run, step_logs, run_events,
-              cancel, retry, health]
+              cancel, retry, health, ready]

@@ -131,7 +131,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         async def refuse(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
             if audit_action:
                 _audit(services, request, identity, audit_action, "denied", status, {"reason": code})
-            if not path.startswith(("/api/", "/hooks/", "/schema")) and status in (401, 403, 400):
+            if not path.startswith(("/api/", "/hooks/", "/schema", "/metrics")) and status in (401, 403, 400):
                 if status == 401:
                     await _redirect(send, f"/signin?next={quote(_next(request), safe='/')}")
                     return

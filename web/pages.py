@@ -26,10 +26,12 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 
 from . import live
 from .api import _git_status
+from .api_metrics import workflow_stats
 from .api_approvals import decide
 from .api_breakers import reset_breakers
 from .api_triggers import trigger_summary
 from .auth import visible, visible_names
+from .charts import runs_chart
 from .dag_svg import STATES, layout_for, render_svg, state_class
 from .forms import form_fields, posted_params
 from .run_view import (
@@ -122,7 +124,13 @@ async def _workflow_context(services: Services, definition: Definition, page: in
         "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
+        **await _stats(services, definition.name),
     }
+
+
+async def _stats(services: Services, name: str) -> dict[str, Any]:
+    stats = await workflow_stats(services, name, "7d")
+    return {"stats": stats, "chart": runs_chart(stats["recent"])}
 
 
 @get("/workflows/{name:str}", name="page-workflow", include_in_schema=False)

@@ -38,6 +38,7 @@ from runner.triggers.schedules import Scheduler
 from runner.triggers.trigger_state import TriggerState
 
 from .auth import Gate
+from .metrics import Metrics
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Services:
     scheduler: Scheduler | None = None
     files: FileTriggers | None = None
     notifier: Notifier | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
     leader_since: float | None = None  # this server leads (runs schedules and file triggers) since
@@ -112,6 +114,7 @@ class Services:
             gate = Gate(bind_host=settings.host, allowed_hosts=settings.allowed_hosts, insecure=settings.insecure)
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
                            notifier=notifier, files=files, scheduler=scheduler)
+            services.metrics.attach(services)
             await follower.start()
             await store.feed.start()
             engine.leases.start()

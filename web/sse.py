@@ -17,6 +17,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner.storage.events import Broker
 
+from .metrics import STREAMS
+
 
 async def broker_messages(
     broker: Broker, topics: list[str], stopping: asyncio.Event, *,
@@ -32,6 +34,20 @@ async def broker_messages(
     subscription is in place, so no change between the two is lost.
     """
     render = render or _as_json
+    STREAMS["open"] += 1
+    try:
+        async with contextlib.aclosing(_messages(broker, topics, stopping, render, heartbeat, until, first)) as inner:
+            async for message in inner:
+                yield message
+    finally:
+        STREAMS["open"] -= 1
+
+
+async def _messages(broker: Broker, topics: list[str], stopping: asyncio.Event,
+                    render: Callable[[dict[str, Any]], ServerSentEventMessage | None], heartbeat: float,
+                    until: Callable[[dict[str, Any]], bool] | None,
+                    first: Callable[[], Awaitable[list[dict[str, Any]]]] | None,
+                    ) -> AsyncIterator[ServerSentEventMessage]:
     async with broker.subscribe(*topics) as queue:
         now = await first() if first is not None else []
 

@@ -134,6 +134,10 @@ class Engine:
         # called when a run finishes (not when it is suspended to be resumed): chaining,
         # queues, notifications; each callback must return quickly and never raise
         self.run_ended: list[Callable[[RunEnded], None]] = []
+        # told of each run this process starts driving, and of each attempt row its runs
+        # write (metrics); each must return quickly and never raise
+        self.run_launched: list[Callable[[RunExecution], None]] = []
+        self.step_written: list[Callable[[RunExecution, dict[str, Any]], None]] = []
         self.leases = LeaseKeeper(self, role)
         self.dispatcher = dispatcher or LocalDispatcher()  # where run, python and http steps execute
         self._swept_at = 0.0
@@ -211,6 +215,13 @@ class Engine:
             except Exception:  # one broken listener must not stop the others or the run
                 log.exception("run_ended callback %r failed", callback)
 
+    def _launched(self, exe: RunExecution) -> None:
+        for callback in self.run_launched:
+            try:
+                callback(exe)
+            except Exception:
+                log.exception("run_launched callback %r failed", callback)
+
     def _keep_leases(self) -> None:
         self.leases.start()
 
@@ -284,7 +295,17 @@ class Engine:
         exe.on_done(lambda: self.runs.pop(exe.id, None))
 
     def journal(self, run_id: str, epoch: int) -> Journal:
-        return Journal(self.store, run_id, (self.owner, epoch))
+        return Journal(self.store, run_id, (self.owner, epoch), observe=self._step_written)
+
+    def _step_written(self, row: dict[str, Any]) -> None:
+        exe = self.runs.get(row["run_id"])
+        if exe is None or not self.step_written:
+            return
+        for callback in self.step_written:
+            try:
+                callback(exe, row)
+            except Exception:  # an observer's bug must not stop a run
+                log.exception("step_written callback %r failed", callback)
 
     def prepare(self, definition: Definition, params: dict[str, Any] | None, *, from_text: bool = False) -> tuple[dict, dict]:
         """Check that a run can start: valid definition, params, secrets. Returns (params, secrets)."""
@@ -359,6 +380,7 @@ class Engine:
         exe.lease_seen = epoch > 1  # a claimed row is committed already
         exe.replay = replay
         self._register(exe)
+        self._launched(exe)
         exe.start()
         return exe
 

@@ -11,6 +11,7 @@ knows it lost the lease, `close()` drops whatever it would still write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,12 +23,15 @@ class Journal:
         store: the store whose writer commits the records.
         run_id: the run this journal writes for.
         fence: (owner, epoch) of the lease the run is driven under.
+        observe: told of each attempt row written (metrics).
     """
 
-    __slots__ = ("_store", "run_id", "fence", "closed", "dropped")
+    __slots__ = ("_store", "run_id", "fence", "closed", "dropped", "_observe")
 
-    def __init__(self, store: Store, run_id: str, fence: tuple[str, int]):
+    def __init__(self, store: Store, run_id: str, fence: tuple[str, int],
+                 observe: Callable[[dict[str, Any]], None] | None = None):
         self._store = store
+        self._observe = observe
         self.run_id = run_id
         self.fence = fence
         self.closed = False
@@ -44,6 +48,8 @@ class Journal:
             self.dropped += 1
             return
         self._store.put_step(row, self.fence)
+        if self._observe is not None:
+            self._observe(row)
 
     def log(self, row: dict[str, Any]) -> None:
         """One chunk of a step's log (the LogSink's sink)."""

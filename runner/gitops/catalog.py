@@ -67,6 +67,7 @@ class Catalog:
         self.git: GitState | None = None
         self._git_seen: dict[str, str] = {}  # path -> version of the text the git facts were read for
         self.generation = 0
+        self.loaded = False  # a first full load has happened (/ready)
         # reloads come from the watcher's thread and from a git sync's: one at a time
         self._lock = threading.RLock()
         self._git_lock = threading.Lock()
@@ -75,6 +76,7 @@ class Catalog:
         with self._lock:  # a reload waits: files it read must not be replaced by an older scan
             loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
             self._swap(loaded)
+            self.loaded = True
 
     def load_texts(self, texts: dict[str, str]) -> None:
         """Load the folder as given in memory, relative path -> text (a git revision's

@@ -56,11 +56,17 @@ class Follower:
             except Exception:  # a listener's bug must not stop reloads
                 log.exception("catalog listener %r failed", listener)
 
+    @property
+    def watching(self) -> bool:
+        """The file watcher is on and alive."""
+        return self.watch_files and any(not t.done() and t.get_name() == "treadle-watch" for t in self._tasks)
+
     async def start(self) -> None:
         await asyncio.to_thread(self.catalog.refresh_git)
         self.record_versions()
         if self.watch_files:
-            self._tasks.append(asyncio.create_task(watch(self.catalog, on_change=self.record_versions, stop=self._stop)))
+            self._tasks.append(asyncio.create_task(watch(self.catalog, on_change=self.record_versions, stop=self._stop),
+                                                   name="treadle-watch"))
         self._tasks.append(asyncio.create_task(self._refresh_git_loop()))
         if self.gitsync is not None:
             self._tasks.append(asyncio.create_task(self.gitsync.run_forever(self._synced, self._stop)))

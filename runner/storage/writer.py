@@ -89,6 +89,8 @@ class Writer:
         # called after each commit with the batch (the event feed across servers)
         self.on_commit: Callable[[AsyncConnection, list[tuple]], Awaitable[None]] | None = None
         self.last_batch_seconds = 0.0
+        # told (seconds, records) after each batch is written (metrics); quick, never raising
+        self.on_batch: Callable[[float, int], None] | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -164,6 +166,8 @@ class Writer:
                 await self._write_one_by_one(statements)
                 break
         self.last_batch_seconds = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(self.last_batch_seconds, len(batch))
         if refused:
             self.fenced += sum(1 for _, row, fence in batch if fence is not None and (_run_of(row), fence) in refused)
             log.warning("store: records of run(s) %s refused: their lease is held by another server now",

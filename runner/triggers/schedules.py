@@ -316,6 +316,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
     ):
         self.launcher = launcher
+        self.on_fire: Callable[[str, float], None] | None = None  # (workflow, seconds after its slot)
         self.definitions = definitions
         self.state = state
         self.clock = clock
@@ -376,6 +377,8 @@ class Scheduler:
                          "(catchup: %s)", name, spec.cron, spec.timezone, len(skipped),
                          skipped[0].isoformat(), skipped[-1].isoformat(), spec.catchup)
             for slot in fire:
+                if self.on_fire is not None:  # how late the slot fires (metrics)
+                    self.on_fire(name, max(0.0, now.timestamp() - slot.timestamp()))
                 try:
                     launches.append(await self.launcher.fire(
                         definition, trigger="schedule",
