@@ -30,10 +30,11 @@ from .api import API_ROUTES
 from .api_admin import ADMIN_ROUTES
 from .api_approvals import APPROVAL_ROUTES
 from .api_breakers import BREAKER_ROUTES
-from .api_triggers import TRIGGER_ROUTES
 from .api_metrics import METRICS_ROUTES
+from .api_notifications import NOTIFICATION_ROUTES
 from .api_plan import PLAN_ROUTES
 from .api_secrets import SECRET_ROUTES
+from .api_triggers import TRIGGER_ROUTES
 from .api_versions import VERSION_ROUTES
 from .auth import auth_middleware
 from .errors_json import error_body
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
     return Litestar(
-        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),

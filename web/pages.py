@@ -26,9 +26,10 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 
 from . import live
 from .api import _git_status
-from .api_metrics import workflow_stats
 from .api_approvals import decide
 from .api_breakers import reset_breakers
+from .api_metrics import workflow_stats
+from .api_notifications import delivery_doc
 from .api_triggers import trigger_summary
 from .auth import visible, visible_names
 from .charts import runs_chart
@@ -231,6 +232,7 @@ async def run_page(request: Request, run_id: FromPath[str], step: FromQuery[str 
         step = view.failures[0]["step"]  # open the root cause of a failed run
     context = _run_context(view, page, state_filter(state_q), step)
     context.update(await _detail_context(services, view.run, step))
+    context["deliveries"] = [delivery_doc(r) for r in await services.store.notifications.of_run(run_id)]
     return Template("run.html", context=context)
 
 

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
     secrets_file_option(p)
     p.add_argument("--admin-token", default=os.environ.get("TREADLE_ADMIN_TOKEN"),
                    help="a known admin token for automation (env TREADLE_ADMIN_TOKEN); turns sign-in on")
+    p.add_argument("--public-url", default=os.environ.get("TREADLE_PUBLIC_URL"),
+                   help="the dashboard's address as people reach it, for links in notifications, e.g. "
+                        "https://treadle.example.com (env TREADLE_PUBLIC_URL; default http://HOST:PORT)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    default=[h for h in os.environ.get("TREADLE_ALLOWED_HOSTS", "").split(",") if h.strip()],
                    help="a Host name the server answers to besides the bind address, e.g. the name behind "
@@ -77,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
                         secrets_file=Path(args.secrets_file) if args.secrets_file else None,
                         admin_token=args.admin_token or None,
                         insecure=args.insecure, allowed_hosts=[h.strip() for h in args.allowed_host],
-                        executor=args.executor, workers=args.workers)
+                        executor=args.executor, workers=args.workers, public_url=args.public_url)
     if not (settings.executor == "local" or settings.executor == "dask-local"
             or settings.executor.startswith(("dask://", "tcp://"))):
         print(f"treadle serve: --executor '{settings.executor}': use local, dask://HOST:PORT or dask-local",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +53,7 @@ class Settings:
     git_branch: str = "main"
     git_interval: float = 30.0
     git_workdir: Path | None = None  # default: .treadle/git/<hash of the url>
+    public_url: str | None = None  # how people reach the dashboard (links in notifications)
     git_apply: str = "auto"  # manual: fetched commits wait for a person to apply them (their plan shown)
     grace: float = 30.0  # at shutdown, how long running steps may finish
     secrets_file: Path | None = None  # a dotenv file of secrets, besides the environment (which wins)
@@ -105,8 +107,10 @@ class Services:
             follower = Follower(catalog, store, gitsync=gitsync, watch_files=settings.watch)
             state = TriggerState(store)
             launcher = Launcher(engine, state, catalog.entries)
-            notifier = Notifier(http, engine.environ, committed=store.flush)
+            notifier = Notifier(http, engine.environ, committed=store.flush, record=store.notifications.record,
+                                public_url=settings.public_url or f"http://{_url_host(settings.host)}:{settings.port}")
             engine.run_ended.append(notifier.on_run_ended)
+            engine.step_events.append(notifier.on_step_event)
             files = FileTriggers(launcher, catalog.entries, state)
             scheduler = Scheduler(launcher, catalog.entries, state)
             follower.listeners += [files.refresh, scheduler.poke]
@@ -319,3 +323,10 @@ async def retry_run(services: Services, run_id: str, from_step: str | None) -> R
     exe = services.engine.launch(new, reuse=reuse)
     await services.store.flush()
     return exe
+
+
+def _url_host(host: str) -> str:
+    """The bind address as a URL's host: an IPv6 address in brackets, 0.0.0.0 as this machine's name."""
+    if host in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

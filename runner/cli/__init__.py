@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     from .db import register as register_db
+    from .notify import register as register_notify
     from .plan import register as register_plan
     from .replay import register as register_replay
     from .tokens import register as register_tokens
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_db(sub, d)
     register_plan(sub, d)
     register_replay(sub, d)
+    register_notify(sub, d)
     register_worker(sub, d)
     for ep in entry_points(group="treadle.commands"):
         ep.load()(sub, d)

@@ -135,12 +135,42 @@ class ConcurrencySpec(_Model):
         return {"limit": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+# what `notify.on` may name: a run's ending (bare, as before, or `run.`), a step's events
+NotifyEvent = Literal["succeeded", "failed", "cancelled", "run.succeeded", "run.failed", "run.cancelled",
+                      "step.failed", "step.retrying", "step.succeeded", "approval.waiting"]
+
+
+def event_type(name: str) -> str:
+    """`failed` -> `run.failed`; the other names as they are."""
+    return f"run.{name}" if name in RUN_ENDINGS else name
+
+
 class NotifySpec(_Model):
-    on: list[Ending] = Field(default_factory=lambda: list(RUN_ENDINGS), description="which endings are posted")
-    webhook: str = Field(description="http(s) URL the JSON event is POSTed to")
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(RUN_ENDINGS),
+                                  description="which events are posted: run endings (succeeded, failed, cancelled, "
+                                              "or run.<ending>), step.failed, step.retrying, step.succeeded, "
+                                              "approval.waiting")
+    webhook: str = Field(description="http(s) URL the event is POSTed to")
+    format: Literal["json", "slack", "template"] = Field(
+        "json", description="json: Treadle's event document; slack: Slack incoming-webhook blocks; "
+                            "template: the body rendered from `template`")
+    template: str | None = Field(None, max_length=20_000,
+                                 description="with format: template, the body (sandboxed; sees `event`)")
+    content_type: str = Field("application/json", max_length=200, description="with format: template")
     secret_env: str | None = Field(None, pattern=ENV_NAME_PATTERN,
                                    description="sign the body like incoming webhooks (X-Treadle-Signature)")
     retries: int = Field(3, ge=0, le=20, description="tries after the first when the receiver fails")
+
+    @model_validator(mode="after")
+    def _template_with_its_format(self) -> NotifySpec:
+        if self.format == "template" and not self.template:
+            raise ValueError("format: template needs a `template:` (the body, e.g. '{\"text\": \"{{ event.workflow }}\"}')")
+        if self.template and self.format != "template":
+            raise ValueError(f"`template:` is used only with format: template (this entry has format: {self.format})")
+        return self
+
+    def events(self) -> set[str]:
+        return {event_type(name) for name in self.on}
 
     @field_validator("webhook")
     @classmethod

@@ -138,6 +138,9 @@ class Engine:
         # write (metrics); each must return quickly and never raise
         self.run_launched: list[Callable[[RunExecution], None]] = []
         self.step_written: list[Callable[[RunExecution, dict[str, Any]], None]] = []
+        # step.succeeded / step.failed / step.retrying / approval.waiting of the runs this
+        # process drives (notifications); quick, never raising
+        self.step_events: list[Callable[[str, RunExecution, dict[str, Any]], None]] = []
         self.leases = LeaseKeeper(self, role)
         self.dispatcher = dispatcher or LocalDispatcher()  # where run, python and http steps execute
         self._swept_at = 0.0
@@ -215,6 +218,13 @@ class Engine:
             except Exception:  # one broken listener must not stop the others or the run
                 log.exception("run_ended callback %r failed", callback)
 
+    def step_event(self, exe: RunExecution, event: str, detail: dict[str, Any]) -> None:
+        for callback in self.step_events:
+            try:
+                callback(event, exe, detail)
+            except Exception:
+                log.exception("step_events callback %r failed", callback)
+
     def _launched(self, exe: RunExecution) -> None:
         for callback in self.run_launched:
             try:
@@ -237,6 +247,8 @@ class Engine:
         exe = self.runs.get(run_id)
         if exe is not None:
             exe.journal.run(status=RunStatus.WAITING.value if waiting else RunStatus.RUNNING.value)
+            if waiting:
+                self.step_event(exe, "approval.waiting", {"step": None})
 
     async def recover(self, *, workflow: str | None = None) -> list[RunExecution]:
         """Resume the unfinished runs nobody drives (their process died or stopped).

@@ -114,6 +114,10 @@ class RunHost(StepServices, Protocol):
         """The run ended (not suspended): chaining, queues, notifications."""
         ...
 
+    def step_event(self, exe: RunExecution, event: str, detail: dict[str, Any]) -> None:
+        """`step.succeeded`, `step.failed` (for good), `step.retrying`: for notifications."""
+        ...
+
 
 class RunExecution:
     def __init__(
@@ -494,6 +498,10 @@ class RunExecution:
         """Record the end of a step; return the dependents that became ready."""
         self.state[sid] = status
         self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
+        if status in (StepStatus.SUCCEEDED, StepStatus.FAILED) and self.replay is None:
+            self.engine.step_event(self, f"step.{status.value}", {
+                "step": sid, "kind": self.steps[sid].kind, "error": self.mask.text(result["error"])
+                if result.get("error") else None, "exit_code": result.get("exit_code")})
         if status == StepStatus.FAILED and not self.steps[sid].continue_on_failure and self._root_failure is None:
             self._root_failure = (sid, result.get("error") or "failed")
         if status == StepStatus.SUCCEEDED and sid in self.definition.dag.deps:  # type: ignore[union-attr]
@@ -760,6 +768,11 @@ class RunExecution:
                 delay = retry.delay_before(failures)
                 logs.write("treadle", f"[treadle: attempt {attempt} failed: {self.mask.text(str(error))}; "
                                       f"retry {failures} of {retry.limit} in {format_duration(delay)}]\n")
+                if self.replay is None:
+                    self.engine.step_event(self, "step.retrying", {
+                        "step": step.id, "kind": step.kind, "item": None if item < 0 else item, "attempt": attempt,
+                        "next_attempt": attempt + 1, "retry_in_s": delay, "error": self.mask.text(str(error)),
+                        "exit_code": error.exit_code, "http_status": error.http_status})
                 attempt += 1
                 pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
                 self.journal.step(pending)

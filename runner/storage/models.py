@@ -230,6 +230,24 @@ class AuditEntry(SQLModel, table=True):
     detail: Any = Field(default=None, sa_column=Column(JsonType))
 
 
+class NotificationDelivery(SQLModel, table=True):
+    """One try to deliver a notification of a run (or of one of its steps) to a receiver."""
+
+    __tablename__ = "notification_delivery"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    event: str  # run.failed, step.retrying, ...
+    step_id: str | None = None
+    target: str  # the receiver, without credentials or query
+    format: str  # json | slack | template
+    attempt: int  # 1 = the first try
+    ok: bool
+    http_status: int | None = None
+    error: str | None = None  # why the try failed (masked, cut)
+    final: bool = False  # no further try follows (sent, or given up)
+    at: float
+
+
 class Server(SQLModel, table=True):
     """A live `treadle serve` (or `treadle run`) on this database, seen by its heartbeat."""
 

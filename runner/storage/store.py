@@ -9,7 +9,7 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags), `run_pages` (the run page's queries), `stats` (metrics, statistics);
+  marks, pause flags), `run_pages` (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries);
 - `broker`: the event feed, published after each commit.
 
 One SQLAlchemy implementation serves both databases; what differs lives in
@@ -37,9 +37,10 @@ from .leadership import Leadership
 from .leases import LeaseStore
 from .marks import MarkStore
 from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
+from .notifications import NotificationStore
 from .run_pages import RunPages
-from .stats import StatsStore
 from .schema import ensure_schema
+from .stats import StatsStore
 from .tokens import TokenStore
 from .writer import Writer
 
@@ -70,6 +71,7 @@ class Store:
         self.marks = MarkStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
         self.stats = StatsStore(self.engine)
+        self.notifications = NotificationStore(self.engine)
         self.leases = LeaseStore(self.engine, self.dialect)
         self.admission = AdmissionStore(self.engine, self.dialect)
         self.leadership = Leadership(self.engine, self.dialect)

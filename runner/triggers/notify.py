@@ -1,4 +1,10 @@
-"""Outbound notifications: POST a JSON event to the `notify:` webhooks when a run ends.
+"""Outbound notifications: POST an event to the `notify:` webhooks when a run ends, or
+when one of its steps fails, retries or succeeds, or an approval starts waiting.
+
+The body is Treadle's JSON event (`format: json`, signed with `secret_env`), Slack
+incoming-webhook blocks (`slack`), or a sandboxed template (`template`) for Teams,
+Discord, Mattermost, PagerDuty or anything else. Every try is recorded (`record`) and
+listed with the run.
 
 A notification is a side effect of a run, never part of it: posts run as background
 tasks after the run's result is recorded, a failing receiver only produces log lines,
@@ -20,8 +26,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -52,8 +58,8 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query="..." if parts.query else ""))
 
 
-def event_body(ended: RunEnded) -> bytes:
-    """The JSON document posted for a finished run (the exact bytes, as they are signed)."""
+def run_event(ended: RunEnded, url: str | None = None) -> dict[str, Any]:
+    """The event of a finished run (outputs and error masked already)."""
     event = {
         "event_type": f"run.{ended.status}",
         "workflow": ended.workflow,
@@ -66,9 +72,71 @@ def event_body(ended: RunEnded) -> bytes:
         "outputs": ended.outputs,
         "error": ended.error,
     }
+    if url:
+        event["url"] = url
+    return event
+
+
+def step_event(event_type: str, workflow: str, run_id: str, trigger: str, detail: dict[str, Any],
+               url: str | None = None) -> dict[str, Any]:
+    """The event of a step (`step.failed`, `step.retrying`, ...) or a waiting approval."""
+    event: dict[str, Any] = {"event_type": event_type, "workflow": workflow, "run_id": run_id,
+                             "status": "running", "trigger": trigger, "at": _iso(time.time()), **detail}
+    if url:
+        event["url"] = url
+    return event
+
+
+def as_json(event: dict[str, Any]) -> bytes:
     # default=str: outputs are JSON already when recorded, but a notification must not be
     # lost to an odd value (a date from a python step) that the store would have coped with
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def event_body(ended: RunEnded) -> bytes:
+    """The JSON document posted for a finished run (the exact bytes, as they are signed)."""
+    return as_json(run_event(ended))
+
+
+def _slack_text(text: str) -> str:
+    # Slack's mrkdwn reads these three as markup; everything else is shown as written
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_body(event: dict[str, Any]) -> bytes:
+    """Slack incoming-webhook blocks: what happened, to which workflow, the error, a link."""
+    kind = event["event_type"]
+    step = event.get("step")
+    what = {"run.succeeded": "succeeded", "run.failed": "failed", "run.cancelled": "was cancelled",
+            "step.failed": f"step {step} failed", "step.retrying": f"step {step} failed; retrying",
+            "step.succeeded": f"step {step} succeeded", "approval.waiting": "waits for an approval"}[kind]
+    icon = {"run.succeeded": ":white_check_mark:", "step.succeeded": ":white_check_mark:",
+            "step.retrying": ":repeat:", "approval.waiting": ":raised_hand:"}.get(kind, ":x:")
+    title = f"{icon} *{_slack_text(event['workflow'])}* {_slack_text(what)}"
+    fields = [f"*Run*\n`{_slack_text(event['run_id'])}`", f"*Trigger*\n{_slack_text(str(event.get('trigger')))}"]
+    if "duration_ms" in event:
+        fields.append(f"*Duration*\n{event['duration_ms'] / 1000:.1f} s")
+    if event.get("attempt"):
+        fields.append(f"*Attempt*\n{event['attempt']}")
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": title}},
+                                    {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]}]
+    if event.get("error"):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                   "text": f"```{_slack_text(str(event['error'])[:1500])}```"}})
+    if event.get("url"):
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Open the run"}, "url": event["url"]}]})
+    fallback = f"{event['workflow']} {what}" + (f": {str(event['error'])[:200]}" if event.get("error") else "")
+    return json.dumps({"text": fallback, "blocks": blocks}, ensure_ascii=False).encode()
+
+
+def template_body(template: str, event: dict[str, Any]) -> bytes:
+    """The entry's template rendered in the sandbox with `event`; a value that is not text
+    is sent as JSON."""
+    from ..templates import render
+
+    value = render(template, {"event": event})
+    return (value if isinstance(value, str) else json.dumps(value, default=str)).encode()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -88,12 +156,16 @@ class Notifier:
 
     def __init__(self, http: httpx.AsyncClient, environ: Mapping[str, str], *,
                  delays: Sequence[float] = (1, 4, 16, 60), timeout: float = 10.0,
-                 committed: Callable[[], Awaitable[None]] | None = None):
+                 committed: Callable[[], Awaitable[None]] | None = None,
+                 record: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                 public_url: str | None = None):
         if not delays:
             raise ValueError("delays needs at least one value (the wait before a retry)")
         # awaited before the first try (the store's flush): a receiver that reads the run
         # back through the API must find it recorded as ended
         self.committed = committed
+        self.record = record  # each try, for the run's list of deliveries (the store's)
+        self.public_url = public_url.rstrip("/") if public_url else None  # links to the run page
         self.http = http
         self.environ = environ
         self.delays = tuple(delays)
@@ -105,22 +177,37 @@ class Notifier:
         """Posts not finished yet (being sent or waiting for a retry)."""
         return len(self._tasks)
 
+    def run_url(self, run_id: str) -> str | None:
+        return f"{self.public_url}/runs/{quote(run_id, safe='')}" if self.public_url else None
+
     def on_run_ended(self, ended: RunEnded) -> None:
         """An `Engine.run_ended` callback: start one background post per matching notify entry."""
         spec = ended.definition.spec
-        entries = [(i, n) for i, n in enumerate(spec.notify if spec else ()) if ended.status in n.on]
-        if not entries:
-            return
+        kind = f"run.{ended.status}"
+        entries = [(i, n) for i, n in enumerate(spec.notify if spec else ()) if kind in n.events()]
+        if entries:
+            self._send(entries, run_event(ended, self.run_url(ended.run_id)), ended.run_id, f"{ended.run_id}")
+
+    def on_step_event(self, kind: str, exe: Any, detail: dict[str, Any]) -> None:
+        """An `Engine.step_events` callback: step.failed, step.retrying, step.succeeded,
+        approval.waiting."""
+        spec = exe.definition.spec
+        entries = [(i, n) for i, n in enumerate(spec.notify if spec else ()) if kind in n.events()]
+        if entries:
+            event = step_event(kind, exe.definition.name, exe.id, exe.trigger, detail, self.run_url(exe.id))
+            key = f"{exe.id}:{kind}:{detail.get('step')}:{detail.get('item')}:{detail.get('attempt')}"
+            self._send(entries, event, exe.id, key)
+
+    def _send(self, entries: list[tuple[int, NotifySpec]], event: dict[str, Any], run_id: str, key: str) -> None:
         if self._closed:
-            log.warning("run %s ended after notifications were shut down; %d not sent",
-                        ended.run_id, len(entries))
+            log.warning("run %s: %s after notifications were shut down; %d not sent",
+                        run_id, event["event_type"], len(entries))
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # only ever called by the engine, inside its loop; be safe anyway
-            log.error("run %s ended outside an event loop; notifications not sent", ended.run_id)
+            log.error("run %s: %s outside an event loop; notifications not sent", run_id, event["event_type"])
             return
-        body = event_body(ended)
         for index, entry in entries:
             secret = None
             if entry.secret_env is not None:
@@ -129,22 +216,54 @@ class Notifier:
                     # unsigned, the post would be rejected by a receiver expecting signatures,
                     # or worse accepted by one that only checks when a signature is present
                     log.error("notification of run %s to %s not sent: %s (its secret_env) is not set "
-                              "in the environment Treadle runs in", ended.run_id,
+                              "in the environment Treadle runs in", run_id,
                               redact_url(entry.webhook), entry.secret_env)
                     continue
+            try:
+                body, content_type = self.body(entry, event)
+            except Exception as exc:  # a template that fails: recorded, never raised into the run
+                self._later(self._remember(entry, event, run_id, 1, None, f"the body could not be made: {exc}",
+                                           final=True))
+                continue
             headers = {
-                "Content-Type": "application/json",
+                "Content-Type": content_type,
                 "User-Agent": USER_AGENT,
-                "X-Treadle-Event": f"run.{ended.status}",
-                "Idempotency-Key": f"{ended.run_id}:{index}",
+                "X-Treadle-Event": event["event_type"],
+                # run events keep the key they always had: `<run>:<entry>`
+                "Idempotency-Key": f"{key}:{index}",
             }
-            task = loop.create_task(self._deliver(entry, body, headers, secret, ended.run_id),
-                                    name=f"treadle-notify-{ended.run_id}-{index}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._later(self._deliver(entry, body, headers, secret, event, run_id),
+                        name=f"treadle-notify-{run_id}-{index}")
+
+    @staticmethod
+    def body(entry: NotifySpec, event: dict[str, Any]) -> tuple[bytes, str]:
+        """The bytes posted for `event` in the entry's format, and their content type."""
+        if entry.format == "slack":
+            return slack_body(event), "application/json"
+        if entry.format == "template":
+            return template_body(entry.template or "", event), entry.content_type
+        return as_json(event), "application/json"
+
+    def _later(self, work: Awaitable[None], name: str = "treadle-notify") -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remember(self, entry: NotifySpec, event: dict[str, Any], run_id: str, attempt: int,
+                        status: int | None, error: str | None, *, final: bool) -> None:
+        if self.record is None:
+            return
+        try:
+            await self.record({
+                "run_id": run_id, "event": event["event_type"], "step_id": event.get("step"),
+                "target": redact_url(entry.webhook), "format": entry.format, "attempt": attempt,
+                "ok": error is None, "http_status": status, "error": error[:500] if error else None,
+                "final": final, "at": time.time()})
+        except Exception:  # the record is a courtesy: a database hiccup must not stop the posts
+            log.exception("could not record a notification of run %s", run_id)
 
     async def _deliver(self, entry: NotifySpec, body: bytes, headers: dict[str, str],
-                       secret: str | None, run_id: str) -> None:
+                       secret: str | None, event: dict[str, Any], run_id: str) -> None:
         shown = redact_url(entry.webhook)
         tries = 0
         try:
@@ -152,12 +271,15 @@ class Notifier:
                 await self.committed()
             while True:
                 tries += 1
-                outcome, retryable, wait = await self._try(entry.webhook, body, headers, secret)
+                outcome, retryable, wait, status = await self._try(entry.webhook, body, headers, secret)
                 if outcome is None:
                     log.debug("run %s notified %s (%d tries)", run_id, shown, tries)
+                    await self._remember(entry, event, run_id, tries, status, None, final=True)
                     return
                 outcome = outcome.replace(entry.webhook, shown)
-                if not retryable or tries > entry.retries:
+                final = not retryable or tries > entry.retries
+                await self._remember(entry, event, run_id, tries, status, outcome, final=final)
+                if final:
                     log.error("notification of run %s to %s abandoned after %d tr%s: %s%s", run_id,
                               shown, tries, "y" if tries == 1 else "ies", outcome,
                               "" if retryable else " (not retried)")
@@ -175,8 +297,9 @@ class Notifier:
             log.exception("notification of run %s to %s crashed after %d tries", run_id, shown, tries)
 
     async def _try(self, url: str, body: bytes, headers: dict[str, str],
-                   secret: str | None) -> tuple[str | None, bool, float | None]:
-        """One POST. Returns (what went wrong or None, worth retrying, Retry-After seconds)."""
+                   secret: str | None) -> tuple[str | None, bool, float | None, int | None]:
+        """One POST. Returns (what went wrong or None, worth retrying, Retry-After seconds,
+        the HTTP status answered)."""
         if secret is not None:
             # signed at each try: retries can outlast the receiver's timestamp tolerance
             headers = {**headers, **signed_headers(secret, body, time.time())}
@@ -187,7 +310,7 @@ class Notifier:
                 async with self.http.stream("POST", url, content=body, headers=headers,
                                             timeout=self.timeout, follow_redirects=False) as response:
                     if response.is_success:
-                        return None, False, None
+                        return None, False, None, response.status_code
                     snippet = b""
                     async for chunk in response.aiter_bytes():
                         snippet += chunk
@@ -196,13 +319,13 @@ class Notifier:
                     text = snippet[:_SNIPPET].decode("utf-8", "replace").strip()
                     outcome = f"HTTP {response.status_code}" + (f" {text!r}" if text else "")
                     retryable = response.status_code == 429 or response.status_code >= 500
-                    return outcome, retryable, _retry_after(response) if retryable else None
+                    return outcome, retryable, _retry_after(response) if retryable else None, response.status_code
         except (TimeoutError, httpx.TimeoutException):
-            return f"no answer within {self.timeout:g} s", True, None
+            return f"no answer within {self.timeout:g} s", True, None, None
         except httpx.TransportError as exc:  # refused, reset, DNS: the receiver may come back
-            return f"{type(exc).__name__}: {exc}", True, None
+            return f"{type(exc).__name__}: {exc}", True, None, None
         except (httpx.HTTPError, httpx.InvalidURL, RuntimeError) as exc:  # bad URL, client closed
-            return f"{type(exc).__name__}: {exc}", False, None
+            return f"{type(exc).__name__}: {exc}", False, None, None
 
     async def close(self, timeout: float = 5.0) -> None:
         """Wait up to `timeout` seconds for pending posts, then cancel the rest.
