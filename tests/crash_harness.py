@@ -74,7 +74,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{port}"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 90) -> None:  # a loaded 2-core machine can take long to start it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.root / self.log_name, "ab") as log:  # the child keeps its own copy
             self.proc = self._spawn(env, log)

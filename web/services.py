@@ -18,6 +18,7 @@ import httpx
 
 from runner.engine.engine import Engine
 from runner.engine.run import RunExecution
+from runner.engine.tracing import Tracing
 from runner.errors import (
     RunConflict,
     RunNotFound,
@@ -119,6 +120,9 @@ class Services:
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
                            notifier=notifier, files=files, scheduler=scheduler)
             services.metrics.attach(services)
+            tracing = Tracing.from_environment()  # OTEL_EXPORTER_OTLP_ENDPOINT: traces (docs/observability.md)
+            if tracing is not None:
+                tracing.attach(engine)
             await follower.start()
             await store.feed.start()
             engine.leases.start()
@@ -143,6 +147,8 @@ class Services:
                 await _graceful_shutdown(engine, settings.grace)
                 await launcher.close()
                 await notifier.close()
+                if tracing is not None:
+                    await asyncio.to_thread(tracing.shutdown)
                 await dispatcher.close()
                 await http.aclose()
 

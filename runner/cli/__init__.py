@@ -296,6 +296,11 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
     async with Store(args.db) as store:
         engine = Engine(store, lookup=catalog.get, definitions_dir=catalog.root, role="run",
                         environ=getattr(args, "environ", None))
+        from ..engine.tracing import Tracing
+
+        tracing = Tracing.from_environment()  # OTEL_EXPORTER_OTLP_ENDPOINT: traces
+        if tracing is not None:
+            tracing.attach(engine)
         stopping = _GracefulStop(engine, args.grace)
         try:
             # runs of this workflow that an earlier `treadle run` left unfinished go on first
@@ -314,6 +319,8 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
         finally:
             stopping.remove()
             await engine.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
         doc = await run_document(store, exe.id)
     assert doc is not None
     if args.json:

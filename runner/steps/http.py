@@ -11,6 +11,11 @@ from ..errors import StepFailed
 from ..limits import MAX_HTTP_RESPONSE_BYTES, MAX_HTTP_TEXT_CHARS, size_text
 from .base import StepContext, StepOutcome
 
+try:  # the W3C traceparent of the current span, when OpenTelemetry is installed
+    from opentelemetry.propagate import inject as _inject
+except ImportError:  # pragma: no cover - the `otel` extra is not installed
+    _inject = None
+
 name = "http"
 # `circuit_breaker` is a step key: the workflow's default is copied into each http step at load
 fields = ("http", "circuit_breaker")
@@ -28,6 +33,8 @@ async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     headers = _strings(spec.get("headers"))
     if not any(k.lower() == "idempotency-key" for k in headers):
         headers["Idempotency-Key"] = ctx.idempotency_key
+    if _inject is not None and not any(k.lower() == "traceparent" for k in headers):
+        _inject(headers)  # with tracing on: this attempt's span (engine/tracing.py); else nothing
     query = _strings(spec.get("params"))
     timeout = spec.get("timeout") or ctx.timeout or DEFAULT_TIMEOUT
     kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout}
