@@ -103,3 +103,59 @@ def test_notify_test_sends_a_sample_to_each_receiver(tmp_path: Path, http_server
     assert "is not sent step.failed in real runs" in lines[1]
     slack = json.loads(next(r["body"] for r in http_server.requests if r["query"].get("to") == "slack"))
     assert slack["text"].startswith("pay step charge failed: a sample error")
+
+
+def test_a_failed_step_is_mailed_through_a_real_smtp_server(tmp_path: Path) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.messages: list = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802, ANN001, ANN201
+            self.messages.append(envelope)
+            return "250 OK"
+
+    from tests.web_server import free_port
+
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        secrets = tmp_path / "secrets.env"
+        secrets.write_text(f"API_KEY={SECRET}\n")
+        secrets.chmod(0o600)
+        flow = f"""\
+secrets: [API_KEY]
+steps:
+  - id: charge
+    run: 'echo "key {{{{ secrets.API_KEY }}}}" >&2; exit 3'
+notify:
+  - email:
+      to: [ops@example.com]
+      from: treadle@example.com
+      host: 127.0.0.1
+      port: {smtp.port}
+      tls: none
+    on: [step.failed]
+"""
+        with serving(tmp_path, {"pay.yaml": flow}, secrets_file=secrets, public_url="https://t.example.com") as base:
+            c = httpx.Client(base_url=base, timeout=30)
+            run_id = c.post("/api/workflows/pay/runs", json={}).json()["run_id"]
+            [delivery] = _deliveries(c, run_id, 1)
+    finally:
+        smtp.stop()
+    assert (delivery["event"], delivery["format"], delivery["ok"], delivery["http_status"]) == (
+        "step.failed", "email", True, 250)
+    assert delivery["target"] == f"mailto:ops@example.com via 127.0.0.1:{smtp.port}"
+    [envelope] = inbox.messages
+    assert envelope.mail_from == "treadle@example.com" and envelope.rcpt_tos == ["ops@example.com"]
+    import email
+
+    message = email.message_from_bytes(envelope.content)
+    assert message["Subject"] == "[Treadle] pay step charge failed"
+    plain, rich = (part.get_payload(decode=True).decode() for part in message.walk()
+                   if part.get_content_type() in ("text/plain", "text/html"))
+    assert "Error: exit code 3" in plain and f"Open the run: https://t.example.com/runs/{run_id}" in plain
+    assert "<h2>pay step charge failed</h2>" in rich and f'href="https://t.example.com/runs/{run_id}"' in rich
+    assert SECRET not in plain + rich and "***" in plain

@@ -31,7 +31,7 @@ from runner.errors import (
     WorkflowPaused,
 )
 from runner.triggers.launcher import Launch, new_event_id
-from runner.triggers.notify import redact_url
+from runner.triggers.notify import redact_url, target_of
 from runner.triggers.signing import check_bearer, verify
 
 from . import rate_limits
@@ -207,7 +207,8 @@ async def trigger_summary(services: Services, definition: Definition) -> dict[st
     out["after"] = [{"workflow": a.workflow, "status": list(a.status)} for a in triggers_.after]
     if spec.concurrency is not None:
         out["concurrency"] = {"limit": spec.concurrency.limit, "policy": spec.concurrency.policy}
-    out["notify"] = [{"on": list(n.on), "webhook": redact_url(n.webhook)} for n in spec.notify]
+    out["notify"] = [{"on": list(n.on), "webhook": redact_url(n.webhook) if n.webhook else None,
+                      "target": target_of(n)} for n in spec.notify]
     return out
 
 

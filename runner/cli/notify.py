@@ -49,7 +49,7 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
 
     import httpx
 
-    from ..triggers.notify import Notifier, redact_url, step_event
+    from ..triggers.notify import Notifier, email_message, step_event, target_of
     from ..triggers.signing import signed_headers
 
     spec = definition.spec
@@ -73,7 +73,17 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
     async with httpx.AsyncClient() as http:
         notifier = Notifier(http, everything, delays=(0,))
         for index, entry in enumerate(spec.notify):
-            shown = redact_url(entry.webhook)
+            shown = target_of(entry)
+            listening = kind in entry.events()
+            note = "" if listening else f" (this entry is not sent {kind} in real runs: its `on` is {', '.join(entry.on)})"
+            if entry.email is not None:
+                outcome, _, code = await asyncio.to_thread(notifier._send_mail, entry, email_message(entry, event))
+                if outcome is None:
+                    print(f"notify[{index}] {shown} (email): sent, SMTP {code}{note}")
+                else:
+                    failures += 1
+                    print(f"notify[{index}] {shown} (email): failed: {outcome}{note}")
+                continue
             body, content_type = Notifier.body(entry, event)
             headers = {"Content-Type": content_type, "User-Agent": "treadle notify test",
                        "X-Treadle-Event": kind, "Idempotency-Key": f"{run_id}:{index}"}
@@ -84,14 +94,12 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
                     failures += 1
                     continue
                 headers.update(signed_headers(secret, body, time.time()))
-            outcome, _, _, status = await notifier._try(entry.webhook, body, headers, None)
-            listening = kind in entry.events()
-            note = "" if listening else f" (this entry is not sent {kind} in real runs: its `on` is {', '.join(entry.on)})"
+            outcome, _, _, status = await notifier._try(entry.webhook or "", body, headers, None)
             if outcome is None:
                 print(f"notify[{index}] {shown} ({entry.format}): sent, HTTP {status}{note}")
             else:
                 failures += 1
-                print(f"notify[{index}] {shown} ({entry.format}): failed: {outcome.replace(entry.webhook, shown)}{note}")
+                print(f"notify[{index}] {shown} ({entry.format}): failed: {outcome.replace(entry.webhook or '', shown)}{note}")
     return 1 if failures else 0
 
 

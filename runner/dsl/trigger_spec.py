@@ -145,12 +145,30 @@ def event_type(name: str) -> str:
     return f"run.{name}" if name in RUN_ENDINGS else name
 
 
+class EmailSpec(_Model):
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)]] = Field(
+        min_length=1, max_length=50, description="who gets the mail")
+    from_: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$", max_length=320, description="the sender address")
+    host: str = Field(min_length=1, max_length=255, description="the SMTP server")
+    port: int = Field(587, ge=1, le=65535)
+    tls: Literal["starttls", "ssl", "none"] = Field("starttls", description="starttls (587), ssl (465), none (a local relay)")
+    username_env: str | None = Field(None, pattern=ENV_NAME_PATTERN, description="environment variable with the SMTP user")
+    password_env: str | None = Field(None, pattern=ENV_NAME_PATTERN,
+                                     description="environment variable with the SMTP password")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class NotifySpec(_Model):
     on: list[NotifyEvent] = Field(default_factory=lambda: list(RUN_ENDINGS),
                                   description="which events are posted: run endings (succeeded, failed, cancelled, "
                                               "or run.<ending>), step.failed, step.retrying, step.succeeded, "
                                               "approval.waiting")
-    webhook: str = Field(description="http(s) URL the event is POSTed to")
+    webhook: str | None = Field(None, description="http(s) URL the event is POSTed to")
+    email: EmailSpec | None = Field(None, description="send the event as an e-mail (plain text and HTML) over SMTP")
     format: Literal["json", "slack", "template"] = Field(
         "json", description="json: Treadle's event document; slack: Slack incoming-webhook blocks; "
                             "template: the body rendered from `template`")
@@ -163,6 +181,10 @@ class NotifySpec(_Model):
 
     @model_validator(mode="after")
     def _template_with_its_format(self) -> NotifySpec:
+        if (self.webhook is None) == (self.email is None):
+            raise ValueError("an entry has a `webhook:` or an `email:`, exactly one")
+        if self.email is not None and self.format != "json":
+            raise ValueError("`format:` is for webhooks; an e-mail has its own plain-text and HTML body")
         if self.format == "template" and not self.template:
             raise ValueError("format: template needs a `template:` (the body, e.g. '{\"text\": \"{{ event.workflow }}\"}')")
         if self.template and self.format != "template":
@@ -174,8 +196,8 @@ class NotifySpec(_Model):
 
     @field_validator("webhook")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"'{value}' is not an http:// or https:// URL")
         return value
 

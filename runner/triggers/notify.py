@@ -21,11 +21,15 @@ that stays the same across retries for receivers to de-duplicate on.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import smtplib
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -103,13 +107,54 @@ def _slack_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def what_happened(event: dict[str, Any]) -> str:
+    """`failed`, `step load failed; retrying`, ...: the event in a few words."""
+    step = event.get("step")
+    return {"run.succeeded": "succeeded", "run.failed": "failed", "run.cancelled": "was cancelled",
+            "step.failed": f"step {step} failed", "step.retrying": f"step {step} failed; retrying",
+            "step.succeeded": f"step {step} succeeded",
+            "approval.waiting": "waits for an approval"}[event["event_type"]]
+
+
+def target_of(entry: NotifySpec) -> str:
+    """The receiver as shown in logs, records and pages: never credentials or a query."""
+    if entry.email is not None:
+        return f"mailto:{','.join(entry.email.to)} via {entry.email.host}:{entry.email.port}"
+    return redact_url(entry.webhook or "")
+
+
+def email_message(entry: NotifySpec, event: dict[str, Any]) -> EmailMessage:
+    """The e-mail of an event: a subject that says it all, a plain-text and an HTML body."""
+    assert entry.email is not None
+    what = what_happened(event)
+    rows = [("Workflow", event["workflow"]), ("Run", event["run_id"]), ("Trigger", str(event.get("trigger")))]
+    if "duration_ms" in event:
+        rows.append(("Duration", f"{event['duration_ms'] / 1000:.1f} s"))
+    if event.get("attempt"):
+        rows.append(("Attempt", str(event["attempt"])))
+    if event.get("error"):
+        rows.append(("Error", str(event["error"])[:4000]))
+    message = EmailMessage()
+    message["Subject"] = f"[Treadle] {event['workflow']} {what}"[:200]
+    message["From"] = entry.email.from_
+    message["To"] = ", ".join(entry.email.to)
+    message["X-Treadle-Event"] = event["event_type"]
+    text = [f"{event['workflow']} {what}", ""] + [f"{k}: {v}" for k, v in rows]
+    if event.get("url"):
+        text += ["", f"Open the run: {event['url']}"]
+    message.set_content("\n".join(text) + "\n")
+    cells = "".join(f"<tr><th align=\"left\">{html.escape(k)}</th><td>{'<pre>' + html.escape(v) + '</pre>' if k == 'Error' else html.escape(v)}</td></tr>"
+                    for k, v in rows)
+    link = f'<p><a href="{html.escape(event["url"])}">Open the run</a></p>' if event.get("url") else ""
+    message.add_alternative(f"<html><body><h2>{html.escape(event['workflow'])} {html.escape(what)}</h2>"
+                            f"<table>{cells}</table>{link}</body></html>", subtype="html")
+    return message
+
+
 def slack_body(event: dict[str, Any]) -> bytes:
     """Slack incoming-webhook blocks: what happened, to which workflow, the error, a link."""
     kind = event["event_type"]
-    step = event.get("step")
-    what = {"run.succeeded": "succeeded", "run.failed": "failed", "run.cancelled": "was cancelled",
-            "step.failed": f"step {step} failed", "step.retrying": f"step {step} failed; retrying",
-            "step.succeeded": f"step {step} succeeded", "approval.waiting": "waits for an approval"}[kind]
+    what = what_happened(event)
     icon = {"run.succeeded": ":white_check_mark:", "step.succeeded": ":white_check_mark:",
             "step.retrying": ":repeat:", "approval.waiting": ":raised_hand:"}.get(kind, ":x:")
     title = f"{icon} *{_slack_text(event['workflow'])}* {_slack_text(what)}"
@@ -209,6 +254,9 @@ class Notifier:
             log.error("run %s: %s outside an event loop; notifications not sent", run_id, event["event_type"])
             return
         for index, entry in entries:
+            if entry.email is not None:
+                self._later(self._deliver_mail(entry, event, run_id), name=f"treadle-mail-{run_id}-{index}")
+                continue
             secret = None
             if entry.secret_env is not None:
                 secret = self.environ.get(entry.secret_env)
@@ -256,7 +304,7 @@ class Notifier:
         try:
             await self.record({
                 "run_id": run_id, "event": event["event_type"], "step_id": event.get("step"),
-                "target": redact_url(entry.webhook), "format": entry.format, "attempt": attempt,
+                "target": target_of(entry), "format": "email" if entry.email else entry.format, "attempt": attempt,
                 "ok": error is None, "http_status": status, "error": error[:500] if error else None,
                 "final": final, "at": time.time()})
         except Exception:  # the record is a courtesy: a database hiccup must not stop the posts
@@ -295,6 +343,65 @@ class Notifier:
             raise
         except Exception:  # a bug here must not surface as "Task exception was never retrieved"
             log.exception("notification of run %s to %s crashed after %d tries", run_id, shown, tries)
+
+    async def _deliver_mail(self, entry: NotifySpec, event: dict[str, Any], run_id: str) -> None:
+        shown = target_of(entry)
+        tries = 0
+        try:
+            if self.committed is not None:
+                await self.committed()
+            message = email_message(entry, event)
+            while True:
+                tries += 1
+                outcome, retryable, code = await asyncio.to_thread(self._send_mail, entry, message)
+                final = outcome is None or not retryable or tries > entry.retries
+                await self._remember(entry, event, run_id, tries, code, outcome, final=final)
+                if outcome is None:
+                    return
+                if final:
+                    log.error("e-mail of run %s to %s abandoned after %d tr%s: %s", run_id, shown, tries,
+                              "y" if tries == 1 else "ies", outcome)
+                    return
+                delay = self.delays[min(tries - 1, len(self.delays) - 1)]
+                log.warning("e-mail of run %s to %s failed (try %d of %d): %s; retrying in %g s",
+                            run_id, shown, tries, entry.retries + 1, outcome, delay)
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            log.error("e-mail of run %s to %s abandoned at shutdown after %d tries", run_id, shown, tries)
+            raise
+        except Exception:
+            log.exception("e-mail of run %s to %s crashed after %d tries", run_id, shown, tries)
+
+    def _send_mail(self, entry: NotifySpec, message: EmailMessage) -> tuple[str | None, bool, int | None]:
+        """One SMTP delivery (in a worker thread). Returns (what went wrong or None, worth
+        retrying, the SMTP reply code)."""
+        mail = entry.email
+        assert mail is not None
+        user = self.environ.get(mail.username_env) if mail.username_env else None
+        password = self.environ.get(mail.password_env) if mail.password_env else None
+        if (mail.username_env or mail.password_env) and not (user and password):
+            return f"{mail.username_env} or {mail.password_env} is not set in the environment Treadle runs in", \
+                False, None
+        try:
+            if mail.tls == "ssl":
+                client = smtplib.SMTP_SSL(mail.host, mail.port, timeout=self.timeout,
+                                          context=ssl.create_default_context())
+            else:
+                client = smtplib.SMTP(mail.host, mail.port, timeout=self.timeout)
+            with client:
+                if mail.tls == "starttls":
+                    client.starttls(context=ssl.create_default_context())
+                if user and password:
+                    client.login(user, password)
+                refused = client.send_message(message)
+            if refused:
+                return f"refused recipients: {', '.join(sorted(refused))}", False, None
+            return None, False, 250
+        except smtplib.SMTPResponseException as exc:  # 4xx: try again later; 5xx: it will not change
+            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            return f"SMTP {exc.smtp_code} {text[:200]}", 400 <= exc.smtp_code < 500, exc.smtp_code
+        except (smtplib.SMTPException, OSError) as exc:  # connection refused, TLS, timeout
+            return f"{type(exc).__name__}: {exc}", True, None
 
     async def _try(self, url: str, body: bytes, headers: dict[str, str],
                    secret: str | None) -> tuple[str | None, bool, float | None, int | None]:
