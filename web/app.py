@@ -16,6 +16,7 @@ from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -68,7 +69,11 @@ def _treadle_error(request: Request, exc: TreadleError) -> Response:
     return error_response(request, status, str(exc), exc.error_code, extra)
 
 
-def _http_error(request: Request, exc: HTTPException) -> Response:
+def _http_error(request: Request, exc: HTTPException) -> Response | Template:
+    if exc.status_code == 404 and _wants_page(request):
+        # a person typed or followed a URL: an HTML page with the navigation, not JSON
+        return Template("error.html", status_code=404, context={
+            "title": "Page not found", "message": f"There is no page at {request.url.path}."})
     code = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
             413: "TOO_LARGE", 422: "UNPROCESSABLE", 429: "TOO_MANY_REQUESTS"}.get(exc.status_code, "HTTP_ERROR")
     extra = {"errors": exc.extra} if isinstance(exc, ValidationException) and exc.extra else None
@@ -85,6 +90,12 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         headers["Retry-After"] = headers["RateLimit-Reset"]  # seconds until the window frees a slot
         detail = "too many requests from this address; try again after Retry-After seconds"
     return error_response(request, exc.status_code, detail, code, extra, headers)  # e.g. Allow on 405
+
+
+def _wants_page(request: Request) -> bool:
+    path = request.url.path
+    return request.method == "GET" and not path.startswith(("/api/", "/hooks/", "/schema", "/metrics", "/static/")) \
+        and "text/html" in request.headers.get("accept", "")
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:

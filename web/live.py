@@ -89,3 +89,9 @@ async def run_stream(services: Services, run_id: str) -> AsyncIterator[ServerSen
 async def runs_stream(services: Services) -> AsyncIterator[ServerSentEventMessage]:
     async for message in coalesced(services, ["runs"], runs_signals, window=0.5):
         yield message
+
+
+async def catalog_stream(services: Services) -> AsyncIterator[ServerSentEventMessage]:
+    """`catalog` after the definitions changed (a save, a fix, a pull): workflow pages refresh."""
+    async for message in coalesced(services, ["catalog"], lambda events: (["catalog"], False), window=0.3):
+        yield message

@@ -197,6 +197,11 @@ async def runs_page(request: Request, workflow: FromQuery[str | None] = None, st
     return Template("runs.html", context=context)
 
 
+@get("/catalog/stream", name="page-catalog-stream", include_in_schema=False)
+async def catalog_stream(request: Request) -> ServerSentEvent:
+    return sse_response(live.catalog_stream(_services(request)))
+
+
 @get("/runs/stream", name="page-runs-stream", include_in_schema=False)
 async def runs_stream(request: Request) -> ServerSentEvent:
     return sse_response(live.runs_stream(_services(request)))
@@ -340,7 +345,7 @@ async def reject_from_form(request: Request, run_id: FromPath[str], step_id: Fro
 
 
 PAGE_ROUTES: list = [
-    workflows_page, reset_breaker_from_form, workflow_page, start_from_form, runs_page, runs_stream, run_page, run_live,
+    workflows_page, reset_breaker_from_form, workflow_page, start_from_form, runs_page, runs_stream, catalog_stream, run_page, run_live,
     run_steps_part, run_stream, step_part, step_log_part, cancel_from_form, retry_from_form, approve_from_form,
     reject_from_form,
 ]

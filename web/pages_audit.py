@@ -23,7 +23,9 @@ async def audit_page(request: Request, action: FromQuery[str | None] = None, who
     rows, total = await audit.entries(store, action=action or None, who=who or None,
                                       offset=(number - 1) * PER_PAGE, limit=PER_PAGE)
     return Template("audit.html", context={"entries": rows, "total": total, "page": number, "nav": "audit",
-                                           "pages": max(1, -(-total // PER_PAGE)), "action": action, "who": who})
+                                           "pages": max(1, -(-total // PER_PAGE)), "action": action,
+                                           # not `who`: every page has `who`, the signed-in identity
+                                           "by": who, "filtered": bool(action or who)})
 
 
 AUDIT_PAGES = [audit_page]

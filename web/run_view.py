@@ -65,6 +65,12 @@ class RunView:
         return self.run["status"] in FINISHED
 
     @property
+    def root_causes(self) -> list[dict[str, Any]]:
+        """The failed steps, when they made the run fail (a succeeded run's failures were
+        allowed or handled: they are no root cause of anything)."""
+        return self.failures if self.run["status"] in ("failed", "running", "waiting") else []
+
+    @property
     def states(self) -> dict[str, str]:
         return {s.id: s.status for s in self.steps}
 

@@ -114,7 +114,8 @@ class Services:
             engine.step_events.append(notifier.on_step_event)
             files = FileTriggers(launcher, catalog.entries, state)
             scheduler = Scheduler(launcher, catalog.entries, state)
-            follower.listeners += [files.refresh, scheduler.poke]
+            follower.listeners += [files.refresh, scheduler.poke,
+                                   lambda: broker.publish("catalog", {"type": "catalog"})]  # live workflow pages
             tokens = Tokens(store, admin_token=settings.admin_token)
             gate = Gate(bind_host=settings.host, allowed_hosts=settings.allowed_hosts, insecure=settings.insecure)
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,

@@ -1,0 +1,83 @@
+"""Dashboard fixes for daily use, against a real server: the audit filter, no root-cause
+alarm on a run that succeeded, an HTML 404 for unknown pages, the run's outputs."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_browser import browser, page  # noqa: F401  (fixtures)
+from tests.web_server import serving
+
+DEFINITIONS = {
+    "handled.yaml": """
+        outputs: {total: "{{ steps.last.output }}"}
+        steps:
+          - {id: shaky, run: 'exit 1', continue_on_failure: true}
+          - {id: last, needs: [shaky], trigger_rule: all_done, set: {n: 42}}
+    """,
+    "broken.yaml": "steps:\n  - {id: boom, run: 'exit 2'}\n",
+}
+
+
+def finish(c: httpx.Client, name: str) -> dict:
+    run_id = c.post(f"/api/workflows/{name}/runs", json={}).json()["run_id"]
+    deadline = time.monotonic() + 30
+    while (run := c.get(f"/api/runs/{run_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return run
+
+
+def test_daily_pages(tmp_path: Path) -> None:
+    import textwrap
+
+    with serving(tmp_path, {k: textwrap.dedent(v) for k, v in DEFINITIONS.items()}) as base:
+        c = httpx.Client(base_url=base, timeout=30)
+        handled = finish(c, "handled")
+        failed = finish(c, "broken")
+        assert handled["status"] == "succeeded" and failed["status"] == "failed"
+
+        page = c.get(f"/runs/{handled['id']}").text
+        assert "Root cause" not in page and "root cause</span>" not in page
+        assert "failure was allowed" in html.unescape(page) and 'id="outputs"' in page
+        assert html.unescape(page).count('{"total": {"n": 42}}') == 1
+        page = c.get(f"/runs/{failed['id']}").text
+        assert "<strong>Root cause:</strong>" in page and "root cause</span>" in page
+
+        audit = c.get("/audit").text
+        assert 'name="who" value=""' in audit and "Identity(" not in audit
+        only_starts = c.get("/audit", params={"action": "run.start"}).text
+        assert only_starts.count("<code>run.start</code>") == 2 and "No entry matches" not in only_starts
+        none = c.get("/audit", params={"action": "token."}).text
+        assert "No entry matches this filter" in none and 'value="token."' in none
+
+        missing = c.get("/triggers", headers={"Accept": "text/html"})
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+        assert "There is no page at /triggers." in missing.text and '<a href="/runs">' in missing.text
+        api = c.get("/api/nope")
+        assert api.status_code == 404 and api.json()["error_code"] == "NOT_FOUND"
+
+
+@pytest.mark.browser
+def test_open_workflow_and_home_pages_follow_a_file_edit(tmp_path: Path, page) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    with serving(tmp_path, {"edit.yaml": "steps: [{id: a, log: hi}]\n"}) as base:
+        page.goto(base + "/workflows/edit")
+        expect(page.locator("h1")).to_contain_text("edit")
+        assert page.locator("h1 .badge").count() == 0
+        (tmp_path / "definitions" / "edit.yaml").write_text("steps: [{id: a, lgo: hi}]\n")  # a broken save
+        expect(page.locator("h1 .badge")).to_contain_text("broken")  # no reload
+        expect(page.locator("body")).to_contain_text("unknown step kind 'lgo'")
+        home = page.context.new_page()
+        home.goto(base + "/")
+        expect(home.locator("body")).to_contain_text("1 file with problems")
+        (tmp_path / "definitions" / "edit.yaml").write_text("steps: [{id: a, log: fixed}]\n")  # the fix
+        expect(home.locator("body")).not_to_contain_text("with problems")
+        expect(page.locator("h1 .badge")).to_have_count(0)
+        assert page.errors == []
