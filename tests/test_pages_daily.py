@@ -81,3 +81,16 @@ def test_open_workflow_and_home_pages_follow_a_file_edit(tmp_path: Path, page) -
         expect(home.locator("body")).not_to_contain_text("with problems")
         expect(page.locator("h1 .badge")).to_have_count(0)
         assert page.errors == []
+
+
+@pytest.mark.browser
+def test_the_api_is_browsable_from_vendored_files(tmp_path: Path, page) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    with serving(tmp_path, {"a.yaml": "steps: [{id: a, log: hi}]\n"}) as base:
+        outside = []
+        page.on("request", lambda r: None if r.url.startswith(base) else outside.append(r.url))
+        page.goto(base + "/schema/swagger")
+        expect(page.locator("#swagger-container")).to_contain_text("/api/workflows/{name}/runs")
+        expect(page.locator("#swagger-container")).to_contain_text("Treadle")
+    assert outside == [] and page.errors == []

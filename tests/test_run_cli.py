@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,9 @@ def test_show_prints_step_traces_and_logs(done):
     assert "    | disk full" in out and "    | starting" in out
     missing = done["show_missing"]
     assert missing.returncode == 2 and "no run with id 'nope'" in missing.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path: Path) -> None:
+    done = subprocess.run(f"{sys.executable} -m runner schema | head -c 20 > /dev/null", shell=True, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

@@ -92,6 +92,23 @@ def _http_error(request: Request, exc: HTTPException) -> Response | Template:
     return error_response(request, exc.status_code, detail, code, extra, headers)  # e.g. Allow on 405
 
 
+SWAGGER = "/static/vendor/swagger-ui-5.35.0"
+
+
+class VendoredSwagger(SwaggerRenderPlugin):
+    """Swagger UI at /schema/swagger from vendored files (no CDN at run time) and with no
+    inline script (the Content-Security-Policy allows none): static/swagger-init.js."""
+
+    def render(self, request: Request, openapi_schema: dict) -> bytes:  # type: ignore[override]
+        return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Treadle API</title>'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<link rel="stylesheet" href="{SWAGGER}/swagger-ui.css"></head>'
+                f'<body><div id="swagger-container"></div>'
+                f'<script src="{SWAGGER}/swagger-ui-bundle.js"></script>'
+                f'<script src="{SWAGGER}/swagger-ui-standalone-preset.js"></script>'
+                f'<script src="/static/swagger-init.js"></script></body></html>').encode()
+
+
 def _wants_page(request: Request) -> bool:
     path = request.url.path
     return request.method == "GET" and not path.startswith(("/api/", "/hooks/", "/schema", "/metrics", "/static/")) \
@@ -125,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),
         # /schema is the OpenAPI document itself (JSON); /schema/swagger a browsable view
         openapi_config=OpenAPIConfig(title="Treadle", version=__version__, path="/schema",
-                                     render_plugins=[JsonRenderPlugin(path="/"), SwaggerRenderPlugin()]),
+                                     render_plugins=[JsonRenderPlugin(path="/"), VendoredSwagger()]),
         middleware=[auth_middleware],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         response_headers=SECURITY,

@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.cli_exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `treadle schema | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return 0
 
 
 # -- validate --------------------------------------------------------------------
@@ -446,7 +450,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for s in doc["steps"]:
         took = format_duration(s["duration_ms"] / 1000) if s["duration_ms"] is not None else "-"
         code = s["exit_code"] if s["exit_code"] is not None else (s["http_status"] if s["http_status"] is not None else "")
-        detail = s["error"] if s["error"] else json.dumps(s["output"], default=str)
+        detail = s["error"] if s["error"] else ("-" if s["output"] is None else json.dumps(s["output"], default=str))
         if len(detail) > 70:
             detail = detail[:67] + "..."
         print(f"{s['id']:<24} {s['status']:<16} {s['attempts']:>5} {took:>9} {code!s:>5}  {detail}")
