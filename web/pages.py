@@ -26,7 +26,7 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 
 from . import live
 from .api_approvals import decide
-from .api_breakers import reset_breakers
+from .api_breakers import reset_breakers, shown_breakers
 from .api_triggers import trigger_summary
 from .auth import visible, visible_names
 from .dag_svg import STATES, layout_for, render_svg, state_class
@@ -86,7 +86,7 @@ async def workflows_page(request: Request) -> Template:
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
     broken = [d for d in entries if not d.healthy]
     sync = services.gitsync.state if services.gitsync is not None else None
-    breakers = [b.snapshot() for b in services.engine.breakers.all()]
+    breakers = [b.snapshot() for b in shown_breakers(request)]
     waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN,
                                                                      workflows=visible_names(request))
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
@@ -98,7 +98,7 @@ async def workflows_page(request: Request) -> Template:
 @post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, opt={"audit": "breaker.reset"})
 async def reset_breaker_from_form(request: Request) -> Template | Redirect:
     host = str((await request.form()).get("host") or "")
-    if not reset_breakers(_services(request), host):
+    if not reset_breakers(request, host):
         return error_page(404, "No such circuit breaker", f"No circuit breaker for '{host}'.")
     return Redirect("/", status_code=303)
 

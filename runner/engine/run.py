@@ -18,6 +18,7 @@ from ..dsl.definition import RetrySpec, StepSpec
 from ..dsl.durations import format_duration
 from ..errors import StepFailed
 from ..steps import REGISTRY, StepContext, StepOutcome
+from ..security.tokens import namespace_of
 from ..steps.base import StepServices
 from ..storage.models import RunStatus, StepStatus
 from ..templates import Masker, TemplateFailed, render, truthy
@@ -682,7 +683,8 @@ class RunExecution:
                     limit = asyncio.timeout(timeout)
                     permit: Permit | None = None
                     try:
-                        permit = admit_call(self.engine.breakers, inp)  # CircuitOpen: a failed attempt
+                        permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
+                                            namespace=namespace_of(self.definition.path))
                         async with limit:
                             if remote:
                                 outcome = await self.engine.dispatcher.execute(

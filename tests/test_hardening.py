@@ -1,0 +1,93 @@
+"""Issue #15, the outside audit: each hole it found, tried again against a real server
+(uvicorn on 127.0.0.1, a real SQLite file, real tokens) or the real mechanism."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.http_server import LoopbackServer, http_server_fixture  # noqa: F401  (the fixture)
+from tests.web_server import serving
+
+ADMIN = "admin-token-for-hardening-0123456789"
+SECRET = "sk_live_hardening_4242424242"
+
+
+def finished(client: httpx.Client, run_id: str) -> dict:
+    end = time.monotonic() + 20
+    while (doc := client.get(f"/api/runs/{run_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < end, doc
+        time.sleep(0.02)
+    return doc
+
+
+def tokens_for(admin: httpx.Client, wanted: dict[str, tuple[str, str | None]]) -> dict[str, str]:
+    made = {}
+    for name, (scope, ns) in wanted.items():
+        answer = admin.post("/api/tokens", json={"name": name, "scope": scope, "namespace": ns})
+        assert answer.status_code == 201, answer.text
+        made[name] = answer.json()["token"]
+    return made
+
+
+def as_token(base: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+
+# -- 1. circuit breakers: masked, and seen only by the namespaces that use the host ---------
+
+
+@pytest.fixture
+def breaker_site(tmp_path: Path, http_server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    monkeypatch.setenv("PAY_KEY", SECRET)
+    definitions = {
+        "orders/charge.yaml": f"""
+            secrets: [PAY_KEY]
+            steps:
+              - id: call
+                http: {{url: "{http_server.url}/status/503?key={{{{ secrets.PAY_KEY }}}}"}}
+                circuit_breaker: {{failures: 1, reset_after: 60s}}
+        """,
+        "billing/invoice.yaml": "steps: [{id: a, log: billed}]\n",
+    }
+    with serving(tmp_path, definitions, watch=False, admin_token=ADMIN) as base, \
+            as_token(base, ADMIN) as admin:
+        tokens = tokens_for(admin, {"orders-read": ("read", "orders"), "billing-read": ("read", "billing"),
+                                    "billing-admin": ("admin", "billing"), "orders-run": ("run", "orders"),
+                                    "orders-admin": ("admin", "orders")})
+        run = finished(admin, admin.post("/api/workflows/charge/runs", json={}).json()["run_id"])
+        assert run["status"] == "failed" and "key=***" in run["steps"][0]["error"], run
+        yield SimpleNamespace(base=base, admin=admin, tokens=tokens,
+                              host=f"http://127.0.0.1:{http_server.server_address[1]}")
+
+
+def test_breakers_never_show_a_secret_in_clear(breaker_site: SimpleNamespace) -> None:
+    site = breaker_site
+    [item] = site.admin.get("/api/circuit-breakers").json()["items"]
+    assert item["state"] == "open" and "key=***" in item["last_error"], item
+    assert SECRET not in site.admin.get("/api/circuit-breakers").text
+    page = site.admin.get("/")
+    assert page.status_code == 200 and "key=***" in page.text and SECRET not in page.text
+    # the refusal an open circuit gives the next run quotes the (masked) last error
+    run = finished(site.admin, site.admin.post("/api/workflows/charge/runs", json={}).json()["run_id"])
+    assert "circuit open" in run["steps"][0]["error"] and SECRET not in str(run)
+
+
+def test_breakers_are_seen_only_by_the_namespaces_that_call_the_host(breaker_site: SimpleNamespace) -> None:
+    site = breaker_site
+    with as_token(site.base, site.tokens["orders-read"]) as orders, \
+            as_token(site.base, site.tokens["billing-read"]) as billing:
+        assert [b["host"] for b in orders.get("/api/circuit-breakers").json()["items"]] == [site.host]
+        assert billing.get("/api/circuit-breakers").json() == {"items": [], "total": 0, "page": 1, "limit": 50}
+        page = billing.get("/")
+        assert page.status_code == 200 and site.host not in page.text
+    with as_token(site.base, site.tokens["billing-admin"]) as billing_admin:
+        gone = billing_admin.post(f"/api/circuit-breakers/{quote(site.host, safe='')}/reset")
+        assert gone.status_code == 404, gone.text
+    assert site.admin.get("/api/circuit-breakers").json()["items"][0]["state"] == "open"
