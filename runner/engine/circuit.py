@@ -19,9 +19,9 @@ remembers the namespaces of those workflows: a token of another namespace never 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from collections.abc import Callable
 from typing import Any
 
 import httpx

@@ -17,8 +17,8 @@ from ..dsl.dag import Dag, build_dag, steps_of
 from ..dsl.definition import RetrySpec, StepSpec
 from ..dsl.durations import format_duration
 from ..errors import StepFailed
-from ..steps import REGISTRY, StepContext, StepOutcome
 from ..security.tokens import namespace_of
+from ..steps import REGISTRY, StepContext, StepOutcome
 from ..steps.base import StepServices
 from ..storage.models import RunStatus, StepStatus
 from ..templates import Masker, TemplateFailed, render, truthy
