@@ -91,3 +91,32 @@ def test_breakers_are_seen_only_by_the_namespaces_that_call_the_host(breaker_sit
         gone = billing_admin.post(f"/api/circuit-breakers/{quote(site.host, safe='')}/reset")
         assert gone.status_code == 404, gone.text
     assert site.admin.get("/api/circuit-breakers").json()["items"][0]["state"] == "open"
+
+
+# -- 2. a workflow's versions stay in its namespace once its file is gone -------------
+
+
+def test_versions_of_a_deleted_workflow_stay_in_their_namespace(tmp_path: Path) -> None:
+    definitions = {"orders/ship.yaml": "steps: [{id: a, log: shipped}]\n",
+                   "billing/invoice.yaml": "env: {DB_PASSWORD: hunter2-billing}\nsteps: [{id: a, log: billed}]\n"}
+    with serving(tmp_path, definitions, watch=True, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        tokens = tokens_for(admin, {"orders-read": ("read", "orders"), "billing-read": ("read", "billing")})
+        [version] = admin.get("/api/workflows/invoice/versions").json()["items"]
+        run_id = admin.post("/api/workflows/invoice/runs", json={}).json()["run_id"]
+        finished(admin, run_id)
+        (tmp_path / "definitions" / "billing" / "invoice.yaml").unlink()
+        end = time.monotonic() + 20
+        while admin.get("/api/workflows/invoice").status_code != 404:
+            assert time.monotonic() < end, "the catalog did not drop the deleted file"
+            time.sleep(0.05)
+        v = version["version"]
+        paths = ["/api/workflows/invoice/versions", f"/api/workflows/invoice/versions/{v}",
+                 f"/api/workflows/invoice/diff?from={v}&to={v}", f"/workflows/invoice/versions/{v}",
+                 f"/workflows/invoice/diff?from={v}&to={v}", f"/api/runs/{run_id}"]
+        with as_token(base, tokens["orders-read"]) as orders, as_token(base, tokens["billing-read"]) as billing:
+            for path in paths:
+                foreign = orders.get(path)
+                assert foreign.status_code == 404, (path, foreign.status_code)
+                assert "hunter2" not in foreign.text
+                assert billing.get(path).status_code == 200, path
+            assert "hunter2-billing" in billing.get(f"/api/workflows/invoice/versions/{v}").json()["source"]

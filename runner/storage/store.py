@@ -222,6 +222,13 @@ class Store:
             row = (await conn.execute(query)).mappings().first()
         return dict(row) if row else None
 
+    async def version_paths(self, workflow: str) -> list[str]:
+        """Every file path a version of `workflow` was recorded from (its namespaces, even
+        once the file is gone)."""
+        query = select(WorkflowVersion.path).where(WorkflowVersion.workflow == workflow).distinct()
+        async with self.engine.connect() as conn:
+            return sorted(path for (path,) in await conn.execute(query))
+
     async def versions(self, workflow: str, *, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """The texts of a workflow seen so far, newest first (without their source)."""
         cols = [c for c in WorkflowVersion.__table__.columns if c.name != "source"]
