@@ -120,3 +120,50 @@ def test_versions_of_a_deleted_workflow_stay_in_their_namespace(tmp_path: Path) 
                 assert "hunter2" not in foreign.text
                 assert billing.get(path).status_code == 200, path
             assert "hunter2-billing" in billing.get(f"/api/workflows/invoice/versions/{v}").json()["source"]
+
+
+# -- 3. nothing outside the definitions folder is read or watched ----------------------
+
+
+def test_a_symlink_out_of_the_definitions_folder_is_refused_and_never_served(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "server-secrets.env").write_text("steps: [{id: a, log: TOP-SECRET-VALUE}]\n")
+    (outside / "inner.yaml").write_text("steps: [{id: a, log: inner}]\n")
+    defs = tmp_path / "definitions"
+    defs.mkdir()
+    (defs / "leak.yaml").symlink_to(outside / "server-secrets.env")
+    (defs / "target.yaml").write_text("steps: [{id: a, log: fine}]\n")
+    (defs / "alias.yaml").symlink_to(defs / "target.yaml")  # inside the folder: fine
+    (defs / "sub").symlink_to(outside, target_is_directory=True)  # a linked folder leads out too
+    with serving(tmp_path, {}, watch=True, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        leak = admin.get("/api/workflows/leak").json()
+        assert any("symbolic link to a file outside the definitions folder" in e for e in leak["errors"]), leak
+        assert leak["source"] == ""
+        assert admin.get("/api/workflows/alias").json()["valid"] is True
+        assert admin.get("/api/workflows/target").json()["valid"] is True
+        every = [admin.get("/api/workflows/leak").text, admin.get("/api/workflows/leak/versions").text]
+        every += [admin.get(f"/api/workflows/leak/versions/{v['version']}").text
+                  for v in admin.get("/api/workflows/leak/versions").json()["items"]]
+        assert not any("TOP-SECRET-VALUE" in text for text in every)
+        # a linked folder appearing later is scanned: its files lead out, so they are refused
+        (defs / "more").symlink_to(outside, target_is_directory=True)
+        end = time.monotonic() + 20
+        while admin.get("/api/workflows/inner").status_code != 200:
+            assert time.monotonic() < end, "the linked folder was never looked at"
+            time.sleep(0.05)
+        assert admin.get("/api/workflows/inner").json()["valid"] is False
+        assert admin.get("/api/workflows/target").json()["valid"] is True
+
+
+@pytest.mark.parametrize("path", ["/etc/*.conf", "../../etc/*", "inbox/../../x/*", "~/inbox/*.csv"])
+def test_file_trigger_paths_outside_the_definitions_folder_are_refused(path: str) -> None:
+    from runner.dsl.loader import load_text
+
+    definition = load_text(f"triggers: {{file: {{path: '{path}'}}}}\nsteps: [{{id: a, log: x}}]\n", "wf.yaml")
+    assert not definition.valid
+    [problem] = definition.problems
+    assert problem.message.startswith("triggers.file.path: "), problem
+    assert "a glob relative to the definition's folder" in problem.message \
+        or "leaves the definition's folder with '..'" in problem.message, problem
+    assert load_text("triggers: {file: {path: 'inbox/**/*.csv'}}\nsteps: [{id: a, log: x}]\n", "wf.yaml").valid

@@ -73,7 +73,7 @@ class Catalog:
 
     def load_all(self) -> None:
         with self._lock:  # a reload waits: files it read must not be replaced by an older scan
-            loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
+            loaded = {self._rel(p): load_file(p, self._rel(p), self.root) for p in find_files(self.root)} if self.root.is_dir() else {}
             self._swap(loaded)
 
     def reload(self, paths: Iterable[Path]) -> list[str]:
@@ -99,7 +99,7 @@ class Catalog:
                             loaded.pop(r)
                             touched.append(r)
                     for r in sorted(found):
-                        loaded[r] = load_file(self.root / r, r)
+                        loaded[r] = load_file(self.root / r, r, self.root)
                         touched.append(r)
                     if rel in loaded:  # a file became a folder
                         loaded.pop(rel)
@@ -111,7 +111,7 @@ class Catalog:
                 if path.suffix not in SUFFIXES:
                     continue
                 if path.is_file():
-                    loaded[rel] = load_file(path, rel)
+                    loaded[rel] = load_file(path, rel, self.root)
                     touched.append(rel)
                 elif loaded.pop(rel, None) is not None:
                     touched.append(rel)
