@@ -167,3 +167,24 @@ def test_file_trigger_paths_outside_the_definitions_folder_are_refused(path: str
     assert "a glob relative to the definition's folder" in problem.message \
         or "leaves the definition's folder with '..'" in problem.message, problem
     assert load_text("triggers: {file: {path: 'inbox/**/*.csv'}}\nsteps: [{id: a, log: x}]\n", "wf.yaml").valid
+
+
+# -- 4. resetting a circuit breaker needs admin, within the namespaces that use it ------
+
+
+def test_resetting_a_breaker_needs_admin_scope(breaker_site: SimpleNamespace) -> None:
+    site = breaker_site
+    path = f"/api/circuit-breakers/{quote(site.host, safe='')}/reset"
+    with as_token(site.base, site.tokens["orders-run"]) as runner:
+        refused = runner.post(path)
+        assert refused.status_code == 403 and refused.json()["error_code"] == "INSUFFICIENT_SCOPE", refused.text
+        assert "this needs 'admin'" in refused.json()["detail"]
+        assert runner.post("/circuit-breakers/reset", data={"host": site.host}).status_code == 403
+        assert "Reset (close)" not in runner.get("/").text  # no button it could not use
+    assert site.admin.get("/api/circuit-breakers").json()["items"][0]["state"] == "open"
+    with as_token(site.base, site.tokens["orders-admin"]) as orders_admin:
+        assert "Reset (close)" in orders_admin.get("/").text
+        done = orders_admin.post(path)
+        assert done.status_code == 200 and done.json()["state"] == "closed", done.text
+    audit = site.admin.get("/api/audit?action=breaker.reset").json()["items"]
+    assert [(a["who"], a["result"]) for a in audit][:2] == [("orders-admin", "ok"), ("orders-run", "denied")]

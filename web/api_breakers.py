@@ -73,11 +73,14 @@ async def list_breakers(request: Request, page: Page = 1, limit: Limit = 50) -> 
 
 # the host is URL-encoded (`http%3A%2F%2F127.0.0.1%3A9000`) and servers decode the path
 # before routing, so its slashes come back as segments: take everything up to `/reset`
-@post("/api/circuit-breakers/{target:path}", status_code=200, opt={"audit": "breaker.reset"}, tags=["circuit-breakers"], responses=_errors(404))
+@post("/api/circuit-breakers/{target:path}", status_code=200, opt={"audit": "breaker.reset", "scope": "admin"},
+      tags=["circuit-breakers"], responses=_errors(403, 404))
 async def reset_breaker(request: Request, target: FromPath[str]) -> BreakerDoc:
     """`POST /api/circuit-breakers/{host}/reset`: close the circuit of `host` now.
 
-    `host` is `scheme://host:port` URL-encoded, or a plain `host:port`.
+    `host` is `scheme://host:port` URL-encoded, or a plain `host:port`. Needs `admin`: a
+    breaker is shared by every workflow calling the host (a token with a namespace
+    resets only those its namespace's workflows called).
     """
     name, _, action = target.strip("/").rpartition("/")
     if action != "reset" or not name:

@@ -95,7 +95,8 @@ async def workflows_page(request: Request) -> Template:
                                                "approvals_total": waiting_total})
 
 
-@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, opt={"audit": "breaker.reset"})
+@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False,
+      opt={"audit": "breaker.reset", "scope": "admin"})
 async def reset_breaker_from_form(request: Request) -> Template | Redirect:
     host = str((await request.form()).get("host") or "")
     if not reset_breakers(request, host):
