@@ -23,6 +23,7 @@ from runner.engine.report import iso
 from runner.errors import (
     LaunchRejected,
     MalformedBody,
+    NoWebhook,
     SignatureError,
     WebhookNotConfigured,
     WebhookUnauthorized,
@@ -73,11 +74,11 @@ class PauseDoc(TypedDict):
 def _hook_definition(services: Services, name: str) -> Definition:
     definition = services.catalog.get(name)
     if definition is None:
-        raise WorkflowNotFound(name, services.catalog.names())
+        raise WorkflowNotFound(name)  # a public route: no "did you mean" list of other names
     if not definition.valid or definition.spec is None:
         raise WorkflowInvalid(definition.name, definition.problems)
     if definition.spec.triggers.webhook is None:
-        raise WorkflowNotFound(name)  # no hook here: the same answer as no workflow, nothing to probe
+        raise NoWebhook(name)
     return definition
 
 
