@@ -89,6 +89,11 @@ MAX_CHILD_DEPTH = 10 nested `workflow` steps: runner/executor.py.
 MAX_REQUEST_BODY_BYTES = 1 MiB per API or webhook request body: web/ (params and
     webhook payloads are recorded with the run; 1 MiB is far above any real params
     and above common webhook payloads). Over it: 413.
+MAX_JSON_DEPTH = 64 levels of arrays and objects in a JSON request body (API and
+    webhooks): web/json_body.py, counted on the bytes before decoding. Deeper bodies
+    would exhaust the stack of the decoder or of the code that walks the value (a
+    RecursionError, a 500); real params and webhook payloads nest a few levels.
+    Over it: 400 MALFORMED_BODY naming the depth and the limit.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ MAX_TEMPLATE_EXPONENT = 1_000
 MAX_TEMPLATE_RANGE = 100_000
 MAX_CHILD_DEPTH = 10
 MAX_REQUEST_BODY_BYTES = 1 * MiB
+MAX_JSON_DEPTH = 64
 
 
 # -- how the messages say sizes and times -------------------------------------------

@@ -188,3 +188,71 @@ def test_resetting_a_breaker_needs_admin_scope(breaker_site: SimpleNamespace) ->
         assert done.status_code == 200 and done.json()["state"] == "closed", done.text
     audit = site.admin.get("/api/audit?action=breaker.reset").json()["items"]
     assert [(a["who"], a["result"]) for a in audit][:2] == [("orders-admin", "ok"), ("orders-run", "denied")]
+
+
+# -- 6. deeply nested JSON is a 400 that says so, on every route that takes a body -----
+
+HOOK_SECRET = "hook-secret-for-hardening"
+
+
+@pytest.fixture
+def hook_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    monkeypatch.setenv("HARDENING_HOOK_SECRET", HOOK_SECRET)
+    definitions = {
+        "hooked.yaml": """
+            params: {data: {type: object, default: {}}}
+            triggers: {webhook: {secret_env: HARDENING_HOOK_SECRET, params: {data: "{{ body }}"}}}
+            steps: [{id: a, log: "got it"}]
+        """,
+        "plain.yaml": "params: {data: {type: object, default: {}}}\nsteps: [{id: a, log: plain}]\n",
+    }
+    with serving(tmp_path, definitions, watch=False, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        run_id = admin.post("/api/workflows/plain/runs", json={}).json()["run_id"]
+        finished(admin, run_id)
+        yield SimpleNamespace(base=base, admin=admin, run_id=run_id)
+
+
+def signed(client: httpx.Client, path: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    from runner.triggers.signing import signed_headers
+
+    return client.post(path, content=body, headers={**signed_headers(HOOK_SECRET, body, time.time()),
+                                                    "Content-Type": "application/json", **(headers or {})})
+
+
+def nested(depth: int, opener: str = "[") -> bytes:
+    """`[[[...]]]`, or `{"a": {"a": ... 1}}`, `depth` levels deep."""
+    if opener == "[":
+        return b"[" * depth + b"]" * depth
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+@pytest.mark.parametrize("opener", ["[", "{"])
+def test_deeply_nested_json_is_refused_with_a_400_on_every_body_route(hook_site: SimpleNamespace, depth: int,
+                                                                      opener: str) -> None:
+    site = hook_site
+    body = nested(depth, opener)
+    if opener == "{":  # as params: {"data": {"a": {"a": ...}}}
+        body = b'{"params": {"data": ' + nested(depth - 2, "{") + b"}}"
+    routes = ["/api/workflows/plain/runs", "/api/workflows/plain/dry-run", "/api/events", "/api/tokens",
+              f"/api/runs/{site.run_id}/cancel", f"/api/runs/{site.run_id}/retry",
+              f"/api/runs/{site.run_id}/steps/a/approve"]
+    answers = {path: site.admin.post(path, content=body, headers={"Content-Type": "application/json"})
+               for path in routes}
+    answers["/hooks/hooked"] = signed(site.admin, "/hooks/hooked", body)
+    for path, answer in answers.items():
+        assert answer.status_code == 400, (path, answer.status_code, answer.text[:300])
+        assert answer.json()["error_code"] == "MALFORMED_BODY", (path, answer.text[:300])
+        assert f"{depth:,} levels deep; the limit is 64" in answer.json()["detail"], (path, answer.text[:300])
+    assert site.admin.get("/api/runs", params={"workflow": "hooked"}).json()["total"] == 0
+
+
+def test_json_nested_within_the_limit_is_taken(hook_site: SimpleNamespace) -> None:
+    site = hook_site
+    deep = b'{"data": ' + nested(60, "{") + b"}"  # 62 levels with the body's own object
+    started = signed(site.admin, "/hooks/hooked", deep)
+    assert started.status_code == 202, started.text
+    assert finished(site.admin, started.json()["run_id"])["status"] == "succeeded"
+    strings = b'{"params": {"data": {"text": "' + b"[" * 5000 + b'"}}}'  # brackets in strings do not nest
+    ran = site.admin.post("/api/workflows/plain/runs", content=strings, headers={"Content-Type": "application/json"})
+    assert ran.status_code in (201, 202), ran.text

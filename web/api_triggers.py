@@ -9,12 +9,12 @@ event type. Pause and resume are shared with the dashboard (web/pages_triggers.p
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, TypedDict
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.exceptions import SerializationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
@@ -117,9 +117,9 @@ async def webhook(request: Request, workflow: FromPath[str]) -> Response[LaunchD
     except SignatureError as exc:
         raise WebhookUnauthorized(str(exc)) from None
     try:
-        payload = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        raise MalformedBody(f"the body is not valid JSON: {exc}") from None
+        payload = await request.json() if body.strip() else {}  # depth checked (web/json_body.py)
+    except SerializationException as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc.detail or exc}") from None
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
     launch = await services.launcher.fire(
         definition, trigger="webhook", ref=request.headers.get("x-request-id"), mapping=hook.params,

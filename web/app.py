@@ -35,6 +35,7 @@ from .api_versions import VERSION_ROUTES
 from .auth import auth_middleware
 from .errors_json import error_body
 from .headers import SECURITY_HEADERS
+from .json_body import TreadleRequest
 from .pages import PAGE_ROUTES, register_template_helpers
 from .pages_audit import AUDIT_PAGES
 from .pages_auth import AUTH_PAGES
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      render_plugins=[JsonRenderPlugin(path="/"), SwaggerRenderPlugin()]),
         middleware=[auth_middleware],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        request_class=TreadleRequest,  # JSON bodies: depth checked before decoding
         response_headers=SECURITY,
         exception_handlers={TreadleError: _treadle_error, HTTPException: _http_error, Exception: _internal_error},
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),
