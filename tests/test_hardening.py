@@ -256,3 +256,47 @@ def test_json_nested_within_the_limit_is_taken(hook_site: SimpleNamespace) -> No
     strings = b'{"params": {"data": {"text": "' + b"[" * 5000 + b'"}}}'  # brackets in strings do not nest
     ran = site.admin.post("/api/workflows/plain/runs", content=strings, headers={"Content-Type": "application/json"})
     assert ran.status_code in (201, 202), ran.text
+
+
+# -- 8. a signed webhook call is taken once, remembered in the database --------------
+
+
+def test_a_replayed_signed_webhook_starts_no_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runner.triggers.signing import signed_headers
+
+    monkeypatch.setenv("HARDENING_HOOK_SECRET", HOOK_SECRET)
+    definitions = {"hooked.yaml": """
+        triggers: {webhook: {secret_env: HARDENING_HOOK_SECRET}}
+        params: {n: {type: integer, default: 0}}
+        steps: [{id: a, log: "got it"}]
+    """}
+    body = b'{"n": 1}'
+    captured = {**signed_headers(HOOK_SECRET, body, time.time()), "Content-Type": "application/json"}
+
+    def runs(client: httpx.Client) -> int:
+        return client.get("/api/runs", params={"workflow": "hooked"}).json()["total"]
+
+    with serving(tmp_path, definitions, watch=False, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        with ThreadPoolExecutor(6) as pool:  # the captured call sent six times at once
+            answers = list(pool.map(lambda _: httpx.post(f"{base}/hooks/hooked", content=body, headers=captured,
+                                                         timeout=10), range(6)))
+        assert sorted(a.status_code for a in answers) == [202, 409, 409, 409, 409, 409], [a.text for a in answers]
+        replay = next(a for a in answers if a.status_code == 409).json()
+        assert replay["error_code"] == "DUPLICATE_DELIVERY" and "received before" in replay["detail"]
+        assert runs(admin) == 1
+        # a call that started nothing (the workflow paused) is not remembered: its resend works
+        assert admin.post("/api/workflows/hooked/pause").status_code == 200
+        fresh = {**signed_headers(HOOK_SECRET, b'{"n": 2}', time.time() + 1), "Content-Type": "application/json"}
+        paused = httpx.post(f"{base}/hooks/hooked", content=b'{"n": 2}', headers=fresh)
+        assert paused.status_code == 409 and paused.json()["error_code"] == "WORKFLOW_PAUSED", paused.text
+        assert admin.post("/api/workflows/hooked/resume").status_code == 200
+        again = httpx.post(f"{base}/hooks/hooked", content=b'{"n": 2}', headers=fresh)
+        assert again.status_code == 202, again.text
+        assert runs(admin) == 2
+    # the memory is the database's: a restarted server still refuses the replay
+    with serving(tmp_path, definitions, watch=False, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        replay_later = httpx.post(f"{base}/hooks/hooked", content=body, headers=captured)
+        assert replay_later.status_code == 409, replay_later.text
+        assert runs(admin) == 2

@@ -9,7 +9,8 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags), `run_pages` (the run page's queries);
+  marks, pause flags), `deliveries` (signed webhook calls already taken), `run_pages`
+  (the run page's queries);
 - `broker`: the event feed, published after each commit.
 
 One SQLAlchemy implementation serves both databases; what differs lives in
@@ -31,6 +32,7 @@ from .admission import AdmissionStore
 from .approvals import ApprovalStore
 from .audit import AuditStore
 from .database import SQLite, dialect_for
+from .deliveries import DeliveryStore
 from .events import Broker
 from .feed import Feed
 from .leadership import Leadership
@@ -67,6 +69,7 @@ class Store:
         self.tokens = TokenStore(self.engine, self.dialect)
         self.audit = AuditStore(self.engine, self.writer)
         self.marks = MarkStore(self.engine, self.dialect)
+        self.deliveries = DeliveryStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
         self.leases = LeaseStore(self.engine, self.dialect)
         self.admission = AdmissionStore(self.engine, self.dialect)
