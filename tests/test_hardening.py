@@ -300,3 +300,41 @@ def test_a_replayed_signed_webhook_starts_no_second_run(tmp_path: Path, monkeypa
         replay_later = httpx.post(f"{base}/hooks/hooked", content=body, headers=captured)
         assert replay_later.status_code == 409, replay_later.text
         assert runs(admin) == 2
+
+
+# -- 10. one bad entry (a link loop, a dangling link) never hides the other files -----
+
+
+def test_a_symlink_loop_never_hides_other_files(tmp_path: Path) -> None:
+    definitions = {"first.yaml": "steps: [{id: a, log: first}]\n"}
+    with serving(tmp_path, definitions, watch=True, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        defs = tmp_path / "definitions"
+        (defs / "loop.yaml").symlink_to("loop.yaml")  # points to itself
+        (defs / "dangling.yaml").symlink_to(tmp_path / "nowhere.yaml")
+        (defs / "ring").mkdir()
+        (defs / "ring" / "ring.yaml").symlink_to("../ring")  # a folder loop
+        (defs / "second.yaml").write_text("steps: [{id: a, log: second}]\n")  # in the same change
+        end = time.monotonic() + 20
+        while admin.get("/api/workflows/second").status_code != 200:
+            assert time.monotonic() < end, admin.get("/api/workflows").json()
+            time.sleep(0.05)
+        names = {w["name"] for w in admin.get("/api/workflows").json()["items"]}
+        assert {"first", "second"} <= names
+        (defs / "third.yaml").write_text("steps: [{id: a, log: third}]\n")  # and later changes still load
+        while admin.get("/api/workflows/third").status_code != 200:
+            assert time.monotonic() < end, admin.get("/api/workflows").json()
+            time.sleep(0.05)
+        assert admin.get("/api/workflows/first").json()["valid"] is True
+
+
+def test_a_catalog_scan_lists_a_symlink_loop_as_a_problem_and_loads_the_rest(tmp_path: Path) -> None:
+    from runner.gitops.catalog import Catalog
+
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    (tmp_path / "good.yaml").write_text("steps: [{id: a, log: good}]\n")
+    catalog = Catalog(tmp_path)
+    catalog.load_all()
+    catalog.reload([tmp_path / "loop.yaml", tmp_path / "good.yaml", tmp_path])
+    assert catalog.get("good") is not None and catalog.get("good").valid
+    loop = catalog.get("loop")
+    assert loop is not None and "symbolic link that points to itself" in loop.problems[0].message
