@@ -338,3 +338,85 @@ def test_a_catalog_scan_lists_a_symlink_loop_as_a_problem_and_loads_the_rest(tmp
     assert catalog.get("good") is not None and catalog.get("good").valid
     loop = catalog.get("loop")
     assert loop is not None and "symbolic link that points to itself" in loop.problems[0].message
+
+
+# -- 13. nothing left pending at shutdown; shutdown bounded --------------------------
+
+
+@pytest.mark.parametrize("ended_by", ["cancel", "stopping"])
+async def test_an_event_stream_leaves_no_task_behind(ended_by: str) -> None:
+    import asyncio
+    import contextlib
+
+    from web.sse import queue_events
+
+    queue: asyncio.Queue = asyncio.Queue()
+    stopping = asyncio.Event()
+    got: list = []
+
+    async def listen() -> None:
+        async for event in queue_events(queue, stopping, heartbeat=60):
+            got.append(event)
+
+    before = asyncio.all_tasks()
+    listener = asyncio.create_task(listen())
+    queue.put_nowait({"type": "runs"})
+    while not got:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # waiting for the next event now
+    if ended_by == "cancel":  # what uvicorn does to a response still streaming at shutdown
+        listener.cancel()
+    else:
+        stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == [], left
+
+
+def test_serve_stops_after_sigterm_even_when_the_database_does_not_take_its_last_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tests.crash_harness import Server
+    from tests.web_server import free_port, write_definitions
+
+    write_definitions(tmp_path / "definitions", {"busy.yaml": """
+        steps:
+          - {id: a, run: "sleep 0.3; echo one"}
+          - {id: b, run: "sleep 0.3; echo two"}
+          - {id: c, run: "sleep 30"}
+    """, "quiet.yaml": "steps: [{id: a, log: quiet}]\n"})
+    server = Server(tmp_path, free_port(), grace="1s")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base, timeout=5) as client:
+            run_ids = [client.post("/api/workflows/busy/runs", json={}).json()["run_id"] for _ in range(3)]
+            stream = httpx.Client(base_url=server.base, timeout=30)
+            with stream.stream("GET", "/runs/stream") as events:  # a dashboard tab left open
+                lock = sqlite3.connect(tmp_path / "treadle.db", timeout=30)
+                lock.execute("BEGIN EXCLUSIVE")  # from now on the database takes nothing
+                try:
+                    time.sleep(1)  # steps end meanwhile: their records wait in the writer's queue
+                    server.proc.send_signal(15)
+                    code = server.proc.wait(60)  # not forever: the grace plus a few seconds, in fact
+                finally:
+                    lock.rollback()
+                    lock.close()
+                assert events.status_code == 200
+            stream.close()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+    assert code in (0, -15, 143), code
+    log = (tmp_path / "server.log").read_text()
+    assert "Task was destroyed but it is pending" not in log, log
+    assert "Exception in ASGI application" not in log, log
+    assert "shutdown did not finish within" in log or "did not take the last" in log, log
+    # the next start resumes the runs from what was committed
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base, timeout=5) as client:
+            assert all(client.get(f"/api/runs/{r}").status_code in (200, 404) for r in run_ids)
+    finally:
+        server.stop()

@@ -62,6 +62,7 @@ class Store:
         self.url = url
         self.dialect = dialect_for(url)
         self.must_exist = must_exist
+        self.close_timeout: float | None = None  # None: close waits for the database as long as it takes
         self.broker = broker or Broker()
         self.engine = self.dialect.engine()  # connects on first use
         self.writer = Writer(self.engine, self.dialect, self.broker)
@@ -116,8 +117,10 @@ class Store:
         self.writer.start()
 
     async def close(self) -> None:
+        """Commit what is queued (waiting at most `close_timeout` seconds when set) and
+        let the database go."""
         await self.feed.stop()
-        await self.writer.stop()
+        await self.writer.stop(self.close_timeout)
         await self.engine.dispose()
 
     async def ping(self) -> float:
