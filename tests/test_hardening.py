@@ -420,3 +420,61 @@ def test_serve_stops_after_sigterm_even_when_the_database_does_not_take_its_last
             assert all(client.get(f"/api/runs/{r}").status_code in (200, 404) for r in run_ids)
     finally:
         server.stop()
+
+
+# -- 7. slow clients are let go; connections are capped -----------------------------
+
+
+def _until_closed(sock, wait: float = 20.0) -> bytes | None:
+    """What the server sent on `sock` before closing it; None if it is still open after
+    `wait` seconds (a bound on the test, not a measurement)."""
+    sock.settimeout(wait)
+    got = b""
+    try:
+        while data := sock.recv(4096):
+            got += data
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return got
+
+
+def test_a_client_trickling_its_headers_is_let_go_and_connections_are_capped(tmp_path: Path) -> None:
+    import socket
+
+    from tests.web_server import running_server, write_definitions
+
+    defs = write_definitions(tmp_path / "definitions", {"a.yaml": "steps: [{id: a, log: a}]\n"})
+    options = {"header_seconds": 0.5, "max_connections": 4}
+    with running_server(defs, f"sqlite:///{tmp_path / 'treadle.db'}", watch=False, server_options=options) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        time.sleep(0.2)
+        slow.sendall(b"X-Trickle: 1\r\n")  # bytes keep coming, the head never ends
+        assert _until_closed(slow) == b"", "a request head that never ends kept its connection"
+        slow.close()
+        # a stream that outlives the head deadline is not cut: its head came in time
+        with httpx.Client(base_url=base, timeout=10) as client, client.stream("GET", "/runs/stream") as events:
+            assert events.status_code == 200
+            probe = socket.create_connection(("127.0.0.1", port))
+            assert _until_closed(probe) == b""  # idle, no head: let go too (the stream is still open)
+            probe.close()
+            assert client.get("/health").status_code == 200
+        # at most 4 connections: a fifth is closed at once, without an answer
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _until_closed(extra) == b""  # closed without an answer, though its request was whole
+        for sock in held + [extra]:
+            sock.close()
+        end = time.monotonic() + 10
+        while True:  # the server notices the closed ones, then answers again
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end
+            time.sleep(0.05)
