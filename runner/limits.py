@@ -84,7 +84,13 @@ should import them from here; tests/test_limits.py checks the numbers agree):
 
 MAX_TEMPLATE_SIZE = 1,000,000 items a template's `*` may build, MAX_TEMPLATE_EXPONENT
     = 1,000 for `**`, MAX_TEMPLATE_RANGE = 100,000 (Jinja's sandbox `range`):
-    runner/templates.py.
+    runner/templates.py. The size is checked at the mechanism: every operator and
+    every method call or filter is estimated before it builds (numbers used as
+    widths or lengths included) and its result checked after.
+MAX_TEMPLATE_SECONDS = 1 s per render: runner/templates.py (every operator, call,
+    filter and `for` loop of the sandbox looks at the clock), so work no size check
+    sees (loops over big lists, `wordwrap` of a megabyte again and again) is bounded
+    too: a render ends within the deadline plus one operation on values of bounded size.
 MAX_CHILD_DEPTH = 10 nested `workflow` steps: runner/executor.py.
 MAX_REQUEST_BODY_BYTES = 1 MiB per API or webhook request body: web/ (params and
     webhook payloads are recorded with the run; 1 MiB is far above any real params
@@ -129,6 +135,7 @@ WIND_UP_TIMEOUT = DEFAULT_RUN_TIMEOUT
 MAX_TEMPLATE_SIZE = 1_000_000
 MAX_TEMPLATE_EXPONENT = 1_000
 MAX_TEMPLATE_RANGE = 100_000
+MAX_TEMPLATE_SECONDS = 1.0
 MAX_CHILD_DEPTH = 10
 MAX_REQUEST_BODY_BYTES = 1 * MiB
 MAX_JSON_DEPTH = 64

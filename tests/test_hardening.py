@@ -478,3 +478,104 @@ def test_a_client_trickling_its_headers_is_let_go_and_connections_are_capped(tmp
                 pass
             assert time.monotonic() < end
             time.sleep(0.05)
+
+
+# -- 5. templates: size bounded at the mechanism, every render has a deadline --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BIG = st.integers(1_000_001, 200_000_000)  # a width or length over the limit
+SIDE = st.integers(2, 300)
+
+
+def _growers() -> st.SearchStrategy[str]:
+    """Expressions that would build more than the limit, each by another road."""
+    width = [
+        BIG.map(lambda n: f"{{{{ '{{:>{{w}}}}'.format('a', w={n}) }}}}"),
+        BIG.map(lambda n: f"{{{{ '{{:>{{}}}}'.format('a', {n}) }}}}"),
+        BIG.map(lambda n: f"{{{{ '{{x:<{{w}}}}'.format_map({{'x': 'a', 'w': {n}}}) }}}}"),
+        BIG.map(lambda n: f"{{{{ '%*d' % ({n}, 1) }}}}"),
+        BIG.map(lambda n: f"{{{{ '%-*s' % ({n}, 'a') }}}}"),
+        BIG.map(lambda n: f"{{{{ (1).to_bytes({n}, 'big') }}}}"),
+        BIG.map(lambda n: f"{{{{ 'a'.ljust({n}) }}}}"),
+        BIG.map(lambda n: f"{{{{ 'a' | center({n}) }}}}"),
+        BIG.map(lambda n: f"{{{{ 'a' | indent({n}, true) }}}}"),
+        BIG.map(lambda n: f"{{{{ 'a' | wordwrap({n}) }}}}"),
+        st.tuples(SIDE, st.integers(4000, 999_999)).filter(lambda t: (t[0] - 1) * t[1] > 1_000_000).map(
+            lambda t: f"{{{{ range({t[0]}) | join('x' * {t[1]}) }}}}"),
+        st.tuples(SIDE, st.integers(4000, 999_999)).filter(lambda t: (t[0] - 1) * t[1] > 1_000_000).map(
+            lambda t: f"{{{{ ('x' * {t[1]}).join(range({t[0]}) | map('string')) }}}}"),
+    ]
+    seeds = st.sampled_from(["'ab'", "['ab']", "('ab',)", "'ab' * 1000", "[1, 2, 3]"])
+    doubling = st.tuples(seeds, st.sampled_from(["+", "~"]), st.integers(20, 40)).map(
+        lambda t: ("{% set ns = namespace(v=" + t[0] + ") %}{% for i in range(" + str(t[2]) + ") %}"
+                   "{% set ns.v = ns.v " + t[1] + " ns.v %}{% endfor %}{{ ns.v | length }}"))
+    squaring = st.tuples(st.integers(3, 99), st.integers(25, 40)).map(
+        lambda t: ("{% set ns = namespace(v=" + str(t[0]) + ") %}{% for i in range(" + str(t[1]) + ") %}"
+                   "{% set ns.v = ns.v * ns.v %}{% endfor %}{{ ns.v > 0 }}"))
+    return st.one_of(*width, doubling, squaring)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_growers())
+def test_no_template_builds_more_than_the_limit(template: str) -> None:
+    import tracemalloc
+
+    from runner.templates import TemplateFailed, render
+
+    tracemalloc.start()
+    try:
+        render(template, {})
+    except TemplateFailed as exc:
+        assert str(exc).startswith("not allowed in a template: "), exc
+        peak = tracemalloc.get_traced_memory()[1]
+    else:
+        raise AssertionError(f"{template!r} was rendered: it builds more than the limit")
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 * 1024 * 1024, f"{template!r} allocated {peak:,} bytes before it was refused"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["+", "~", "*"]), st.integers(1, 12), st.integers(1, 30))
+def test_templates_within_the_limit_still_render(op: str, times: int, side: int) -> None:
+    from runner.templates import render
+
+    seed = "3" if op == "*" else "'ab'"
+    template = ("{% set ns = namespace(v=" + seed + ") %}{% for i in range(" + str(times) + ") %}"
+                "{% set ns.v = ns.v " + op + " ns.v %}{% endfor %}{{ ns.v }}")
+    expected: object = 3 if op == "*" else "ab"
+    for _ in range(times):
+        expected = expected * expected if op == "*" else expected + expected  # type: ignore[operator]
+    assert render(template, {}) == str(expected)  # a template with statements renders to text
+    assert render(f"{{{{ '{{:>{{w}}}}'.format('a', w={side}) }}}}", {}) == "a".rjust(side)
+    assert render(f"{{{{ '%*d' % ({side}, 7) }}}}", {}) == "7".rjust(side)
+    assert render(f"{{{{ range({side}) | join('-') }}}}", {}) == "-".join(map(str, range(side)))
+
+
+@pytest.mark.parametrize("template", [
+    "{% set xs = range(100000) | list %}{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}",
+    "{% set xs = range(100000) | list %}{% for a in xs %}{{ xs | select('odd') | list | length }}{% endfor %}",
+    "{% for a in range(100000) | list %}{{ ('abc ' * 250000) | wordwrap(7) | length }}{% endfor %}",
+])
+def test_a_render_stops_at_its_deadline(template: str) -> None:
+    import threading
+
+    from runner.templates import MAX_RENDER_SECONDS, TemplateFailed, render
+
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(render(template, {}))
+        except TemplateFailed as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(120)  # a bound on the test (hours of work without the deadline), not a measurement
+    assert outcome, "the render did not stop"
+    [failed] = outcome
+    assert isinstance(failed, TemplateFailed), failed
+    assert f"rendering took longer than {MAX_RENDER_SECONDS:g}s" in str(failed)
