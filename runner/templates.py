@@ -106,10 +106,10 @@ def _format_size(fmt: str | bytes, args: tuple, kwargs: dict[str, Any], widths: 
     return size
 
 
-# methods whose numbers are positions or counts within the value, never a size to build
-_POSITIONAL = frozenset({"count", "find", "rfind", "index", "rindex", "startswith", "endswith", "split",
-                         "rsplit", "splitlines", "pop", "get", "__getitem__", "bit_length", "as_integer_ratio",
-                         "is_integer", "hex", "conjugate"})
+# methods and filters whose numbers are the size of what they build (a width, a length,
+# an indent); elsewhere a big number is data (`default(5000000)`, `get('k', 10**7)`)
+_SIZED_METHODS = frozenset({"to_bytes", "center", "ljust", "rjust", "zfill", "expandtabs"})
+_SIZED_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
 
 
 def _check_method(name: str, owner: Any, args: tuple, kwargs: dict[str, Any]) -> tuple:
@@ -124,7 +124,7 @@ def _check_method(name: str, owner: Any, args: tuple, kwargs: dict[str, Any]) ->
         items = args[0] if isinstance(args[0], list | tuple) else list(args[0])  # a generator, seen once
         _check_size("join", len(owner) * max(len(items) - 1, 0) + _size(items))
         return (items, *args[1:])
-    if name not in _POSITIONAL:  # a number over the limit is a size: a width, a length, a count
+    if name in _SIZED_METHODS:  # a number over the limit is the size it would build
         for value in (*args, *kwargs.values()):
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SIZE:
                 raise SecurityError(f"'{name}' with {value}: a size of more than {MAX_SIZE} items")
@@ -144,7 +144,7 @@ def _guard_filter(name: str, plain: Any) -> Any:
             sep = rest[0] if rest and isinstance(rest[0], str) else kwargs.get("d", "")
             _check_size("join", len(sep) * max(len(items) - 1, 0) + _size(items))
             args = (*args[:1], items, *args[2:]) if passes else (items, *args[1:])
-        else:
+        elif name in _SIZED_FILTERS:
             for number in (*rest, *kwargs.values()):
                 if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_SIZE:
                     raise SecurityError(f"'{name}' with {number}: a size of more than {MAX_SIZE} items")

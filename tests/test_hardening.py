@@ -552,6 +552,10 @@ def test_templates_within_the_limit_still_render(op: str, times: int, side: int)
     assert render(f"{{{{ '{{:>{{w}}}}'.format('a', w={side}) }}}}", {}) == "a".rjust(side)
     assert render(f"{{{{ '%*d' % ({side}, 7) }}}}", {}) == "7".rjust(side)
     assert render(f"{{{{ range({side}) | join('-') }}}}", {}) == "-".join(map(str, range(side)))
+    # a big number that is data, not a size, is fine
+    assert render("{{ params.x | default(5000000) }}", {"params": {}}) == 5000000
+    assert render("{{ {'k': 1}.get('z', 10 ** 7) }}|{{ 'aaa'.replace('a', 'b', 5000000) }}", {}) == "10000000|bbb"
+    assert render("{{ 'abc' | truncate(5000000) }}", {}) == "abc"
 
 
 @pytest.mark.parametrize("template", [
