@@ -583,3 +583,25 @@ def test_a_render_stops_at_its_deadline(template: str) -> None:
     [failed] = outcome
     assert isinstance(failed, TemplateFailed), failed
     assert f"rendering took longer than {MAX_RENDER_SECONDS:g}s" in str(failed)
+
+
+# -- 11 (part). the schema says what the server accepts: optional bodies, unknown keys ---
+
+
+def test_the_schema_marks_optional_bodies_and_closed_objects_as_the_server_treats_them(tmp_path: Path) -> None:
+    definitions = {"a.yaml": "steps: [{id: a, log: a}]\n"}
+    with serving(tmp_path, definitions, watch=False, admin_token=ADMIN) as base, as_token(base, ADMIN) as admin:
+        doc = admin.get("/schema").json()
+        components = doc["components"]["schemas"]
+        for name in ("RunRequest", "CancelRequest", "RetryRequest", "DecisionRequest", "EventRequest", "TokenRequest"):
+            assert components[name].get("additionalProperties") is False, name
+        bodies = {(path, method): op.get("requestBody", {}).get("required")
+                  for path, item in doc["paths"].items() for method, op in item.items()
+                  if isinstance(op, dict) and "requestBody" in op}
+        assert bodies[("/api/workflows/{name}/runs", "post")] is False
+        assert bodies[("/api/runs/{run_id}/cancel", "post")] is False
+        assert bodies[("/api/tokens", "post")] is True and bodies[("/api/events", "post")] is True
+        # and the server does what the schema says: no body is fine, an unknown key is not
+        assert admin.post("/api/workflows/a/runs").status_code == 202
+        unknown = admin.post("/api/workflows/a/runs", json={"params": {}, "extra": 1})
+        assert unknown.status_code == 400 and "unknown field" in unknown.text
