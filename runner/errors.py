@@ -21,6 +21,8 @@
     ├── SignatureError           a signature or bearer token does not check out       401
     │   └── WebhookUnauthorized  ... of a call to /hooks/{workflow}
     ├── WebhookNotConfigured     a webhook's key is not set on the server             503
+    ├── NoWebhook                the workflow has no webhook trigger                  404
+    ├── DuplicateDelivery        a signed webhook call received before (a replay)      409
     ├── MalformedBody            a request body that is not what the route takes      400
     ├── WorkflowPaused           a trigger for a paused workflow                      409
     ├── LaunchRejected           a trigger's params do not fit (422) or it cannot start (409)
@@ -239,6 +241,23 @@ class WebhookUnauthorized(SignatureError):
 
 class WebhookNotConfigured(TreadleError):
     error_code, http_status = "WEBHOOK_NOT_CONFIGURED", 503
+
+
+class NoWebhook(TreadleError):
+    """`/hooks/{workflow}` of a workflow without `triggers.webhook`."""
+
+    error_code, http_status = "NO_WEBHOOK", 404
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"workflow '{name}' has no webhook; add `triggers: {{webhook: {{secret_env: NAME}}}}` "
+                         "(or `token_env`) to its file to start it from /hooks/" + name)
+
+
+class DuplicateDelivery(TreadleError):
+    """A signed webhook call whose signature was accepted before, within its window."""
+
+    error_code, http_status = "DUPLICATE_DELIVERY", 409
 
 
 class MalformedBody(TreadleError):

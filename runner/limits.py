@@ -84,11 +84,22 @@ should import them from here; tests/test_limits.py checks the numbers agree):
 
 MAX_TEMPLATE_SIZE = 1,000,000 items a template's `*` may build, MAX_TEMPLATE_EXPONENT
     = 1,000 for `**`, MAX_TEMPLATE_RANGE = 100,000 (Jinja's sandbox `range`):
-    runner/templates.py.
+    runner/templates.py. The size is checked at the mechanism: every operator and
+    every method call or filter is estimated before it builds (numbers used as
+    widths or lengths included) and its result checked after.
+MAX_TEMPLATE_SECONDS = 1 s per render: runner/templates.py (every operator, call,
+    filter and `for` loop of the sandbox looks at the clock), so work no size check
+    sees (loops over big lists, `wordwrap` of a megabyte again and again) is bounded
+    too: a render ends within the deadline plus one operation on values of bounded size.
 MAX_CHILD_DEPTH = 10 nested `workflow` steps: runner/executor.py.
 MAX_REQUEST_BODY_BYTES = 1 MiB per API or webhook request body: web/ (params and
     webhook payloads are recorded with the run; 1 MiB is far above any real params
     and above common webhook payloads). Over it: 413.
+MAX_JSON_DEPTH = 64 levels of arrays and objects in a JSON request body (API and
+    webhooks): web/json_body.py, counted on the bytes before decoding. Deeper bodies
+    would exhaust the stack of the decoder or of the code that walks the value (a
+    RecursionError, a 500); real params and webhook payloads nest a few levels.
+    Over it: 400 MALFORMED_BODY naming the depth and the limit.
 """
 
 from __future__ import annotations
@@ -124,8 +135,10 @@ WIND_UP_TIMEOUT = DEFAULT_RUN_TIMEOUT
 MAX_TEMPLATE_SIZE = 1_000_000
 MAX_TEMPLATE_EXPONENT = 1_000
 MAX_TEMPLATE_RANGE = 100_000
+MAX_TEMPLATE_SECONDS = 1.0
 MAX_CHILD_DEPTH = 10
 MAX_REQUEST_BODY_BYTES = 1 * MiB
+MAX_JSON_DEPTH = 64
 
 
 # -- how the messages say sizes and times -------------------------------------------

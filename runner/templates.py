@@ -11,6 +11,9 @@ import base64
 import difflib
 import json
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +59,103 @@ def _check_growth(name: str, text: Any, args: tuple) -> None:
         raise SecurityError(f"'{name}' would build a value of {size} characters (at most {MAX_SIZE})")
 
 
+def _size(value: Any) -> int:
+    """How big a value is once shown: characters of a text, items of a list (its items'
+    own sizes counted: [long_text] * 3 is three long texts), bits of a number / 8."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return sum(len(x) if isinstance(x, str | bytes | list | tuple | dict) else 1 for x in value)
+    if isinstance(value, dict):
+        return len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 8
+    return 0
+
+
+def _check_size(what: str, size: int) -> None:
+    if size > MAX_SIZE:
+        raise SecurityError(f"'{what}' would build a value of {size} items (at most {MAX_SIZE})")
+
+
+def _checked_result(what: str, value: Any) -> Any:
+    """Any value a call, a filter or an operator gives: refused when too big, whatever
+    trick built it (a safety net behind the estimates made before building)."""
+    if isinstance(value, str | bytes | bytearray | list | tuple | dict) and len(value) > MAX_SIZE:
+        raise SecurityError(f"'{what}' built a value of {len(value)} items (at most {MAX_SIZE})")
+    if isinstance(value, int) and value.bit_length() > MAX_SIZE:
+        raise SecurityError(f"'{what}' built a number of more than {MAX_SIZE} bits")
+    return value
+
+
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")  # `{:>{w}}`: a width given as an argument
+
+
+def _format_size(fmt: str | bytes, args: tuple, kwargs: dict[str, Any], widths: bool) -> int:
+    """The most `fmt % args` or `fmt.format(*args, **kwargs)` can build: the format, each
+    value shown, and (`widths`: `%*d`, `{:>{w}}`) every number as a width."""
+    size = len(fmt)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool):
+            size += value.bit_length() // 3 + 2 + (abs(value) if widths else 0)
+        elif isinstance(value, str | bytes | list | tuple | dict):
+            size += _size(value) if not isinstance(value, list | tuple | dict) else len(repr(value)) \
+                if len(value) < 1000 else _size(value) * 4
+        else:
+            size += 64
+    return size
+
+
+# methods and filters whose numbers are the size of what they build (a width, a length,
+# an indent); elsewhere a big number is data (`default(5000000)`, `get('k', 10**7)`)
+_SIZED_METHODS = frozenset({"to_bytes", "center", "ljust", "rjust", "zfill", "expandtabs"})
+_SIZED_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
+
+
+def _check_method(name: str, owner: Any, args: tuple, kwargs: dict[str, Any]) -> tuple:
+    """Refuse a method call of a text, number or list that would build a value over
+    MAX_SIZE, before it runs; returns the arguments to call it with."""
+    if name in ("format", "format_map") and isinstance(owner, str):
+        values = dict(args[0]) if name == "format_map" and args and isinstance(args[0], dict) else kwargs
+        positional = () if name == "format_map" else args
+        _check_size(name, _format_size(owner, positional, values, bool(_NESTED_FIELD.search(owner))))
+        return args
+    if name == "join" and isinstance(owner, str | bytes) and args:
+        items = args[0] if isinstance(args[0], list | tuple) else list(args[0])  # a generator, seen once
+        _check_size("join", len(owner) * max(len(items) - 1, 0) + _size(items))
+        return (items, *args[1:])
+    if name in _SIZED_METHODS:  # a number over the limit is the size it would build
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SIZE:
+                raise SecurityError(f"'{name}' with {value}: a size of more than {MAX_SIZE} items")
+    return args
+
+
+def _guard_filter(name: str, plain: Any) -> Any:
+    """Every filter: numbers over the limit refused as sizes (widths, lengths), `join`
+    estimated before it builds, and what it gives checked."""
+    passes = getattr(plain, "jinja_pass_arg", None)
+
+    def filter_(*args: Any, **kwargs: Any) -> Any:
+        _on_time()
+        value, rest = (args[1], args[2:]) if passes else (args[0], args[1:])
+        if name == "join":
+            items = value if isinstance(value, list | tuple | str) else list(value)
+            sep = rest[0] if rest and isinstance(rest[0], str) else kwargs.get("d", "")
+            _check_size("join", len(sep) * max(len(items) - 1, 0) + _size(items))
+            args = (*args[:1], items, *args[2:]) if passes else (items, *args[1:])
+        elif name in _SIZED_FILTERS:
+            for number in (*rest, *kwargs.values()):
+                if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_SIZE:
+                    raise SecurityError(f"'{name}' with {number}: a size of more than {MAX_SIZE} items")
+        result = _checked_result(name, plain(*args, **kwargs))
+        _on_time()  # a slow filter (wordwrap of a megabyte) is the last thing the render does
+        return result
+    if passes is not None:
+        filter_.jinja_pass_arg = passes  # type: ignore[attr-defined]
+    return filter_
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The sandbox (immutable: a template cannot change the params or outputs it reads),
     plus limits on `*`, `**`, `%` and the string methods and filters that grow text, so
@@ -65,12 +165,29 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     when it has one, not the `dict.items` method (plain Jinja looks at methods first).
     """
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+        _on_time()
         name = getattr(__obj, "__name__", "")
-        _check_growth(name, getattr(__obj, "__self__", None), args)
-        return super().call(__context, __obj, *args, **kwargs)
+        owner = getattr(__obj, "__self__", None)
+        _check_growth(name, owner, args)
+        if isinstance(owner, str | bytes | bytearray | int | float | list | tuple | dict):
+            args = _check_method(name, owner, args, kwargs)
+        return _checked_result(name, super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # Jinja hands templates its own wrapper of str.format at attribute access, so
+        # `call` never sees the method: the wrapper is wrapped once more
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        name, owner = value.__name__, value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            _check_method(name, owner, args, kwargs)
+            return _checked_result(name, wrapped(*args, **kwargs))
+        return checked
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:
@@ -80,6 +197,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _on_time()
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT and not (isinstance(left, int | float) and abs(left) <= 1):
                 raise SecurityError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
@@ -88,20 +206,36 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         elif operator == "%":
             if isinstance(left, str) and _WIDE.search(left):
                 raise SecurityError(f"a format width of more than {MAX_SIZE} characters")
-        else:
+            if isinstance(left, str | bytes):
+                values = right if isinstance(right, tuple) else (right,)
+                _check_size("%", _format_size(left, values, {}, "*" in left))
+        elif operator == "+":
+            if isinstance(left, str | bytes | list | tuple) and type(left) is type(right):
+                # doubling a text or a list in a loop: refused before it is built
+                _check_size("+", _size(left) + _size(right))
+        elif operator == "*":
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_SIZE:
+                raise SecurityError(f"the product would have more than {MAX_SIZE} bits")
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
                     # a list counts the size of its items: [long_text] * 3 is three long texts
-                    size = len(seq) if isinstance(seq, str) else sum(
-                        len(x) if isinstance(x, str | list | tuple | dict) else 1 for x in seq)
-                    if size * times > MAX_SIZE:
-                        raise SecurityError(f"'*' would build a value of {size * times} items (at most {MAX_SIZE})")
-        return super().call_binop(context, operator, left, right)
+                    _check_size("*", _size(seq) * times)
+        return _checked_result(operator, super().call_binop(context, operator, left, right))
 
 
 class _CodeGen(CodeGenerator):
     """Compiles `a ~ b` to a join that checks the size first: doubling a text in a few
-    `{% set %}` statements would otherwise reach gigabytes."""
+    `{% set %}` statements would otherwise reach gigabytes; and every `{% for %}` loop
+    to one paced by the render's deadline (an empty loop body calls nothing the
+    deadline's profile hook would see)."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        paced = nodes.Call(nodes.EnvironmentAttribute("paced"), [node.iter], [], None, None, lineno=node.lineno)
+        original, node.iter = node.iter, paced
+        try:
+            super().visit_For(node, frame)
+        finally:
+            node.iter = original
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.sized_join((")
@@ -132,6 +266,7 @@ _Sandbox.code_generator_class = _CodeGen
 
 
 def _sized_join(self: _Sandbox, parts: tuple) -> str:
+    _on_time()
     texts = [p if isinstance(p, str) else str(p) for p in parts]
     size = sum(map(len, texts))
     if size > MAX_SIZE:
@@ -140,6 +275,18 @@ def _sized_join(self: _Sandbox, parts: tuple) -> str:
 
 
 _Sandbox.sized_join = _sized_join  # type: ignore[attr-defined]
+
+
+def _paced(self: _Sandbox, items: Any) -> Iterator[Any]:
+    """The items of a template's `for` loop, stopping the render past its deadline."""
+    end = _render_end.get()
+    for n, item in enumerate(items, 1):
+        if not n & 255 and end is not None and time.monotonic() > end:
+            raise _Overdue
+        yield item
+
+
+_Sandbox.paced = _paced  # type: ignore[attr-defined]
 
 _env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.globals["range"] = _budgeted_range
@@ -162,6 +309,8 @@ def _guarded(name: str, plain: Any) -> Any:
 
 for _name in ("center", "replace", "format", "indent"):
     _env.filters[_name] = _guarded(_name, _env.filters[_name])
+for _name, _filter in list(_env.filters.items()):
+    _env.filters[_name] = _guard_filter(_name, _filter)
 
 
 def _whole_expression(text: str) -> str | None:
@@ -284,12 +433,16 @@ def render(value: Any, context: dict[str, Any]) -> Any:
         budget = _range_left.set(MAX_RANGE_ITEMS)
         try:
             how, compiled = _compile(value)
-            if how == "expr":
-                result = compiled(**context)
-                if isinstance(result, StrictUndefined):
-                    str(result)  # raises UndefinedError with the name
-                return result
-            return compiled.render(context)
+            with _deadline(MAX_RENDER_SECONDS):
+                if how == "expr":
+                    result = compiled(**context)
+                    if isinstance(result, StrictUndefined):
+                        str(result)  # raises UndefinedError with the name
+                    return result
+                return compiled.render(context)
+        except _Overdue:
+            raise TemplateFailed(f"not allowed in a template: rendering took longer than {MAX_RENDER_SECONDS:g}s "
+                                 f"(loops over too much data?) in template {_shorten(value)!r}") from None
         except UndefinedError as exc:
             raise TemplateFailed(f"{exc.message} in template {value!r}") from None
         except SecurityError as exc:
@@ -305,6 +458,37 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [render(v, context) for v in value]
     return value
+
+
+MAX_RENDER_SECONDS = 1.0  # one render, whatever it does (limits.MAX_TEMPLATE_SECONDS)
+_render_end: ContextVar[float | None] = ContextVar("treadle_render_end", default=None)
+
+
+class _Overdue(BaseException):
+    """Raised in a render past its deadline; a BaseException, so that no `except
+    Exception` inside a filter or template can swallow it."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Give the render inside `seconds`: every operator, call, filter and `for` loop
+    of the sandbox looks at the clock (`_on_time`). Each of those is bounded by the size
+    checks, so looking between them bounds the whole render."""
+    token = _render_end.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _render_end.reset(token)
+
+
+def _on_time() -> None:
+    end = _render_end.get()
+    if end is not None and time.monotonic() > end:
+        raise _Overdue
+
+
+def _shorten(text: str, most: int = 200) -> str:
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def truthy(value: Any) -> bool:

@@ -50,6 +50,7 @@ def test_limits_mirrored_from_other_modules_agree_with_them() -> None:
     assert templates.MAX_SIZE == limits.MAX_TEMPLATE_SIZE
     assert templates.MAX_EXPONENT == limits.MAX_TEMPLATE_EXPONENT
     assert jinja2.sandbox.MAX_RANGE == limits.MAX_TEMPLATE_RANGE
+    assert templates.MAX_RENDER_SECONDS == limits.MAX_TEMPLATE_SECONDS
     assert executor.MAX_CHILD_DEPTH == limits.MAX_CHILD_DEPTH
     assert shell.OUTPUT_LIMIT == limits.MAX_STDOUT_BYTES
     assert http_step.TEXT_LIMIT == limits.MAX_HTTP_TEXT_CHARS

@@ -148,8 +148,12 @@ def test_bearer_token_webhook(server: httpx.Client) -> None:
 def test_webhook_not_set_up_or_absent(server: httpx.Client) -> None:
     unset = signed_post(server, "/hooks/unset", {})
     assert unset.status_code == 503 and "TEST_HOOK_NEVER_SET" in unset.json()["detail"]
-    assert signed_post(server, "/hooks/plain", {}).status_code == 404
-    assert signed_post(server, "/hooks/nope", {}).status_code == 404
+    plain = signed_post(server, "/hooks/plain", {})
+    assert plain.status_code == 404 and plain.json()["error_code"] == "NO_WEBHOOK", plain.text
+    assert plain.json()["detail"].startswith("workflow 'plain' has no webhook; add `triggers: {webhook:")
+    assert signed_post(server, "/hooks/nope", {}).json()["detail"] == "no workflow named 'nope'"
+    # a public route names no other workflow ("did you mean 'plain'?")
+    assert signed_post(server, "/hooks/plian", {}).json()["detail"] == "no workflow named 'plian'"
 
 
 def test_events_start_the_listeners_and_list_them(server: httpx.Client) -> None:

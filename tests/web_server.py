@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from web.app import create_app
+from web.server import Server, server_config
 from web.services import Settings
 
 
@@ -34,16 +34,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(definitions: Path, db: str, *, watch: bool = True, **settings: Any) -> Iterator[str]:
+def running_server(definitions: Path, db: str, *, watch: bool = True, server_options: dict[str, Any] | None = None,
+                   **settings: Any) -> Iterator[str]:
     """Start the app; yield its base URL (http://127.0.0.1:PORT); stop it afterwards.
 
     `settings`: more `Settings` fields (git_url, git_branch, git_interval, git_workdir).
+    `server_options`: of `web.server.server_config` (header_seconds, max_connections, ...).
     """
     port = free_port()
     app = create_app(Settings(definitions=definitions, db=db, port=port, watch=watch, **settings))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=1, lifespan="on", loop="asyncio")  # as `serve`
-    server = uvicorn.Server(config)
+    config = server_config(app, "127.0.0.1", port, **{"timeout_graceful_shutdown": 1, "lifespan": "on",
+                                                       **(server_options or {})})  # as `serve`
+    server = Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

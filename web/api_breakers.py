@@ -12,7 +12,7 @@ from runner.engine.circuit import Breaker
 from runner.engine.report import iso
 
 from .api import Limit, Page, _errors, _services
-from .services import Services
+from .auth import identity_of
 
 
 class BreakerSettingsDoc(TypedDict):
@@ -40,9 +40,16 @@ def breaker_doc(breaker: Breaker) -> BreakerDoc:
     return {**snap, "opened_at": iso(snap["opened_at"]), "next_trial_at": iso(snap["next_trial_at"])}  # type: ignore[typeddict-item]
 
 
-def reset_breakers(services: Services, name: str) -> list[Breaker]:
-    """Close the breakers `name` designates (`scheme://host:port` or `host:port`); [] if none."""
-    found = services.engine.breakers.find(name)
+def shown_breakers(request: Request) -> list[Breaker]:
+    """The breakers the requester may see: all for a token without a namespace, else
+    those its namespace's workflows called (a breaker is shared by every caller of a host)."""
+    return _services(request).engine.breakers.all(identity_of(request).namespace)
+
+
+def reset_breakers(request: Request, name: str) -> list[Breaker]:
+    """Close the breakers `name` designates (`scheme://host:port` or `host:port`) among
+    those the requester may see; [] if none."""
+    found = _services(request).engine.breakers.find(name, identity_of(request).namespace)
     for breaker in found:
         breaker.reset()
     return found
@@ -57,25 +64,29 @@ class BreakerPage(TypedDict):
 
 @get("/api/circuit-breakers", tags=["circuit-breakers"], responses=_errors(400))
 async def list_breakers(request: Request, page: Page = 1, limit: Limit = 50) -> BreakerPage:
-    """Every host an http step with a `circuit_breaker` has called, with its state and counts."""
-    breakers = _services(request).engine.breakers.all()
+    """Every host an http step with a `circuit_breaker` has called, with its state and counts
+    (a token with a namespace: the hosts its namespace's workflows called). Errors are masked."""
+    breakers = shown_breakers(request)
     shown = breakers[(page - 1) * limit: page * limit]
     return {"items": [breaker_doc(b) for b in shown], "total": len(breakers), "page": page, "limit": limit}
 
 
 # the host is URL-encoded (`http%3A%2F%2F127.0.0.1%3A9000`) and servers decode the path
 # before routing, so its slashes come back as segments: take everything up to `/reset`
-@post("/api/circuit-breakers/{target:path}", status_code=200, opt={"audit": "breaker.reset"}, tags=["circuit-breakers"], responses=_errors(404))
+@post("/api/circuit-breakers/{target:path}", status_code=200, opt={"audit": "breaker.reset", "scope": "admin"},
+      tags=["circuit-breakers"], responses=_errors(403, 404))
 async def reset_breaker(request: Request, target: FromPath[str]) -> BreakerDoc:
     """`POST /api/circuit-breakers/{host}/reset`: close the circuit of `host` now.
 
-    `host` is `scheme://host:port` URL-encoded, or a plain `host:port`.
+    `host` is `scheme://host:port` URL-encoded, or a plain `host:port`. Needs `admin`: a
+    breaker is shared by every workflow calling the host (a token with a namespace
+    resets only those its namespace's workflows called).
     """
     name, _, action = target.strip("/").rpartition("/")
     if action != "reset" or not name:
         raise NotFoundException("no such route; use POST /api/circuit-breakers/{host}/reset")
     name = _rejoin_scheme(name)
-    found = reset_breakers(_services(request), name)
+    found = reset_breakers(request, name)
     if not found:
         raise NotFoundException(f"no circuit breaker for '{name}' (hosts get one on their first call)")
     return breaker_doc(found[0])

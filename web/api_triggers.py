@@ -9,20 +9,23 @@ event type. Pause and resume are shared with the dashboard (web/pages_triggers.p
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from typing import Any, TypedDict
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.exceptions import SerializationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from runner.dsl.loader import Definition
 from runner.engine.report import iso
 from runner.errors import (
+    DuplicateDelivery,
     LaunchRejected,
     MalformedBody,
+    NoWebhook,
     SignatureError,
     WebhookNotConfigured,
     WebhookUnauthorized,
@@ -32,7 +35,7 @@ from runner.errors import (
 )
 from runner.triggers.launcher import Launch, new_event_id
 from runner.triggers.notify import redact_url, target_of
-from runner.triggers.signing import check_bearer, verify
+from runner.triggers.signing import DEFAULT_TOLERANCE, check_bearer, delivery_key, verify
 
 from . import rate_limits
 from .api import _errors, _services
@@ -73,11 +76,11 @@ class PauseDoc(TypedDict):
 def _hook_definition(services: Services, name: str) -> Definition:
     definition = services.catalog.get(name)
     if definition is None:
-        raise WorkflowNotFound(name, services.catalog.names())
+        raise WorkflowNotFound(name)  # a public route: no "did you mean" list of other names
     if not definition.valid or definition.spec is None:
         raise WorkflowInvalid(definition.name, definition.problems)
     if definition.spec.triggers.webhook is None:
-        raise WorkflowNotFound(name)  # no hook here: the same answer as no workflow, nothing to probe
+        raise NoWebhook(name)
     return definition
 
 
@@ -97,7 +100,8 @@ async def webhook(request: Request, workflow: FromPath[str]) -> Response[LaunchD
     """Start a run from a signed (or bearer-token) call; its JSON body gives the params.
 
     Signed: `X-Treadle-Timestamp: <unix seconds>` (within 5 minutes) and
-    `X-Treadle-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`."""
+    `X-Treadle-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`. Each signed
+    delivery is taken once: a replay is 409 `DUPLICATE_DELIVERY` and starts nothing."""
     services = _services(request)
     definition = _hook_definition(services, workflow)
     hook = definition.spec.triggers.webhook  # type: ignore[union-attr]
@@ -107,27 +111,40 @@ async def webhook(request: Request, workflow: FromPath[str]) -> Response[LaunchD
     if not key:
         raise WebhookNotConfigured(f"the webhook of '{workflow}' is not set up: the server has no {env_name} "
                                    "in its environment; set it and restart")
+    delivery: str | None = None  # signed calls: what a replay would repeat
     try:
         if hook.secret_env:
-            verify(key, body, request.headers.get("x-treadle-timestamp"), request.headers.get("x-treadle-signature"),
-                   now=time.time())
+            stamp, signature = request.headers.get("x-treadle-timestamp"), request.headers.get("x-treadle-signature")
+            verify(key, body, stamp, signature, now=time.time())
+            delivery = delivery_key(stamp or "", signature or "")
         else:
             check_bearer(key, request.headers.get("authorization"))
     except SignatureError as exc:
         raise WebhookUnauthorized(str(exc)) from None
     try:
-        payload = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        raise MalformedBody(f"the body is not valid JSON: {exc}") from None
-    headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
-    launch = await services.launcher.fire(
-        definition, trigger="webhook", ref=request.headers.get("x-request-id"), mapping=hook.params,
-        context={"body": payload, "headers": headers, "query": dict(request.query_params)},
-        default=payload if isinstance(payload, dict) else {"body": payload})
-    if launch.status == "rejected":
-        raise LaunchRejected(launch.reason, launch.errors)
-    if launch.status == "paused":
-        raise WorkflowPaused(launch.reason or "paused")
+        payload = await request.json() if body.strip() else {}  # depth checked (web/json_body.py)
+    except SerializationException as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc.detail or exc}") from None
+    if delivery is not None and not await services.store.deliveries.first(
+            definition.name, delivery, now=time.time(), keep=2 * DEFAULT_TOLERANCE):
+        raise DuplicateDelivery("this signed call was received before (same timestamp and signature); no run "
+                                "was started. Each delivery is taken once: sign every call, resends included, "
+                                "with a fresh X-Treadle-Timestamp")
+    started = False
+    try:
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
+        launch = await services.launcher.fire(
+            definition, trigger="webhook", ref=request.headers.get("x-request-id"), mapping=hook.params,
+            context={"body": payload, "headers": headers, "query": dict(request.query_params)},
+            default=payload if isinstance(payload, dict) else {"body": payload})
+        if launch.status == "rejected":
+            raise LaunchRejected(launch.reason, launch.errors)
+        if launch.status == "paused":
+            raise WorkflowPaused(launch.reason or "paused")
+        started = True
+    finally:
+        if delivery is not None and not started:  # nothing came of it: a resend may try again
+            await asyncio.shield(services.store.deliveries.forget(definition.name, delivery))
     await services.store.flush()
     return _launch_response(launch)
 

@@ -9,8 +9,10 @@ from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from runner.errors import WorkflowNotFound
+from runner.security.tokens import namespace_of
 
 from .api import Limit, Page, _errors, _git_status, _services
+from .auth import identity_of
 from .services import RunConflict, Services
 
 
@@ -55,16 +57,18 @@ def _item(row: dict[str, Any], in_force: str | None) -> VersionItem:
             "in_force": row["version"] == in_force}
 
 
-async def version_source(services: Services, name: str, version: str) -> dict[str, Any]:
-    """The stored text of one version of `name`; WorkflowNotFound if there is none."""
+async def version_source(services: Services, name: str, version: str, namespace: str | None = None) -> dict[str, Any]:
+    """The stored text of one version of `name`; WorkflowNotFound if there is none, or
+    (`namespace`: the requester's) if it was recorded from a file of another namespace."""
     row = await services.store.get_version(version, name)
-    if row is None:
+    if row is None or (namespace is not None and namespace_of(row["path"]) != namespace):
         raise WorkflowNotFound(f"{name} (version {version})")
     return row
 
 
-async def diff_versions(services: Services, name: str, old: str, new: str) -> str:
-    a, b = await version_source(services, name, old), await version_source(services, name, new)
+async def diff_versions(services: Services, name: str, old: str, new: str, namespace: str | None = None) -> str:
+    a = await version_source(services, name, old, namespace)
+    b = await version_source(services, name, new, namespace)
     return "".join(difflib.unified_diff(
         a["source"].splitlines(keepends=True), b["source"].splitlines(keepends=True),
         fromfile=f"{a['path']} @ {old}", tofile=f"{b['path']} @ {new}",
@@ -86,7 +90,7 @@ async def list_versions(request: Request, name: FromPath[str], page: Page = 1, l
 async def get_version(request: Request, name: FromPath[str], version: FromPath[str]) -> VersionSource:
     """One version with its exact source (what a run of that version ran)."""
     services = _services(request)
-    row = await version_source(services, name, version)
+    row = await version_source(services, name, version, identity_of(request).namespace)
     return {**_item(row, _in_force(services, name)), "source": row["source"]}
 
 
@@ -104,7 +108,7 @@ async def diff(
             raise WorkflowNotFound(name, services.catalog.names())
         to = (current.broken or current).version
     return {"workflow": name, "from_version": from_, "to_version": to,
-            "diff": await diff_versions(services, name, from_, to)}
+            "diff": await diff_versions(services, name, from_, to, identity_of(request).namespace)}
 
 
 @post("/api/sync", status_code=200, opt={"scope": "admin", "global": True, "audit": "git.sync"}, tags=["health"], responses=_errors(409))

@@ -40,6 +40,8 @@ from .api_versions import VERSION_ROUTES
 from .auth import auth_middleware
 from .errors_json import error_body
 from .headers import SECURITY_HEADERS
+from .json_body import TreadleRequest
+from .openapi_conform import conform
 from .pages import PAGE_ROUTES, register_template_helpers
 from .pages_audit import AUDIT_PAGES
 from .pages_auth import AUTH_PAGES
@@ -135,7 +137,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
-    return Litestar(
+    app = Litestar(
         route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
@@ -145,8 +147,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      render_plugins=[JsonRenderPlugin(path="/"), VendoredSwagger()]),
         middleware=[auth_middleware],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        request_class=TreadleRequest,  # JSON bodies: depth checked before decoding
         response_headers=SECURITY,
         exception_handlers={TreadleError: _treadle_error, HTTPException: _http_error, Exception: _internal_error},
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),
         debug=False,
     )
+    conform(app)  # /schema says exactly what the server accepts (web/openapi_conform.py)
+    return app

@@ -93,26 +93,37 @@ def _is_page_form(path: str) -> bool:
 
 
 async def _visible(services: Any, identity: Identity, params: dict[str, Any]) -> bool:
-    """May a namespaced identity reach the workflow or run named in the path?"""
+    """May a namespaced identity reach the workflow, version or run named in the path?
+
+    Judged from the database's record where there is one (the run's version, the named
+    version: each carries the path of the file it came from), else from the catalog,
+    else from every recorded version of the name, so a workflow whose file is gone
+    stays in its namespace."""
     if identity.namespace is None:
         return True
     name = params.get("name") or params.get("workflow")
-    if name is None and "run_id" not in params:
-        return True  # not about one workflow or run (lists filter themselves)
-    path: str | None = None
     if "run_id" in params:
         run = await services.store.get_run(str(params["run_id"]))
         if run is None:
             return True  # 404 anyway
-        name = run["workflow"]
         stored = await services.store.get_version(run["version"], run["workflow"])
-        path = stored["path"] if stored else None
-    if name is not None:
-        definition = services.catalog.get(str(name))
-        path = definition.path if definition is not None else path
-        if path is None:
-            return True  # no such workflow: the handler says 404
-    return path is not None and identity.sees(namespace_of(path))
+        paths = [stored["path"]] if stored else await _paths(services, run["workflow"])
+        return any(identity.sees(namespace_of(p)) for p in paths)  # no record: not shown
+    if name is None:
+        return True  # not about one workflow or run (lists filter themselves)
+    stored = await services.store.get_version(str(params["version"]), str(name)) if "version" in params else None
+    paths = [stored["path"]] if stored else await _paths(services, str(name))
+    if not paths:
+        return True  # no such workflow: the handler says 404
+    return any(identity.sees(namespace_of(p)) for p in paths)
+
+
+async def _paths(services: Any, name: str) -> list[str]:
+    """The file paths a workflow is known by: the catalog's, else those of its versions."""
+    definition = services.catalog.get(name)
+    if definition is not None:
+        return [definition.path]
+    return await services.store.version_paths(name)
 
 
 def auth_middleware(app: ASGIApp) -> ASGIApp:

@@ -27,7 +27,7 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 from . import live
 from .api import _git_status
 from .api_approvals import decide
-from .api_breakers import reset_breakers
+from .api_breakers import reset_breakers, shown_breakers
 from .api_metrics import workflow_stats
 from .api_notifications import delivery_doc
 from .api_triggers import trigger_summary
@@ -90,7 +90,7 @@ async def workflows_page(request: Request) -> Template:
     rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
     broken = [d for d in entries if not d.healthy]
     sync = _git_status(services)  # the URL without its credentials
-    breakers = [b.snapshot() for b in services.engine.breakers.all()]
+    breakers = [b.snapshot() for b in shown_breakers(request)]
     waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN,
                                                                      workflows=visible_names(request))
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
@@ -99,10 +99,11 @@ async def workflows_page(request: Request) -> Template:
                                                "approvals_total": waiting_total})
 
 
-@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False, opt={"audit": "breaker.reset"})
+@post("/circuit-breakers/reset", name="page-reset-breaker", include_in_schema=False,
+      opt={"audit": "breaker.reset", "scope": "admin"})
 async def reset_breaker_from_form(request: Request) -> Template | Redirect:
     host = str((await request.form()).get("host") or "")
-    if not reset_breakers(_services(request), host):
+    if not reset_breakers(request, host):
         return error_page(404, "No such circuit breaker", f"No circuit breaker for '{host}'.")
     return Redirect("/", status_code=303)
 

@@ -14,6 +14,7 @@ from runner.gitops.plan import compare_workflow
 from runner.gitops.plan_format import lines_of
 
 from .api_versions import diff_versions, version_source
+from .auth import identity_of
 from .pages import _services, error_page
 
 
@@ -25,7 +26,7 @@ def _no_version(name: str, version: str) -> Template:
 async def version_page(request: Request, name: FromPath[str], version: FromPath[str]) -> Template:
     services = _services(request)
     try:
-        row = await version_source(services, name, version)
+        row = await version_source(services, name, version, identity_of(request).namespace)
     except WorkflowNotFound:
         return _no_version(name, version)
     current = services.catalog.get(name)
@@ -46,7 +47,7 @@ async def diff_page(
             return error_page(404, "No such workflow", f"There is no workflow named '{name}'.")
         to = (current.broken or current).version
     try:
-        text = await diff_versions(services, name, old.strip(), to.strip())
+        text = await diff_versions(services, name, old.strip(), to.strip(), identity_of(request).namespace)
     except WorkflowNotFound:
         return error_page(404, "No such version", f"Workflow '{name}' has no recorded version '{old}' or '{to}'.")
     lines = [(line[:1] if line[:1] in "+-@" and not line.startswith(("+++", "---")) else "", line.rstrip("\n"))

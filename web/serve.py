@@ -56,8 +56,6 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from runner.dsl.durations import parse_duration
     from runner.errors import TreadleError
 
@@ -101,11 +99,9 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"treadle: dashboard at http://{args.host}:{args.port}/ (definitions: {args.definitions}, db: {args.db})",
           file=sys.stderr, flush=True)
-    # open SSE streams must not hold a shutdown: give them 2 s, then close them
-    # the stock asyncio loop, not uvloop: uvloop starts processes with a plain fork of
-    # this whole process, which stalls every request for ~15 ms per shell step started
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2,
-                loop="asyncio")
+    from .server import Server, server_config  # uvicorn, as Treadle runs it (see there)
+
+    Server(server_config(app, args.host, args.port)).run()
     return 0
 
 

@@ -42,6 +42,8 @@ from runner.triggers.trigger_state import TriggerState
 from .auth import Gate
 from .metrics import Metrics
 
+log = logging.getLogger("treadle.services")
+
 
 @dataclass
 class Settings:
@@ -138,10 +140,7 @@ class Services:
                      asyncio.create_task(_every(PUMP_SECONDS, stopping, launcher.pump, "queue"), name="treadle-queue"),
                      asyncio.create_task(_every(LEADER_POLL_SECONDS, stopping, services.lead_once, "leadership"),
                                          name="treadle-leader")]
-            try:
-                yield services
-            finally:
-                stopping.set()
+            async def wind_down() -> None:
                 await asyncio.gather(*loops, return_exceptions=True)  # each finishes what it was doing
                 await services.step_down()
                 await follower.stop()
@@ -151,7 +150,22 @@ class Services:
                 if tracing is not None:
                     await asyncio.to_thread(tracing.shutdown)
                 await dispatcher.close()
+
+            try:
+                yield services
+            finally:
+                stopping.set()
+                # bounded, always: a database that does not answer, a step that ignores its
+                # cancel or a notification that hangs must not keep the server up
+                limit = settings.grace + SHUTDOWN_SLACK_SECONDS
+                try:
+                    await asyncio.wait_for(wind_down(), limit)
+                except TimeoutError:
+                    log.error("shutdown did not finish within %gs (--grace %gs + %gs); stopping anyway: "
+                              "unfinished runs resume at the next start", limit, settings.grace,
+                              SHUTDOWN_SLACK_SECONDS)
                 await http.aclose()
+                store.close_timeout = SHUTDOWN_SLACK_SECONDS
 
     async def lead_once(self) -> None:
         """Try to become the leader (called every second); while leading, run the
@@ -208,6 +222,9 @@ async def _dispatcher(settings: Settings, folder: Path) -> Any:
 
 
 LEADER_POLL_SECONDS = 1.0
+# at shutdown, after the grace period: for the rest (runs' last records, leases,
+# notifications), and again for the database to take the last records
+SHUTDOWN_SLACK_SECONDS = 5.0
 RECOVER_SECONDS = 1.0  # how often a server looks for runs whose lease ran out (and takes them)
 PUMP_SECONDS = 1.0  # how often a server looks for queued runs that have room
 

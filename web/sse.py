@@ -75,6 +75,7 @@ async def queue_events(queue: asyncio.Queue, stopping: asyncio.Event, heartbeat:
     `heartbeat` seconds without one (time for a keep-alive); ends once `stopping` is set.
     """
     stop = asyncio.ensure_future(stopping.wait())
+    getter: asyncio.Future | None = None
     try:
         while not stopping.is_set():
             getter = asyncio.ensure_future(queue.get())
@@ -87,7 +88,14 @@ async def queue_events(queue: asyncio.Queue, stopping: asyncio.Event, heartbeat:
                 return
             yield None
     finally:
-        stop.cancel()
+        # both helpers end here, whatever ended the stream (the client went, the server
+        # stops, the response was cancelled): a helper left pending is destroyed with
+        # the loop ("Task was destroyed but it is pending!")
+        helpers = [t for t in (stop, getter) if t is not None and not t.done()]
+        for task in helpers:
+            task.cancel()
+        if helpers:
+            await asyncio.wait(helpers)
 
 
 def _as_json(event: dict[str, Any]) -> ServerSentEventMessage:

@@ -9,6 +9,7 @@ Problem (`path:line:column: message`) naming the field.
 from __future__ import annotations
 
 import difflib
+import errno
 import gc
 import hashlib
 import json
@@ -94,10 +95,15 @@ def version_of(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
-def load_file(path: Path, shown_as: str | None = None) -> Definition:
-    """Load one file; problems are collected, never raised."""
+def load_file(path: Path, shown_as: str | None = None, root: Path | None = None) -> Definition:
+    """Load one file; problems are collected, never raised.
+
+    `root`: the definitions folder; a file that resolves outside it (a symlink to
+    /etc/passwd or to the server's secrets file, say) is refused unread."""
     shown = shown_as or str(path)
     name = path.stem
+    if root is not None and (outside := _outside(path, root)):
+        return _failed(name, shown, "", outside)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -108,6 +114,21 @@ def load_file(path: Path, shown_as: str | None = None) -> Definition:
     except OSError as exc:
         return _failed(name, shown, "", f"cannot read file: {exc.strerror}")
     return load_text(text, shown, name=name, base_dir=path.parent)
+
+
+def _outside(path: Path, root: Path) -> str | None:
+    """Why `path` may not be read as a definition of `root` (None: it may)."""
+    try:
+        target = path.resolve(strict=True)
+        inside = root.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # a link loop, a dangling link, a file gone meanwhile
+        loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+        why = "it is a symbolic link that points to itself (a loop)" if loop else (exc.strerror or str(exc))
+        return f"cannot read file: {why}; remove it or make it a plain file"
+    if not target.is_relative_to(inside):
+        return ("the file is a symbolic link to a file outside the definitions folder; it is not read "
+                "(copy the file into the folder, or link to a file inside it)")
+    return None
 
 
 @contextmanager

@@ -99,6 +99,19 @@ class FileTriggerSpec(_Model):
     settle: Duration = Field(1.0, description="a file must stay unchanged this long before a run starts")
     params: dict[str, Any] | None = Field(None, description=_PARAMS_DOC + " (`file.path`, `file.name`, `file.size`)")
 
+    @field_validator("path")
+    @classmethod
+    def _inside_the_folder(cls, value: str) -> str:
+        # a definition watches files of its own folder, never the server's (/etc, ../../)
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "\\", "~")) or (len(value) > 1 and value[1] == ":"):
+            raise ValueError(f"'{value}' is an absolute path; write a glob relative to the definition's "
+                             "folder, e.g. inbox/*.csv (files outside that folder cannot be watched)")
+        if ".." in parts:
+            raise ValueError(f"'{value}' leaves the definition's folder with '..'; write a glob of files "
+                             "inside it, e.g. inbox/*.csv")
+        return value
+
 
 class AfterSpec(_Model):
     workflow: str = Field(min_length=1, description="the workflow whose runs this one follows")

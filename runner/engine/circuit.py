@@ -10,12 +10,17 @@ refused at once; half-open lets at most `half_open_max` trial calls through at a
 
 Everything runs on the engine's event loop, so there are no locks. Transitions use
 the monotonic clock; `opened_at` (shown to users) is wall-clock time.
+
+A breaker is shared by the runs of every workflow calling its host, so what it keeps
+is masked with the secrets of the run that brought it (a URL, an error text), and it
+remembers the namespaces of those workflows: a token of another namespace never sees it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -68,6 +73,7 @@ class Permit:
     generation: int
     settled: bool = False
     call: str = ""  # `METHOD url`, for the messages
+    mask: Callable[[str], str] = str  # the calling run's masker: a breaker keeps no secret in clear
 
     def succeeded(self) -> None:
         if not self.settled:
@@ -77,7 +83,7 @@ class Permit:
     def failed(self, error: str) -> None:
         if not self.settled:
             self.settled = True
-            self.breaker._settle(self, error)
+            self.breaker._settle(self, self.mask(error))
 
     def release(self) -> None:
         """No outcome (cancelled, invalid request): only frees a trial slot."""
@@ -96,7 +102,9 @@ class Breaker:
     successes: int = 0
     rejected: int = 0  # calls refused while open or half-open and busy
     opened_at: float | None = None  # wall clock
-    last_error: str | None = None
+    last_error: str | None = None  # masked by the run that recorded it
+    label: str = ""  # the host as shown: masked (a secret can sit in a host name)
+    namespaces: set[str] = field(default_factory=set)  # of the workflows whose runs called it
     _opened_mono: float = 0.0
     _trials: int = 0  # trial calls in flight
     _generation: int = 0  # bumped on every transition: late trial outcomes of an old episode are ignored
@@ -182,7 +190,7 @@ class Breaker:
         """The breaker as data (times are wall-clock seconds)."""
         wait = self.next_trial_in()
         return {
-            "host": self.host, "state": self.current_state().value,
+            "host": self.label or self.host, "state": self.current_state().value,
             "consecutive_failures": self.consecutive_failures, "failures": self.failures,
             "successes": self.successes, "rejected": self.rejected, "trials_in_flight": self._trials,
             "opened_at": self.opened_at, "next_trial_at": time.time() + wait if wait is not None else None,
@@ -198,40 +206,56 @@ class Breakers:
     def __init__(self) -> None:
         self._by_host: dict[str, Breaker] = {}
 
-    def for_host(self, host: str, settings: BreakerSettings) -> Breaker:
+    def for_host(self, host: str, settings: BreakerSettings, *, mask: Callable[[str], str] = str,
+                 namespace: str | None = None) -> Breaker:
         breaker = self._by_host.get(host)
         if breaker is None:
-            breaker = self._by_host[host] = Breaker(host, settings)
+            breaker = self._by_host[host] = Breaker(host, settings, label=mask(host))
+        if namespace is not None:
+            breaker.namespaces.add(namespace)
         return breaker
 
-    def admit(self, url: str | httpx.URL, settings: BreakerSettings) -> Permit | None:
+    def admit(self, url: str | httpx.URL, settings: BreakerSettings, *, mask: Callable[[str], str] = str,
+              namespace: str | None = None) -> Permit | None:
         """A permit for a call to `url`, None when the URL has no http(s) host (the call
-        then fails on its own); raises CircuitOpen while the host's circuit is open."""
+        then fails on its own); raises CircuitOpen while the host's circuit is open.
+        `mask`: the calling run's masker; `namespace`: that of its workflow."""
         host = host_of(url)
-        return None if host is None else self.for_host(host, settings).admit(settings)
+        if host is None:
+            return None
+        permit = self.for_host(host, settings, mask=mask, namespace=namespace).admit(settings)
+        permit.mask = mask
+        return permit
 
-    def all(self) -> list[Breaker]:
-        return sorted(self._by_host.values(), key=lambda b: b.host)
+    def all(self, namespace: str | None = None) -> list[Breaker]:
+        """Every breaker; with `namespace`, only those its workflows called."""
+        return sorted((b for b in self._by_host.values() if namespace is None or namespace in b.namespaces),
+                      key=lambda b: b.host)
 
-    def find(self, name: str) -> list[Breaker]:
-        """Breakers named by `scheme://host:port`, a URL on that host, or a plain `host:port`."""
+    def find(self, name: str, namespace: str | None = None) -> list[Breaker]:
+        """Breakers named by `scheme://host:port`, a URL on that host, or a plain `host:port`;
+        with `namespace`, only those its workflows called."""
         name = name.strip()
+        shown = self.all(namespace)
         if "://" in name:
             host = host_of(name)
-            return [self._by_host[host]] if host in self._by_host else []
+            return [b for b in shown if b.host == host]
         plain = host_of(f"http://{name}")  # normalised: lower case, [v6], default port 80
-        return [b for b in self.all() if plain is not None and b.host.split("://", 1)[1] == plain.split("://", 1)[1]]
+        return [b for b in shown if plain is not None and b.host.split("://", 1)[1] == plain.split("://", 1)[1]]
 
 
-def admit_call(breakers: Breakers, inp: dict[str, Any]) -> Permit | None:
+def admit_call(breakers: Breakers, inp: dict[str, Any], *, mask: Callable[[str], str] = str,
+               namespace: str | None = None) -> Permit | None:
     """A permit for the call of an http step with a `circuit_breaker` (None for other
     steps, or a URL without an http(s) host); raises CircuitOpen while its host's
-    circuit is open. The run driver asks before the step executes, wherever it runs."""
+    circuit is open. The run driver asks before the step executes, wherever it runs.
+    `mask`: the run's masker (what the breaker keeps is masked); `namespace`: that of
+    the run's workflow (who may see the breaker)."""
     settings, http = inp.get("circuit_breaker"), inp.get("http")
     if not settings or not isinstance(http, dict):
         return None
     url = str(http.get("url", ""))
-    permit = breakers.admit(url, BreakerSettings.of(settings))
+    permit = breakers.admit(url, BreakerSettings.of(settings), mask=mask, namespace=namespace)
     if permit is not None:
         permit.call = f"{http.get('method', 'GET')} {url}"
     return permit

@@ -17,6 +17,7 @@ from ..dsl.dag import Dag, build_dag, steps_of
 from ..dsl.definition import RetrySpec, StepSpec
 from ..dsl.durations import format_duration
 from ..errors import StepFailed
+from ..security.tokens import namespace_of
 from ..steps import REGISTRY, StepContext, StepOutcome
 from ..steps.base import StepServices
 from ..storage.models import RunStatus, StepStatus
@@ -718,7 +719,8 @@ class RunExecution:
                     limit = asyncio.timeout(timeout)
                     permit: Permit | None = None
                     try:
-                        permit = admit_call(self.engine.breakers, inp)  # CircuitOpen: a failed attempt
+                        permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
+                                            namespace=namespace_of(self.definition.path))
                         async with limit:
                             if remote:
                                 outcome = await self.engine.dispatcher.execute(

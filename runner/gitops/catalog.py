@@ -10,6 +10,7 @@ what another replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import Counter
@@ -23,6 +24,7 @@ from ..errors import Problem
 from .gitinfo import GitState, blob_id, read_state
 
 SUFFIXES = (".yaml", ".yml")
+log = logging.getLogger("treadle.catalog")
 
 
 def relative_to_root(path: Path, root: Path) -> Path | None:
@@ -30,10 +32,12 @@ def relative_to_root(path: Path, root: Path) -> Path | None:
 
     watchfiles reports absolute paths while the root is often given relative (`definitions`).
     """
-    for p, r in ((path, root), (path.absolute(), root.absolute()), (path.resolve(), root.resolve())):
+    forms = ((lambda: path), (lambda: root)), ((lambda: path.absolute()), (lambda: root.absolute())), \
+        ((lambda: path.resolve()), (lambda: root.resolve()))
+    for p, r in forms:  # built one at a time: resolving a link loop raises
         try:
-            return p.relative_to(r)
-        except ValueError:
+            return p().relative_to(r())
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
             continue
     return None
 
@@ -53,7 +57,10 @@ def find_files(root: Path) -> list[Path]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         base = Path(folder)
-        found += [base / f for f in files if Path(f).suffix in SUFFIXES and not f.startswith(".") and (base / f).is_file()]
+        # links that lead nowhere (a loop, a deleted target) are listed too: load_file
+        # gives them their problem, so they are seen rather than silently missing
+        found += [base / f for f in files if Path(f).suffix in SUFFIXES and not f.startswith(".")
+                  and ((base / f).is_file() or ((base / f).is_symlink() and not (base / f).is_dir()))]
     return sorted(found)
 
 
@@ -74,7 +81,7 @@ class Catalog:
 
     def load_all(self) -> None:
         with self._lock:  # a reload waits: files it read must not be replaced by an older scan
-            loaded = {self._rel(p): load_file(p, self._rel(p)) for p in find_files(self.root)} if self.root.is_dir() else {}
+            loaded = {self._rel(p): load_file(p, self._rel(p), self.root) for p in find_files(self.root)} if self.root.is_dir() else {}
             self._swap(loaded)
             self.loaded = True
 
@@ -93,40 +100,47 @@ class Catalog:
         """
         with self._lock:
             loaded = dict(self._by_path)
-            touched = []
+            touched: list[str] = []
             for path in paths:
-                relative = relative_to_root(path, self.root)
-                if relative is None or not _visible(relative) or relative == Path("."):
-                    continue  # outside the folder, or hidden (.git): never a definition
-                rel = relative.as_posix()
-                inside = [r for r in loaded if r.startswith(rel + "/")]
-                if path.is_dir():
-                    found = {self._rel_of(p) for p in find_files(path)}
-                    found.discard(None)
-                    for r in inside:
-                        if r not in found:
-                            loaded.pop(r)
-                            touched.append(r)
-                    for r in sorted(found):
-                        loaded[r] = load_file(self.root / r, r)
-                        touched.append(r)
-                    if rel in loaded:  # a file became a folder
-                        loaded.pop(rel)
-                        touched.append(rel)
-                    continue
-                for r in inside:  # a folder went (moved away, deleted, or now a file)
-                    loaded.pop(r)
-                    touched.append(r)
-                if path.suffix not in SUFFIXES:
-                    continue
-                if path.is_file():
-                    loaded[rel] = load_file(path, rel)
-                    touched.append(rel)
-                elif loaded.pop(rel, None) is not None:
-                    touched.append(rel)
+                try:
+                    self._reload_one(path, loaded, touched)
+                except Exception as exc:  # one bad entry never keeps the others of the change out
+                    log.warning("cannot reload %s: %s", path, exc)
             if touched:
                 self._swap(loaded)
             return list(dict.fromkeys(touched))
+
+    def _reload_one(self, path: Path, loaded: dict[str, Definition], touched: list[str]) -> None:
+        """Bring `loaded` up to date with one changed path (a file or a folder)."""
+        relative = relative_to_root(path, self.root)
+        if relative is None or not _visible(relative) or relative == Path("."):
+            return  # outside the folder, or hidden (.git): never a definition
+        rel = relative.as_posix()
+        inside = [r for r in loaded if r.startswith(rel + "/")]
+        if path.is_dir():
+            found = {self._rel_of(p) for p in find_files(path)}
+            found.discard(None)
+            for r in inside:
+                if r not in found:
+                    loaded.pop(r)
+                    touched.append(r)
+            for r in sorted(r for r in found if r is not None):
+                loaded[r] = load_file(self.root / r, r, self.root)
+                touched.append(r)
+            if rel in loaded:  # a file became a folder
+                loaded.pop(rel)
+                touched.append(rel)
+            return
+        for r in inside:  # a folder went (moved away, deleted, or now a file)
+            loaded.pop(r)
+            touched.append(r)
+        if path.suffix not in SUFFIXES:
+            return
+        if path.is_file() or path.is_symlink():  # a link that leads nowhere is listed with its problem
+            loaded[rel] = load_file(path, rel, self.root)
+            touched.append(rel)
+        elif loaded.pop(rel, None) is not None:
+            touched.append(rel)
 
     def stale(self, slack: float = 0.1) -> list[Path]:
         """Files added, changed or gone since they were loaded: what a watch that

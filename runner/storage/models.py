@@ -159,6 +159,18 @@ class TriggerMark(SQLModel, table=True):
     at: float
 
 
+class WebhookDelivery(SQLModel, table=True):
+    """A signed webhook call already accepted, kept while its signature could still be
+    replayed (the timestamp window), so each delivery starts at most one run, even on
+    several servers sharing the database."""
+
+    __tablename__ = "webhook_delivery"
+    workflow: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)  # SHA-256 of the signature (it covers timestamp and body)
+    received_at: float
+    expires_at: float = Field(index=True)  # forgotten after this (the signature is too old by then)
+
+
 class Decision(StrEnum):
     """How an approval ended."""
 

@@ -9,7 +9,8 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags), `run_pages` (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries);
+  marks, pause flags), `deliveries` (signed webhook calls already taken), `run_pages`
+  (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries of notifications);
 - `broker`: the event feed, published after each commit.
 
 One SQLAlchemy implementation serves both databases; what differs lives in
@@ -31,6 +32,7 @@ from .admission import AdmissionStore
 from .approvals import ApprovalStore
 from .audit import AuditStore
 from .database import SQLite, dialect_for
+from .deliveries import DeliveryStore
 from .events import Broker
 from .feed import Feed
 from .leadership import Leadership
@@ -62,6 +64,7 @@ class Store:
         self.url = url
         self.dialect = dialect_for(url)
         self.must_exist = must_exist
+        self.close_timeout: float | None = None  # None: close waits for the database as long as it takes
         self.broker = broker or Broker()
         self.engine = self.dialect.engine()  # connects on first use
         self.writer = Writer(self.engine, self.dialect, self.broker)
@@ -69,6 +72,7 @@ class Store:
         self.tokens = TokenStore(self.engine, self.dialect)
         self.audit = AuditStore(self.engine, self.writer)
         self.marks = MarkStore(self.engine, self.dialect)
+        self.deliveries = DeliveryStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
         self.stats = StatsStore(self.engine)
         self.notifications = NotificationStore(self.engine)
@@ -117,8 +121,10 @@ class Store:
         self.writer.start()
 
     async def close(self) -> None:
+        """Commit what is queued (waiting at most `close_timeout` seconds when set) and
+        let the database go."""
         await self.feed.stop()
-        await self.writer.stop()
+        await self.writer.stop(self.close_timeout)
         await self.engine.dispose()
 
     async def ping(self) -> float:
@@ -225,6 +231,13 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return dict(row) if row else None
+
+    async def version_paths(self, workflow: str) -> list[str]:
+        """Every file path a version of `workflow` was recorded from (its namespaces, even
+        once the file is gone)."""
+        query = select(WorkflowVersion.path).where(WorkflowVersion.workflow == workflow).distinct()
+        async with self.engine.connect() as conn:
+            return sorted(path for (path,) in await conn.execute(query))
 
     async def versions(self, workflow: str, *, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         """The texts of a workflow seen so far, newest first (without their source)."""

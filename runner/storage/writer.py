@@ -112,10 +112,17 @@ class Writer:
         self.queue.put_nowait(("flush", done, None))
         await done
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then end the writer task. `timeout`: give up waiting
+        for the database after that many seconds (the records still queued are lost,
+        as with a kill: recovery works from what was committed)."""
         if self._task is None:
             return
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except TimeoutError:
+            log.error("store: the database did not take the last %d record(s) within %gs; stopping without them",
+                      self.queue.qsize(), timeout)
         self._task.cancel()
         try:
             await self._task

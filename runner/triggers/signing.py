@@ -85,6 +85,14 @@ def verify(secret: str, body: bytes, timestamp: str | None, signature: str | Non
                              "f'{timestamp}.' + body with HMAC-SHA256 and the shared secret")
 
 
+def delivery_key(timestamp: str, signature: str) -> str:
+    """What identifies one signed delivery (after `verify` accepted it): the signature
+    covers the timestamp and the body, so a replay carries the same one. A hash of it,
+    so the stored key is no usable signature."""
+    digest = signature.strip().removeprefix(PREFIX).lower()
+    return hashlib.sha256(f"{timestamp.strip()}.{digest}".encode()).hexdigest()
+
+
 def check_bearer(expected: str, authorization: str | None) -> None:
     """Check an `Authorization: Bearer <token>` header against `expected` (constant time)."""
     if not expected:  # fail closed: an empty token must never match an empty header

@@ -1,7 +1,7 @@
 """Every try to deliver a notification, listed with its run.
 
-Revision ID: 0004_notification_deliveries
-Revises: 0003_attempt_worker
+Revision ID: 0005_notification_deliveries
+Revises: 0004_webhook_delivery
 Create Date: 2026-12-03
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_notification_deliveries"
-down_revision = "0003_attempt_worker"
+revision = "0005_notification_deliveries"
+down_revision = "0004_webhook_delivery"
 branch_labels = None
 depends_on = None
 
