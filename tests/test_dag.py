@@ -57,6 +57,32 @@ def test_diamond() -> None:
     assert dag.descendants("end") == set()
 
 
+def test_parallel_branches_do_not_run_before_each_other() -> None:
+    # b and c both need only a: neither waits for the other, whatever the file order
+    dag = dag_of([("a", None), ("b", ["a"]), ("c", ["a"]), ("d", ["c"])])
+    assert not dag.runs_before("b", "c") and not dag.runs_before("c", "b")
+    assert not dag.runs_before("b", "d")  # placed before d, but d only waits for c and a
+    assert dag.runs_before("a", "d") and dag.runs_before("c", "d")
+    assert not dag.runs_before("a", "a")
+
+
+def test_a_template_reading_a_parallel_branch_is_reported() -> None:
+    problems = [str(p) for p in load_text(textwrap.dedent("""
+        steps:
+          - {id: a, log: x}
+          - {id: b, needs: [a], set: {v: 1}}
+          - {id: c, needs: [a], log: "{{ steps.b.output }}"}
+    """), "wf.yaml").problems]
+    assert len(problems) == 1 and "which does not run before 'c'; add 'b' to its needs" in problems[0], problems
+    fixed = load_text(textwrap.dedent("""
+        steps:
+          - {id: a, log: x}
+          - {id: b, needs: [a], set: {v: 1}}
+          - {id: c, needs: [a, b], log: "{{ steps.b.output }}"}
+    """), "wf.yaml")
+    assert fixed.problems == []
+
+
 def test_ready_steps_follow_what_has_finished() -> None:
     dag = dag_of([("start", None), ("left", ["start"]), ("right", ["start"]), ("end", ["left", "right"]),
                   ("other", [])])

@@ -71,3 +71,33 @@ async def test_foreach_items_that_finished_are_not_run_again(store, tmp_path):
     assert lines.count("2") == 2  # the interrupted item ran again
     doc = await recorded(later, exe.id)
     assert by_id(doc)["after"]["output"] == {"all": ["out0", "out1", "out2", "out3"]}
+
+
+async def test_a_resumed_step_keeps_its_retry_budget(store, tmp_path):
+    """Attempt 1 fails, attempt 2 is interrupted by the stop: the resumed step goes on
+    at attempt 3 with one retry used (an interruption is not a failure), so it gets
+    exactly one more retry: 4 attempts in all, never 3 (the interruption counted) or 5
+    (the failures forgotten)."""
+    count = tmp_path / "count"
+    engine = Engine(store, definitions_dir=tmp_path)
+    exe = await engine.start(definition(f"""
+        steps:
+          - id: s
+            retry: {{limit: 2, delay: 0}}
+            run: 'echo x >> {count}; if [ $(wc -l < {count}) -eq 2 ]; then sleep 30; fi; exit 1'
+    """, tmp_path))
+    await eventually(lambda: count.exists() and len(count.read_text().split()) == 2)
+    await asyncio.wait_for(engine.close(), 10)
+    run_id = exe.id
+    assert count.read_text().split() == ["x", "x"]  # attempt 2 was running when the engine stopped
+    later = Engine(store, definitions_dir=tmp_path)
+    try:
+        [resumed] = await later.recover()
+        assert resumed.id == run_id
+        assert await asyncio.wait_for(resumed.wait(), 20) == "failed"
+    finally:
+        await later.close()
+    doc = await recorded(later, run_id)
+    attempts = [(a["attempt"], a["status"]) for a in by_id(doc)["s"]["attempt_list"]]
+    assert attempts == [(1, "failed"), (2, "cancelled"), (3, "failed"), (4, "failed")]
+    assert len(count.read_text().split()) == 4
