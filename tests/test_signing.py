@@ -94,6 +94,10 @@ def test_the_five_minute_window_is_inclusive_to_the_second() -> None:
             f"X-Treadle-Timestamp is {abs(now - sent):.0f} s in the {word}, more than the 300 s allowed; "
             "check the sender's clock (or this is a replay)")
     verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=sent + 60, tolerance=60)
+    # under a second off with no tolerance at all: the direction is still right
+    for now, word in ((sent + 0.5, "past"), (sent - 0.5, "future")):
+        with pytest.raises(SignatureError, match=f"is 0 s in the {word}, more than the 0 s allowed"):
+            verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=now, tolerance=0)
     with pytest.raises(SignatureError, match="more than the 60 s allowed"):
         verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=sent + 60.5, tolerance=60)
 
@@ -104,8 +108,9 @@ def test_the_five_minute_window_is_inclusive_to_the_second() -> None:
 ])
 def test_a_missing_header_is_named(field: str, named: str) -> None:
     for absent in (None, "", "  "):
-        with pytest.raises(SignatureError, match=named):
+        with pytest.raises(SignatureError) as caught:
             _check(**{field: absent})
+        assert str(caught.value) == f"{named}; sign the call as described for Treadle webhooks"
 
 
 def test_both_headers_missing_names_both() -> None:
