@@ -64,6 +64,35 @@ def test_parallel_branches_do_not_run_before_each_other() -> None:
     assert not dag.runs_before("b", "d")  # placed before d, but d only waits for c and a
     assert dag.runs_before("a", "d") and dag.runs_before("c", "d")
     assert not dag.runs_before("a", "a")
+    # a bool, as documented (not merely something falsy), both when the order rules it
+    # out at once and when the search back finds nothing
+    assert dag.runs_before("d", "a") is False and dag.runs_before("b", "c") is False
+    assert dag.runs_before("a", "d") is True
+
+
+class _CountingDict(dict):
+    """A real dict that counts its lookups (how much of the graph a search visits)."""
+
+    lookups = 0
+
+    def __getitem__(self, key):
+        self.lookups += 1
+        return super().__getitem__(key)
+
+
+def test_runs_before_visits_each_step_at_most_once() -> None:
+    # a ladder of 20 diamonds has 2**20 paths from its top to its bottom: a search
+    # that looked at a step once per path (no `seen`) would take a million lookups
+    links: list[tuple[str, list[str] | None]] = [("lone", []), ("s0", [])]
+    for i in range(20):
+        links += [(f"l{i}", [f"s{i}"]), (f"r{i}", [f"s{i}"]), (f"s{i + 1}", [f"l{i}", f"r{i}"])]
+    dag = dag_of(links)
+    dag.deps = counting = _CountingDict(dag.deps)
+    assert dag.runs_before("lone", "s20") is False  # placed first, but nothing waits for it
+    assert counting.lookups <= len(links)
+    counting.lookups = 0
+    assert dag.runs_before("s0", "s20") is True
+    assert counting.lookups <= len(links)
 
 
 def test_a_template_reading_a_parallel_branch_is_reported() -> None:

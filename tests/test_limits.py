@@ -33,6 +33,7 @@ from runner.steps import shell
 from runner.templates import TemplateFailed, render
 from tests.conftest import definition
 from tests.exec_support import by_id, recorded, run_yaml, write_module
+from tests.http_server import http_server_fixture  # noqa: F401  (the `http_server` fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,13 +144,11 @@ def test_run_timeout_over_the_limit_and_waits_longer_than_a_run_are_reported() -
     assert problems_of("steps: [{id: a, log: x}]\nfinally: [{id: c, wait: 8d}]\n") == []
 
 
-def test_a_file_with_a_problem_in_every_step_loads_quickly_and_shows_the_first_thousand() -> None:
+def test_a_file_with_a_problem_in_every_step_shows_the_first_thousand() -> None:
     # the problems used to be kept in a list searched and sorted on every add: this
-    # 600 KB file took 6 minutes to load
+    # 600 KB file took 6 minutes to load (its load time is a figure of bench/limits.py)
     text = "steps:\n" + "".join("  - {id: x, log: a}\n" for _ in range(30_000))
-    t0 = time.perf_counter()
     problems = load_text(text, "dup.yaml").problems
-    assert time.perf_counter() - t0 < 15
     assert len(problems) == limits.MAX_PROBLEMS + 1
     assert str(problems[0]) == "dup.yaml:1:1: steps: 30,000 steps, more than the limit of 10,000 per list; " \
         "split the workflow into smaller ones (a `workflow` step runs another workflow as a child)"
@@ -184,10 +183,9 @@ def test_json_size_is_the_length_of_json_dumps(value: object) -> None:
 
 def test_json_size_stops_early_and_refuses_what_json_cannot_hold() -> None:
     big = "x" * 1_000_000
-    shared = [big] * 100_000  # 100 GB of JSON made of references to one string
-    t0 = time.perf_counter()
+    shared = [big] * 100_000  # 100 GB of JSON made of references to one string: never expanded
     assert json_size(shared, limits.MAX_OUTPUT_BYTES) == limits.MAX_OUTPUT_BYTES + 1
-    assert time.perf_counter() - t0 < 0.5
+    assert json_size([big] * 4, limits.MAX_OUTPUT_BYTES) == 4 * 1_000_002 + 2 * 4  # exact under the limit
     loop: list = [1]
     loop.append(loop)
     with pytest.raises(NotJson, match="contains itself"):
@@ -356,6 +354,48 @@ async def test_an_endless_http_body_is_cut_off_at_the_limit(store, tmp_path, mon
     assert sent < 400_000  # reading stopped at the limit
 
 
+async def test_an_http_body_of_exactly_the_real_limit_is_read_and_one_byte_more_is_not(engine, tmp_path, http_server):
+    limit = limits.MAX_HTTP_RESPONSE_BYTES
+    assert limit == 4 * 1024 * 1024
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        steps:
+          - {{id: at, needs: [], http: {{url: "{http_server.url}/bytes?n={limit}"}}}}
+          - {{id: over, needs: [], retry: 2, http: {{url: "{http_server.url}/bytes?n={limit + 1}"}}}}
+    """)
+    steps = by_id(doc)
+    assert steps["at"]["status"] == "succeeded", steps["at"]["error"]
+    text = steps["at"]["output"]["text"]  # kept up to MAX_HTTP_TEXT_CHARS, with a note
+    assert text == "x" * limits.MAX_HTTP_TEXT_CHARS + f"\n[treadle: body truncated at {limits.MAX_HTTP_TEXT_CHARS} characters]"
+    assert steps["over"]["status"] == "failed" and steps["over"]["attempts"] == 1  # a 200 sends the same body again
+    assert steps["over"]["error"] == (
+        f"GET {http_server.url}/bytes?n={limit + 1} answered 200 with a body of more than 4 MiB (4,194,304 bytes), "
+        "the limit for an http step; download big files with a `run` step (e.g. curl -fsSo file URL) and pass "
+        "the file's path")
+
+
+async def test_inputs_and_outputs_of_exactly_the_real_limit_pass_and_one_byte_more_fails(engine, tmp_path):
+    limit = limits.MAX_OUTPUT_BYTES
+    assert limit == limits.MAX_INPUT_BYTES == 4 * 1024 * 1024
+    mod = write_module(tmp_path, "def text(n):\n    return 'x' * n\n")
+    overhead = len(json.dumps({"set": {"v": ""}}))  # the input of a `set` step is {"set": {...}}
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        params: {{at: {{type: string}}, over: {{type: string}}}}
+        steps:
+          - {{id: in_at, needs: [], set: {{v: "{{{{ params.at }}}}"}}}}
+          - {{id: in_over, needs: [], set: {{v: "{{{{ params.over }}}}"}}}}
+          - {{id: out_at, needs: [], python: "{mod}:text", with: {{n: {limit - 2}}}}}
+          - {{id: out_over, needs: [], python: "{mod}:text", with: {{n: {limit - 1}}}}}
+    """, params={"at": "x" * (limit - overhead), "over": "x" * (limit - overhead + 1)})
+    steps = by_id(doc)
+    assert steps["in_at"]["status"] == "succeeded", steps["in_at"]["error"]
+    assert steps["in_over"]["error"] == ("input: more than the limit of 4 MiB (4,194,304 bytes) as JSON; pass less "
+                                         "data to the step (only the fields it needs, or a file path)")
+    assert steps["out_at"]["status"] == "succeeded", steps["out_at"]["error"]  # "xxx...": 2 quotes + limit - 2
+    assert steps["out_over"]["status"] == "failed"
+    assert steps["out_over"]["error"] == ("output: more than the limit of 4 MiB (4,194,304 bytes) as JSON; "
+                                          f"{limits.OUTPUT_FIX}")
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 
@@ -378,12 +418,10 @@ def test_a_steps_log_keeps_the_limits_head_and_tail() -> None:
 
 async def test_a_run_without_timeout_stops_at_the_default_limit(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "DEFAULT_RUN_TIMEOUT", 0.3)
-    t0 = time.monotonic()
     exe, doc = await run_yaml(engine, tmp_path, """
         steps:
           - {id: nap, wait: 20s}
     """)
-    assert time.monotonic() - t0 < 5
     assert exe.status == "failed" and doc["error"] == (
         "run timed out after 0.3s, the limit for a run without `timeout`; set the workflow's `timeout` "
         "(at most 30d) if it needs longer")
@@ -398,21 +436,19 @@ async def test_the_run_timeout_counts_from_the_runs_start(engine, tmp_path):
           - {id: nap, wait: 20s}
     """, tmp_path))
     exe.started_at = time.time() - 49.7  # as a resumed run started long ago would have
-    t0 = time.monotonic()
+    # a new 50 s window would let the 20 s wait succeed (and outlast wait_for's 10 s)
     assert await asyncio.wait_for(exe.wait(), 10) == "failed"
-    assert time.monotonic() - t0 < 5 and exe.error == "run timed out after 50.0s"
+    assert exe.error == "run timed out after 50.0s"
 
 
 async def test_handlers_that_never_end_are_stopped(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "WIND_UP_TIMEOUT", 0.3)
-    t0 = time.monotonic()
     exe, doc = await run_yaml(engine, tmp_path, """
         steps:
           - {id: a, log: hi}
         finally:
           - {id: stuck, wait: 20s}
     """)
-    assert time.monotonic() - t0 < 5
     assert exe.status == "succeeded"  # handlers never change the run's result
     assert by_id(doc)["stuck"]["status"] == "cancelled"
 
@@ -452,10 +488,8 @@ def test_templates_cannot_reach_python_internals(template: str) -> None:
     "{{ (range(100000) | list | join(',') * 10) | length }}",
 ])
 def test_templates_cannot_build_huge_values_with_range_star_or_power(template: str) -> None:
-    t0 = time.perf_counter()
     with pytest.raises(TemplateFailed):
         render(template, dict(CONTEXT))
-    assert time.perf_counter() - t0 < 1
 
 
 GROWERS = [
