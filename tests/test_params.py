@@ -48,6 +48,8 @@ def test_required_param_missing() -> None:
     ("count", "5.0", 5),
     ("amount", "5", 5),
     ("amount", "2.5", 2.5),
+    ("amount", "2.0", 2.0),  # written with a point: stays a float
+    ("amount", "1e3", 1000),
     ("express", "yes", True),
     ("express", "Off", False),
     ("express", "1", True),
