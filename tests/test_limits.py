@@ -116,6 +116,18 @@ def test_handler_lists_have_the_same_limit(key: str) -> None:
     assert problem.startswith(f"wf.yaml:3:1: {key}: 10,001 steps, more than the limit of 10,000 per list")
 
 
+@pytest.mark.parametrize("at, over, problem", [
+    ("max_parallel: 1024\nsteps: [{id: a, log: x}]\n", "max_parallel: 1025\nsteps: [{id: a, log: x}]\n",
+     "wf.yaml:1:15: max_parallel: Input should be less than or equal to 1024 (got 1025)"),
+    ("steps: [{id: a, retry: {limit: 1000}, log: x}]\n", "steps: [{id: a, retry: {limit: 1001}, log: x}]\n",
+     "wf.yaml:1:32: steps[0].retry.limit: Input should be less than or equal to 1000 (got 1001)"),
+])
+def test_max_parallel_and_retries_are_limited_at_their_values(at: str, over: str, problem: str) -> None:
+    assert (limits.MAX_PARALLEL, limits.MAX_RETRIES) == (1024, 1000)
+    assert problems_of(at) == []
+    assert problems_of(over) == [problem]
+
+
 def test_a_literal_foreach_list_over_the_limit_is_reported_at_load() -> None:
     items = ", ".join(["1"] * (limits.MAX_FOREACH_ITEMS + 1))
     assert problems_of(f"steps:\n  - id: a\n    foreach: [{items}]\n    log: x\n") == [
