@@ -300,6 +300,25 @@ async def test_a_foreach_list_over_the_gathered_limit_fails(engine, tmp_path, sm
     assert [i["status"] for i in step["items"]] == ["succeeded"] * 10  # each item fitted
 
 
+@pytest.mark.parametrize("spare", [0, -1])
+async def test_a_foreach_of_set_steps_is_measured_to_the_byte(engine, tmp_path, monkeypatch, spare):
+    # a `set` step's output size is worked out from its input's (no second encoding):
+    # the gathered list must still come to exactly its JSON length
+    outputs = [{"v": f"{i}x", "n": i} for i in range(3)]
+    exact = len(json.dumps(outputs))
+    monkeypatch.setattr(limits, "MAX_GATHERED_OUTPUT_BYTES", exact + spare)
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: each, foreach: [0, 1, 2], set: {v: "{{ item }}x", n: "{{ item }}"}}
+    """)
+    step = by_id(doc)["each"]
+    if spare == 0:
+        assert step["status"] == "succeeded" and step["output"] == outputs, step["error"]
+    else:
+        assert step["status"] == "failed" and step["error"].startswith(
+            f"foreach: more than the limit of {exact - 1:,} bytes as JSON")
+
+
 async def test_run_outputs_over_the_limit_fail_the_run(engine, tmp_path, small_outputs):
     text = """
         steps:

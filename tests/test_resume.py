@@ -85,6 +85,10 @@ async def test_a_resumed_step_keeps_its_retry_budget(store, tmp_path):
           - id: s
             retry: {{limit: 2, delay: 0}}
             run: 'echo x >> {count}; if [ $(wc -l < {count}) -eq 2 ]; then sleep 30; fi; exit 1'
+          - id: after  # never started before the stop: it starts at attempt 1 with its whole budget
+            trigger_rule: all_done
+            retry: {{limit: 1, delay: 0}}
+            run: exit 1
     """, tmp_path))
     await eventually(lambda: count.exists() and len(count.read_text().split()) == 2)
     await asyncio.wait_for(engine.close(), 10)
@@ -100,4 +104,5 @@ async def test_a_resumed_step_keeps_its_retry_budget(store, tmp_path):
     doc = await recorded(later, run_id)
     attempts = [(a["attempt"], a["status"]) for a in by_id(doc)["s"]["attempt_list"]]
     assert attempts == [(1, "failed"), (2, "cancelled"), (3, "failed"), (4, "failed")]
+    assert [(a["attempt"], a["status"]) for a in by_id(doc)["after"]["attempt_list"]] == [(1, "failed"), (2, "failed")]
     assert len(count.read_text().split()) == 4
