@@ -56,13 +56,29 @@ def test_limits_mirrored_from_other_modules_agree_with_them() -> None:
     assert http_step.TEXT_LIMIT == limits.MAX_HTTP_TEXT_CHARS
 
 
-def test_the_docs_list_every_limit_with_its_value() -> None:
+MiB = 1024 * 1024
+# every limit: its value, and how docs/definitions.md#limits shows it to users
+DOCUMENTED = [
+    ("MAX_FILE_BYTES", 1_000_000, "1,000,000 bytes"), ("MAX_STEPS", 10_000, "10,000 steps"),
+    ("MAX_YAML_VALUES", 100_000, "100,000 values"), ("MAX_YAML_DEPTH", 200, "200 levels"),
+    ("MAX_PARALLEL", 1024, "1,024"), ("MAX_RETRIES", 1000, "1,000 retries"), ("MAX_PROBLEMS", 1000, "1,000 problems"),
+    ("MAX_FOREACH_ITEMS", 10_000, "10,000 items"), ("MAX_OUTPUT_BYTES", 4 * MiB, "4 MiB"),
+    ("MAX_INPUT_BYTES", 4 * MiB, "4 MiB"), ("MAX_GATHERED_OUTPUT_BYTES", 64 * MiB, "64 MiB"),
+    ("MAX_HTTP_RESPONSE_BYTES", 4 * MiB, "4 MiB"), ("MAX_HTTP_TEXT_CHARS", 1_000_000, "1,000,000"),
+    ("MAX_STDOUT_BYTES", 1_000_000, "1,000,000 bytes"), ("MAX_LOG_BYTES", 1_000_000, "1,000,000 bytes"),
+    ("LOG_TAIL_BYTES", 64_000, "64,000 bytes"), ("DEFAULT_RUN_TIMEOUT", 7 * 86400, "7 days"),
+    ("MAX_RUN_TIMEOUT", 30 * 86400, "30 days"), ("WIND_UP_TIMEOUT", 7 * 86400, "7 days"),
+    ("MAX_TEMPLATE_SIZE", 1_000_000, "1,000,000"), ("MAX_CHILD_DEPTH", 10, "10 levels"),
+    ("MAX_REQUEST_BODY_BYTES", 1 * MiB, "1 MiB"),
+]
+
+
+@pytest.mark.parametrize("name, value, shown", DOCUMENTED, ids=[d[0] for d in DOCUMENTED])
+def test_the_docs_list_every_limit_with_its_value(name: str, value: int, shown: str) -> None:
     text = (ROOT / "docs" / "definitions.md").read_text()
     section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
-    for shown in ("1,000,000 bytes", "10,000 steps", "10,000 items", "4 MiB", "64 MiB", "1 MiB",
-                  "100,000 values", "200 levels", "64,000 bytes", "7 days", "30 days", "1,024", "1,000 retries",
-                  "10 levels", "1,000 problems"):
-        assert shown in section, shown
+    assert getattr(limits, name) == value  # what users are told is what is enforced
+    assert shown in section, shown
     assert "more than the limit of" in section  # the error texts are quoted
 
 
