@@ -67,7 +67,8 @@ TARGETS = [
     Target("signing", "runner/triggers/signing.py", ("tests/test_signing.py",)),
     Target("limits", "runner/limits.py", ("tests/test_limits.py",)),
     # the engine: retries, resume and trigger rules (the rest of run.py is the scheduler's plumbing)
-    Target("run", "runner/engine/run.py", ("tests/test_retries.py", "tests/test_resume.py", "tests/test_executor.py"),
+    Target("run", "runner/engine/run.py", ("tests/test_retries.py", "tests/test_resume.py", "tests/test_executor.py",
+                                           "tests/test_circuit.py"),
            functions=("Resumed.attempt", "RunExecution._decide", "RunExecution._apply_resumed",
                       "RunExecution._attempts")),
     Target("recovery", "runner/engine/recovery.py",
@@ -319,6 +320,20 @@ def _child(tree: Path, tests: tuple[str, ...], log_path: Path) -> None:
     os._exit(int(code))
 
 
+def _stop_group(pid: int) -> None:
+    """Stop a mutant's pytest and everything it started (its own process group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        time.sleep(1)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, log_path: Path) -> tuple[str, float]:
     """('passed' | 'failed' | 'timeout', seconds)."""
     started = time.monotonic()
@@ -328,21 +343,19 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, log_path: Path
             _child(tree, tests, log_path)
         finally:
             os._exit(99)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return ("passed" if code == 0 else "failed"), time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(pid, sig)
-                except ProcessLookupError:
-                    pass
-                time.sleep(1)
-            os.waitpid(pid, 0)
-            return "timeout", time.monotonic() - started
-        time.sleep(0.05)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                return ("passed" if code == 0 else "failed"), time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                _stop_group(pid)
+                return "timeout", time.monotonic() - started
+            time.sleep(0.05)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no mutant running
+        _stop_group(pid)
+        raise
 
 
 def main() -> int:
@@ -391,6 +404,9 @@ def main() -> int:
                 print(f"{m.id:14} {m.path}:{m.line} {m.function}: {m.change}    {m.source_line}{note}")
         return 0
 
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the run cleanly:
+    # the running mutant's processes are stopped and the copy of the tree removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     for module in PRELOAD:
         try:
             __import__(module)
