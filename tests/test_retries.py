@@ -140,3 +140,23 @@ async def test_backoff_none_retries_at_once_and_fixed_repeats_the_delay(engine, 
     # `none` would wait 10 s per retry if it used the delay: the run ended, so it did not
     assert [line.rsplit(" in ", 1)[1] for line in logs["none"].splitlines() if line] == ["0ms]", "0ms]"]
     assert [line.rsplit(" in ", 1)[1] for line in logs["linear"].splitlines() if line] == ["150ms]", "300ms]"]
+
+
+# -- what each attempt leaves ------------------------------------------------------------------
+
+
+async def test_each_attempts_log_is_kept_under_its_number(engine, tmp_path):
+    counter = tmp_path / "count"
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        steps:
+          - id: s
+            retry: {{limit: 2, backoff: none}}
+            run: 'echo x >> {counter}; echo "try $(wc -l < {counter})"; exit 1'
+    """)
+    assert exe.status == "failed" and [a["attempt"] for a in by_id(doc)["s"]["attempt_list"]] == [1, 2, 3]
+    await engine.store.flush()
+    rows = await engine.store.logs(exe.id, "s")
+    said = [(r["attempt"], r["text"].strip()) for r in rows if r["stream"] == "stdout"]
+    assert said == [(1, "try 1"), (2, "try 2"), (3, "try 3")]
+    notes = [(r["attempt"], r["text"].split(":", 1)[0]) for r in rows if r["stream"] == "treadle"]
+    assert notes == [(1, "[treadle"), (2, "[treadle")]  # "attempt N failed; retry ..." under the attempt that failed
