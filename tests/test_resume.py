@@ -106,3 +106,24 @@ async def test_a_resumed_step_keeps_its_retry_budget(store, tmp_path):
     assert attempts == [(1, "failed"), (2, "cancelled"), (3, "failed"), (4, "failed")]
     assert [(a["attempt"], a["status"]) for a in by_id(doc)["after"]["attempt_list"]] == [(1, "failed"), (2, "failed")]
     assert len(count.read_text().split()) == 4
+
+
+async def test_a_run_whose_secret_is_gone_is_failed_not_resumed(store, tmp_path):
+    engine = Engine(store, definitions_dir=tmp_path, environ={"API_TOKEN": "t0k3n-value", "OTHER": "x"})
+    exe = await engine.start(definition("""
+        secrets: [API_TOKEN, OTHER]
+        steps:
+          - {id: slow, run: "sleep 30"}
+          - {id: after, log: never}
+    """, tmp_path))
+    await eventually(lambda: _running(engine, exe.id, "slow"))
+    await asyncio.wait_for(engine.close(), 10)
+    later = Engine(store, definitions_dir=tmp_path, environ={"OTHER": "x"})  # API_TOKEN not set any more
+    try:
+        assert await later.recover() == []
+    finally:
+        await later.close()
+    doc = await recorded(later, exe.id)
+    assert doc["status"] == "failed"
+    assert doc["error"] == "interrupted, and cannot resume: secret API_TOKEN not set"
+    assert doc["finished_at"] is not None
