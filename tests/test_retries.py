@@ -6,6 +6,7 @@ exception inside a step kind does. Resuming with retries: tests/test_resume.py."
 from __future__ import annotations
 
 from runner import limits
+from runner.engine.engine import Engine
 from tests.exec_support import by_id, log_text, run_yaml
 from tests.http_server import closed_port, http_server_fixture  # noqa: F401  (the `http_server` fixture)
 
@@ -160,3 +161,39 @@ async def test_each_attempts_log_is_kept_under_its_number(engine, tmp_path):
     assert said == [(1, "try 1"), (2, "try 2"), (3, "try 3")]
     notes = [(r["attempt"], r["text"].split(":", 1)[0]) for r in rows if r["stream"] == "treadle"]
     assert notes == [(1, "[treadle"), (2, "[treadle")]  # "attempt N failed; retry ..." under the attempt that failed
+
+
+async def test_each_attempt_and_item_is_told_its_number(engine, tmp_path):
+    counter = tmp_path / "count"
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        steps:
+          - id: s
+            retry: {{limit: 1, backoff: none}}
+            run: 'echo x >> {counter}; echo "attempt $TREADLE_ATTEMPT index ${{TREADLE_INDEX-none}}"; test $TREADLE_ATTEMPT = 2'
+          - id: each
+            foreach: [a, b]
+            run: 'echo "attempt $TREADLE_ATTEMPT index ${{TREADLE_INDEX-none}}"'
+    """)
+    assert exe.status == "succeeded", doc
+    assert by_id(doc)["s"]["output"] == "attempt 2 index none"  # not a foreach item: no index at all
+    assert by_id(doc)["each"]["output"] == ["attempt 1 index 0", "attempt 1 index 1"]
+
+
+async def test_the_last_words_of_an_attempt_reach_its_log(store, tmp_path):
+    # no newline at the end, and the beginning of a secret at the very end: the log
+    # holds that back (a secret may be on its way) and must keep it once the attempt ends
+    engine = Engine(store, definitions_dir=tmp_path, environ={"TOKEN": "s3cr3t-value-0123"})
+    try:
+        exe, doc = await run_yaml(engine, tmp_path, """
+            secrets: [TOKEN]
+            steps:
+              - {id: s, retry: {limit: 1, backoff: none}, run: 'printf "first line\\nlast words s3cr"; exit 1'}
+        """)
+        assert exe.status == "failed"
+        await engine.store.flush()
+        rows = await engine.store.logs(exe.id, "s")
+    finally:
+        await engine.close()
+    for attempt in (1, 2):
+        text = "".join(r["text"] for r in rows if r["stream"] == "stdout" and r["attempt"] == attempt)
+        assert text == "first line\nlast words s3cr", (attempt, text)
