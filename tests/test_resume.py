@@ -127,3 +127,35 @@ async def test_a_run_whose_secret_is_gone_is_failed_not_resumed(store, tmp_path)
     assert doc["status"] == "failed"
     assert doc["error"] == "interrupted, and cannot resume: secret API_TOKEN not set"
     assert doc["finished_at"] is not None
+
+
+async def test_a_failure_that_is_never_retried_is_not_run_again_on_resume(store, tmp_path):
+    """`a` fails for good at once (a command not found is never retried, retries or
+    not) while `b` still runs; after a restart `a` stays failed: running it again would
+    repeat whatever it did (an http call, a payment) for a failure that cannot change."""
+    d = definition("""
+        steps:
+          - {id: a, needs: [], retry: {limit: 3, delay: 0}, run: [no-such-program-treadle]}
+          - {id: b, needs: [], run: 'if [ ! -f go ]; then sleep 30; fi'}
+          - {id: c, needs: [a, b], trigger_rule: all_done, log: done}
+    """, tmp_path)
+    engine = Engine(store, definitions_dir=tmp_path)
+    exe = await engine.start(d)
+
+    async def a_failed() -> bool:
+        await engine.store.flush()
+        return any(r["step_id"] == "a" and r["status"] == "failed" for r in await engine.store.step_attempts(exe.id))
+    await eventually(a_failed)
+    await eventually(lambda: _running(engine, exe.id, "b"))
+    await asyncio.wait_for(engine.close(), 10)
+    (tmp_path / "go").write_text("")
+    later = Engine(store, definitions_dir=tmp_path)
+    try:
+        [resumed] = await later.recover()
+        assert await asyncio.wait_for(resumed.wait(), 20) == "failed"
+    finally:
+        await later.close()
+    doc = await recorded(later, exe.id)
+    steps = by_id(doc)
+    assert [(a["attempt"], a["status"]) for a in steps["a"]["attempt_list"]] == [(1, "failed")]
+    assert steps["b"]["status"] == "succeeded" and steps["c"]["status"] == "succeeded"
