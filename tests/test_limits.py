@@ -85,6 +85,8 @@ def test_the_docs_list_every_limit_with_its_value(name: str, value: int, shown: 
 def test_sizes_and_durations_read_well_in_messages() -> None:
     assert limits.size_text(4 * 1024 * 1024) == "4 MiB (4,194,304 bytes)"
     assert limits.size_text(1_000_000) == "1,000,000 bytes"
+    assert limits.size_text(4 * 1024 * 1024 + 1) == "4,194,305 bytes"  # MiB only when exact
+    assert limits.size_text(0) == "0 bytes" and limits.size_text(1024 * 1024) == "1 MiB (1,048,576 bytes)"
     assert [limits.duration_text(s) for s in (7 * 86400, 30 * 86400, 5400, 90061, 0.5, float("inf"))] == [
         "7d", "30d", "1h30m", "1d1h1m1s", "0.5s", "forever"]
 
