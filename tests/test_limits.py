@@ -87,6 +87,9 @@ def test_sizes_and_durations_read_well_in_messages() -> None:
     assert limits.size_text(1_000_000) == "1,000,000 bytes"
     assert limits.size_text(4 * 1024 * 1024 + 1) == "4,194,305 bytes"  # MiB only when exact
     assert limits.size_text(0) == "0 bytes" and limits.size_text(1024 * 1024) == "1 MiB (1,048,576 bytes)"
+    # past 1e15 s (and for inf/nan) no days-hours-minutes: the number as it is
+    assert [limits.duration_text(s) for s in (1e15, 1e15 - 1, 0, 59.6, 2 * 86400 + 1)] == [
+        "1e+15s", "11574074074d1h46m39s", "0s", "1m", "2d1s"]
     assert [limits.duration_text(s) for s in (7 * 86400, 30 * 86400, 5400, 90061, 0.5, float("inf"))] == [
         "7d", "30d", "1h30m", "1d1h1m1s", "0.5s", "forever"]
 
