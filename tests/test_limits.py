@@ -216,6 +216,8 @@ def test_json_size_is_the_length_of_json_dumps(value: object) -> None:
 
 def test_json_size_stops_early_and_refuses_what_json_cannot_hold() -> None:
     big = "x" * 1_000_000
+    # a text far over the limit, or one whose every character takes 6 (\u0001): limit + 1, not its size
+    assert json_size("x" * 100, 50) == 51 and json_size("\x01" * 10, 58) == 59 and json_size("\x01" * 10, 62) == 62
     shared = [big] * 100_000  # 100 GB of JSON made of references to one string: never expanded
     assert json_size(shared, limits.MAX_OUTPUT_BYTES) == limits.MAX_OUTPUT_BYTES + 1
     assert json_size([big] * 4, limits.MAX_OUTPUT_BYTES) == 4 * 1_000_002 + 2 * 4  # exact under the limit
