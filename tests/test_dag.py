@@ -188,3 +188,11 @@ def test_broken_links_are_reported(links: list, expected: str) -> None:
 def test_without_a_sink_a_bad_graph_is_just_none() -> None:
     assert build_dag([("a", ["b"]), ("b", ["a"])]) is None
     assert build_dag([("a", None)]) is not None
+
+
+def test_without_a_source_problems_are_placed_at_line_1_column_1() -> None:
+    # build_dag on plain (id, needs) pairs (no YAML behind them) still reports, at 1:1
+    sink = Sink()
+    assert build_dag([("a", ["b"]), ("b", None)], problems=sink) is None
+    assert sink.items == [(1, 1, "steps[0].needs: cycle: a -> b -> a (each step waits for the one before it); "
+                                 "remove 'b' from its needs")]
