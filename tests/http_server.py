@@ -7,6 +7,7 @@ Routes (every request is counted in `server.hits[path]` and kept in `server.requ
     /slow?s=SECONDS       sleeps, then 200 "late"
     /json                 200 {"status": "ok", "items": [1, 2, 3]}
     /echo                 200 JSON: method, path, query, headers, body (text)
+    /bytes?n=N            200 text/plain body of exactly N bytes ("x" repeated)
     anything else         404
 
 Use the `http_server` fixture (import `http_server_fixture` into a test module) and `closed_port()`
@@ -68,6 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, {"status": "ok", "items": [1, 2, 3]})
         elif parts[0] == "echo":
             self._answer(200, seen)
+        elif parts[0] == "bytes":
+            self._answer(200, "x" * int(query.get("n", "0")), "text/plain")
         else:
             self._answer(404, "no such route", "text/plain")
 

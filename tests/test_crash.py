@@ -26,7 +26,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice(tmp_path:
     print(report.summary())
     print("kill points (s after ready):", report.kills)
     assert report.runs >= KILLS  # one run started per server start
-    assert report.reexecuted_unfinished >= 0 and report.executions >= report.runs * 8
+    assert report.executions >= report.runs * 8
     assert not report.problems, f"replay with TREADLE_CRASH_SEED={seed}: {report.problems[:10]}"
 
 
@@ -90,11 +90,11 @@ def test_a_second_signal_stops_at_once_and_the_step_is_recorded_as_interrupted(t
     run_id = httpx.post(f"{server.base}/api/workflows/g/runs", json={"params": {"seconds": 60}}).json()["run_id"]
     _wait_running(server.base, run_id)
     assert server.proc is not None
-    started = time.monotonic()
     server.proc.terminate()
     time.sleep(0.5)
     server.proc.terminate()  # do not wait out the grace period
-    server.proc.wait(20)
-    assert time.monotonic() - started < 15
+    # no time is asserted: had the server waited out its 60 s grace, the 60 s step would
+    # have ended `succeeded` (and this wait would give up first)
+    server.proc.wait(45)
     [(attempt, status, error)] = _steps(db_url, run_id)["slow"]
     assert status == "cancelled" and error.startswith("interrupted")

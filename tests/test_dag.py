@@ -57,6 +57,61 @@ def test_diamond() -> None:
     assert dag.descendants("end") == set()
 
 
+def test_parallel_branches_do_not_run_before_each_other() -> None:
+    # b and c both need only a: neither waits for the other, whatever the file order
+    dag = dag_of([("a", None), ("b", ["a"]), ("c", ["a"]), ("d", ["c"])])
+    assert not dag.runs_before("b", "c") and not dag.runs_before("c", "b")
+    assert not dag.runs_before("b", "d")  # placed before d, but d only waits for c and a
+    assert dag.runs_before("a", "d") and dag.runs_before("c", "d")
+    assert not dag.runs_before("a", "a")
+    # a bool, as documented (not merely something falsy), both when the order rules it
+    # out at once and when the search back finds nothing
+    assert dag.runs_before("d", "a") is False and dag.runs_before("b", "c") is False
+    assert dag.runs_before("a", "d") is True
+
+
+class _CountingDict(dict):
+    """A real dict that counts its lookups (how much of the graph a search visits)."""
+
+    lookups = 0
+
+    def __getitem__(self, key):
+        self.lookups += 1
+        return super().__getitem__(key)
+
+
+def test_runs_before_visits_each_step_at_most_once() -> None:
+    # a ladder of 20 diamonds has 2**20 paths from its top to its bottom: a search
+    # that looked at a step once per path (no `seen`) would take a million lookups
+    links: list[tuple[str, list[str] | None]] = [("lone", []), ("s0", [])]
+    for i in range(20):
+        links += [(f"l{i}", [f"s{i}"]), (f"r{i}", [f"s{i}"]), (f"s{i + 1}", [f"l{i}", f"r{i}"])]
+    dag = dag_of(links)
+    dag.deps = counting = _CountingDict(dag.deps)
+    assert dag.runs_before("lone", "s20") is False  # placed first, but nothing waits for it
+    assert counting.lookups <= len(links)
+    counting.lookups = 0
+    assert dag.runs_before("s0", "s20") is True
+    assert counting.lookups <= len(links)
+
+
+def test_a_template_reading_a_parallel_branch_is_reported() -> None:
+    problems = [str(p) for p in load_text(textwrap.dedent("""
+        steps:
+          - {id: a, log: x}
+          - {id: b, needs: [a], set: {v: 1}}
+          - {id: c, needs: [a], log: "{{ steps.b.output }}"}
+    """), "wf.yaml").problems]
+    assert len(problems) == 1 and "which does not run before 'c'; add 'b' to its needs" in problems[0], problems
+    fixed = load_text(textwrap.dedent("""
+        steps:
+          - {id: a, log: x}
+          - {id: b, needs: [a], set: {v: 1}}
+          - {id: c, needs: [a, b], log: "{{ steps.b.output }}"}
+    """), "wf.yaml")
+    assert fixed.problems == []
+
+
 def test_ready_steps_follow_what_has_finished() -> None:
     dag = dag_of([("start", None), ("left", ["start"]), ("right", ["start"]), ("end", ["left", "right"]),
                   ("other", [])])
@@ -133,3 +188,11 @@ def test_broken_links_are_reported(links: list, expected: str) -> None:
 def test_without_a_sink_a_bad_graph_is_just_none() -> None:
     assert build_dag([("a", ["b"]), ("b", ["a"])]) is None
     assert build_dag([("a", None)]) is not None
+
+
+def test_without_a_source_problems_are_placed_at_line_1_column_1() -> None:
+    # build_dag on plain (id, needs) pairs (no YAML behind them) still reports, at 1:1
+    sink = Sink()
+    assert build_dag([("a", ["b"]), ("b", None)], problems=sink) is None
+    assert sink.items == [(1, 1, "steps[0].needs: cycle: a -> b -> a (each step waits for the one before it); "
+                                 "remove 'b' from its needs")]

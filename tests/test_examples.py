@@ -136,7 +136,7 @@ def check_local_http(doc: dict[str, Any], cli: Cli) -> None:
 def check_error_handling(doc: dict[str, Any], cli: Cli) -> None:
     slow = step(doc, "slow_export")
     assert slow["error"].startswith("timed out after 1.0s")
-    assert slow["duration_ms"] < 10_000, "the timeout stopped `sleep 30`"
+    assert slow["status"] == "failed" and slow["exit_code"] is None  # stopped by the timeout, not ended by itself
     assert step(doc, "publish")["output"] == "published 3 rows; export was failed"
 
 

@@ -44,7 +44,10 @@ async def test_needs_orders_steps_and_empty_needs_makes_a_root(engine, tmp_path)
     exe, doc = await run_yaml(engine, tmp_path, f"""
         steps:
           - {{id: last, needs: [slow, fast], run: "echo last >> {trace}"}}
-          - {{id: slow, needs: [], run: "sleep 0.2; echo slow >> {trace}"}}
+          - id: slow  # waits for `fast` (a root running beside it), not for a time
+            needs: []
+            timeout: 10s
+            run: "until grep -q fast {trace} 2>/dev/null; do sleep 0.01; done; echo slow >> {trace}"
           - {{id: fast, needs: [], run: "echo fast >> {trace}"}}
     """)
     assert exe.status == "succeeded"

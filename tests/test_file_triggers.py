@@ -1,4 +1,8 @@
-"""File triggers against real folders, real watchfiles and a real SQLite database."""
+"""File triggers against real folders, real watchfiles and a real SQLite database.
+
+The launcher is a stand-in (FakeLauncher) that records each `fire`: what is tested
+is which files fire, when and with what, not the runs they start (tests/test_launcher.py).
+"Nothing more fires" is checked with a fence (see `settled`), not by waiting a while."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from runner.triggers.trigger_state import TriggerState
 
 from .conftest import definition
 
-QUIET = 0.9  # longer than event latency (debounce 0.4 s) + settle (0.3 s): nothing more can come
+FENCE = "zz-fence"
+_fences = iter(range(1, 10**6))
 
 
 class FakeLauncher:
@@ -42,10 +47,26 @@ class FakeLauncher:
         return [c["ref"] for c in self.calls if workflow in (None, c["workflow"])]
 
 
-def wf(tmp_path: Path, path: str, name: str = "wf", params: str = "") -> Definition:
+async def settled(triggers: FileTriggers, launcher: FakeLauncher, folder: Path, suffix: str = ".csv") -> None:
+    """Return once every change made before the call has been looked at and has fired
+    or not: a fence file written now (after them, so its events come after theirs)
+    fires, then no file is settling any more. The fence's own calls are dropped."""
+    name = f"{FENCE}-{next(_fences)}{suffix}"
+    (folder / name).write_text("fence")
+    await until(lambda: any(c["ref"].endswith(name) for c in launcher.calls))
+    await until(lambda: not triggers._pending and not triggers._tasks - _long_lived(triggers))
+    launcher.calls[:] = [c for c in launcher.calls if FENCE not in c["ref"]]
+
+
+def _long_lived(triggers: FileTriggers) -> set:
+    """The watch and the rescan loop: always there while the triggers run."""
+    return {t for t in triggers._tasks if not t.get_name().startswith("treadle-files-scan")}
+
+
+def wf(tmp_path: Path, path: str, name: str = "wf", params: str = "", settle: str = "0.3s") -> Definition:
     return definition(f"""
         triggers:
-          file: {{path: "{path}", settle: 0.3s{params}}}
+          file: {{path: "{path}", settle: {settle}{params}}}
         steps:
           - {{id: hello, log: hi}}
         """, tmp_path, name)
@@ -81,7 +102,7 @@ async def start(store: Store):
 async def test_dropped_file_fires_once_with_its_context(tmp_path: Path, start, store: Store):
     (tmp_path / "inbox").mkdir()
     params = ', params: {src: "{{ file.path }}"}'
-    _, launcher = await start([wf(tmp_path, "inbox/*.csv", params=params)])
+    triggers, launcher = await start([wf(tmp_path, "inbox/*.csv", params=params)])
     target = tmp_path / "inbox" / "orders.csv"
     target.write_text("id,qty\n1,2\n")
     await until(lambda: launcher.calls)
@@ -95,16 +116,18 @@ async def test_dropped_file_fires_once_with_its_context(tmp_path: Path, start, s
     assert call["default"] == {"path": absolute}
     st = target.stat()
     assert await TriggerState(store).mark("wf", "file:inbox/orders.csv") == f"{st.st_size}:{st.st_mtime_ns}"
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, tmp_path / "inbox")
     assert len(launcher.calls) == 1
 
 
 async def test_a_file_written_slowly_fires_once_after_the_last_write(tmp_path: Path, start):
     (tmp_path / "inbox").mkdir()
-    _, launcher = await start([wf(tmp_path, "inbox/*.csv")])
+    # settle 2 s against pauses of 0.05 s between writes: a loaded machine would have to
+    # stall one pause 40 times over for the file to look finished while still written
+    triggers, launcher = await start([wf(tmp_path, "inbox/*.csv", settle="2s")])
     loop = asyncio.get_running_loop()
     with open(tmp_path / "inbox" / "big.csv", "w") as out:
-        for _ in range(16):  # 0.8 s of writing, pauses far shorter than settle (0.3 s)
+        for _ in range(16):  # 0.8 s of writing, pauses far shorter than settle
             out.write("x" * 1000 + "\n")
             out.flush()
             await asyncio.sleep(0.05)
@@ -113,7 +136,7 @@ async def test_a_file_written_slowly_fires_once_after_the_last_write(tmp_path: P
     await until(lambda: launcher.calls)
     assert launcher.calls[0]["at"] > last_write
     assert launcher.calls[0]["context"]["file"]["size"] == 16 * 1001
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, tmp_path / "inbox")
     assert len(launcher.calls) == 1
 
 
@@ -121,7 +144,7 @@ async def test_a_changed_file_fires_again_an_unchanged_one_never(tmp_path: Path,
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     # rescans every 0.3 s: they must not fire anything already seen either
-    _, launcher = await start([wf(tmp_path, "inbox/*.csv")], poll_interval=0.3)
+    triggers, launcher = await start([wf(tmp_path, "inbox/*.csv")], poll_interval=0.3)
     (inbox / "a.csv").write_text("1\n")
     (inbox / "b.csv").write_text("1\n")
     await until(lambda: len(launcher.calls) == 2)
@@ -130,7 +153,9 @@ async def test_a_changed_file_fires_again_an_unchanged_one_never(tmp_path: Path,
     await until(lambda: len(launcher.calls) == 3)
     assert launcher.calls[2]["ref"] == "inbox/a.csv"
     assert launcher.calls[2]["context"]["file"]["size"] == 4
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, inbox)
+    triggers.rescan()  # one more full look at the folder, whenever the periodic one comes
+    await settled(triggers, launcher, inbox)
     assert sorted(launcher.refs()) == ["inbox/a.csv", "inbox/a.csv", "inbox/b.csv"]
 
 
@@ -140,7 +165,7 @@ async def test_non_matching_hidden_and_temporary_files_never_fire(tmp_path: Path
     broken = load_text("triggers: {file: {path: 'inbox/*'}}\nsteps: []\n", "broken.yaml",
                        name="broken", base_dir=tmp_path)
     assert not broken.valid
-    _, launcher = await start([wf(tmp_path, "inbox/*.csv", "csv"), wf(tmp_path, "inbox/*", "all"),
+    triggers, launcher = await start([wf(tmp_path, "inbox/*.csv", "csv"), wf(tmp_path, "inbox/*", "all"),
                                broken])
     (inbox / "notes.txt").write_text("x")
     (inbox / "a.csv.bak").write_text("x")
@@ -149,7 +174,7 @@ async def test_non_matching_hidden_and_temporary_files_never_fire(tmp_path: Path
     (inbox / "folder.csv").mkdir()
     (inbox / "good.csv").write_text("x")
     await until(lambda: len(launcher.calls) == 4)
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, inbox)
     assert sorted(launcher.refs("csv")) == ["inbox/good.csv"]
     assert sorted(launcher.refs("all")) == ["inbox/a.csv.bak", "inbox/good.csv", "inbox/notes.txt"]
     assert not launcher.refs("broken")
@@ -159,7 +184,7 @@ async def test_double_star_matches_nested_folders(tmp_path: Path, start):
     data = tmp_path / "data"
     (data / "a" / "b" / "c").mkdir(parents=True)
     (data / ".git").mkdir()
-    _, launcher = await start([wf(tmp_path, "data/**/*.csv")])
+    triggers, launcher = await start([wf(tmp_path, "data/**/*.csv")])
     (data / "top.csv").write_text("x")
     (data / "a" / "b" / "c" / "deep.csv").write_text("x")
     (data / "a" / "note.txt").write_text("x")
@@ -169,7 +194,7 @@ async def test_double_star_matches_nested_folders(tmp_path: Path, start):
     (tmp_path / "staging" / "batch" / "moved.csv").write_text("x")
     os.rename(tmp_path / "staging" / "batch", data / "a" / "batch")
     await until(lambda: len(launcher.calls) == 3)
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, data)
     assert sorted(launcher.refs()) == ["data/a/b/c/deep.csv", "data/a/batch/moved.csv",
                                        "data/top.csv"]
 
@@ -187,7 +212,7 @@ async def test_files_there_at_start_fire_once_across_restarts(tmp_path: Path, st
     async with Store(db_url) as store:  # a new process: new connections, nothing in memory
         second, again = await start(definitions, state=TriggerState(store))
         await until(lambda: again.calls)
-        await asyncio.sleep(QUIET)
+        await settled(second, again, inbox)
         await second.stop()
     assert again.refs() == ["inbox/while_down.csv"]
 
@@ -218,7 +243,7 @@ async def test_a_new_pattern_on_refresh_picks_up_files_already_there(tmp_path: P
     (inbox / "a.txt").write_text("x")
     definitions = [wf(tmp_path, "inbox/*.csv")]
     triggers, launcher = await start(definitions)
-    await asyncio.sleep(QUIET)
+    await settled(triggers, launcher, inbox)  # a.txt was there at start; the first scan is done
     assert not launcher.calls
     definitions[:] = [wf(tmp_path, "inbox/*.txt")]
     triggers.refresh()

@@ -45,6 +45,25 @@ async def until(check, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def quiet(engine: Engine, launcher: Launcher, timeout: float = 30.0) -> None:
+    """Wait until nothing is left to happen: every run has ended, every end has been
+    announced, and every follow-up of the launcher (its queue, the chains) has run.
+    Runs that keep starting each other (a chain with no end) fail the test."""
+    async def settle() -> None:
+        while True:
+            if engine.runs:
+                await asyncio.gather(*(exe.wait() for exe in list(engine.runs.values())))
+            await engine.announced()
+            if launcher._tasks:
+                await asyncio.wait(set(launcher._tasks))
+            if not engine.runs and not engine._ending and not launcher._tasks:
+                return
+    try:
+        await asyncio.wait_for(settle(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"runs still starting after {timeout:g} s") from None
+
+
 async def statuses(store: Store, workflow: str) -> list[str]:
     rows, _ = await store.list_runs(workflow=workflow, limit=1000)
     return [r["status"] for r in sorted(rows, key=lambda r: r["created_at"])]
@@ -170,7 +189,7 @@ async def test_paused_workflow_keeps_trigger_runs_queued_until_resumed(engine: E
     queued = await launcher.launch(wf, {}, trigger="event")
     await state.set_paused("pq", True)
     await until(lambda: _finished(store, first.run_id))
-    await asyncio.sleep(0.2)
+    await quiet(engine, launcher)  # the end of `first` was followed up: its slot is free
     assert (await store.get_run(queued.run_id))["status"] == "queued"
     await state.set_paused("pq", False)
     assert await launcher.release("pq") == [queued.run_id]
@@ -241,7 +260,7 @@ async def test_a_ring_of_after_triggers_stops(engine: Engine, store: Store, stat
         await store.flush()
         return (await store.list_runs())[1] >= MAX_CHAIN + 1
     await until(reached_the_guard, timeout=60)
-    await asyncio.sleep(1.0)  # time for one more link, if the guard let it through
+    await quiet(engine, launcher)  # one more link, if the guard let it through, has started
     await launcher.close()
     await store.flush()
     assert (await store.list_runs())[1] == MAX_CHAIN + 1

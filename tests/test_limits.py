@@ -33,6 +33,7 @@ from runner.steps import shell
 from runner.templates import TemplateFailed, render
 from tests.conftest import definition
 from tests.exec_support import by_id, recorded, run_yaml, write_module
+from tests.http_server import http_server_fixture  # noqa: F401  (the `http_server` fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,19 +57,40 @@ def test_limits_mirrored_from_other_modules_agree_with_them() -> None:
     assert http_step.TEXT_LIMIT == limits.MAX_HTTP_TEXT_CHARS
 
 
-def test_the_docs_list_every_limit_with_its_value() -> None:
+MiB = 1024 * 1024
+# every limit: its value, and how docs/definitions.md#limits shows it to users
+DOCUMENTED = [
+    ("MAX_FILE_BYTES", 1_000_000, "1,000,000 bytes"), ("MAX_STEPS", 10_000, "10,000 steps"),
+    ("MAX_YAML_VALUES", 100_000, "100,000 values"), ("MAX_YAML_DEPTH", 200, "200 levels"),
+    ("MAX_PARALLEL", 1024, "1,024"), ("MAX_RETRIES", 1000, "1,000 retries"), ("MAX_PROBLEMS", 1000, "1,000 problems"),
+    ("MAX_FOREACH_ITEMS", 10_000, "10,000 items"), ("MAX_OUTPUT_BYTES", 4 * MiB, "4 MiB"),
+    ("MAX_INPUT_BYTES", 4 * MiB, "4 MiB"), ("MAX_GATHERED_OUTPUT_BYTES", 64 * MiB, "64 MiB"),
+    ("MAX_HTTP_RESPONSE_BYTES", 4 * MiB, "4 MiB"), ("MAX_HTTP_TEXT_CHARS", 1_000_000, "1,000,000"),
+    ("MAX_STDOUT_BYTES", 1_000_000, "1,000,000 bytes"), ("MAX_LOG_BYTES", 1_000_000, "1,000,000 bytes"),
+    ("LOG_TAIL_BYTES", 64_000, "64,000 bytes"), ("DEFAULT_RUN_TIMEOUT", 7 * 86400, "7 days"),
+    ("MAX_RUN_TIMEOUT", 30 * 86400, "30 days"), ("WIND_UP_TIMEOUT", 7 * 86400, "7 days"),
+    ("MAX_TEMPLATE_SIZE", 1_000_000, "1,000,000"), ("MAX_CHILD_DEPTH", 10, "10 levels"),
+    ("MAX_REQUEST_BODY_BYTES", 1 * MiB, "1 MiB"),
+]
+
+
+@pytest.mark.parametrize("name, value, shown", DOCUMENTED, ids=[d[0] for d in DOCUMENTED])
+def test_the_docs_list_every_limit_with_its_value(name: str, value: int, shown: str) -> None:
     text = (ROOT / "docs" / "definitions.md").read_text()
     section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
-    for shown in ("1,000,000 bytes", "10,000 steps", "10,000 items", "4 MiB", "64 MiB", "1 MiB",
-                  "100,000 values", "200 levels", "64,000 bytes", "7 days", "30 days", "1,024", "1,000 retries",
-                  "10 levels", "1,000 problems"):
-        assert shown in section, shown
+    assert getattr(limits, name) == value  # what users are told is what is enforced
+    assert shown in section, shown
     assert "more than the limit of" in section  # the error texts are quoted
 
 
 def test_sizes_and_durations_read_well_in_messages() -> None:
     assert limits.size_text(4 * 1024 * 1024) == "4 MiB (4,194,304 bytes)"
     assert limits.size_text(1_000_000) == "1,000,000 bytes"
+    assert limits.size_text(4 * 1024 * 1024 + 1) == "4,194,305 bytes"  # MiB only when exact
+    assert limits.size_text(0) == "0 bytes" and limits.size_text(1024 * 1024) == "1 MiB (1,048,576 bytes)"
+    # past 1e15 s (and for inf/nan) no days-hours-minutes: the number as it is
+    assert [limits.duration_text(s) for s in (1e15, 1e15 - 1, 0, 59.6, 2 * 86400 + 1)] == [
+        "1e+15s", "11574074074d1h46m39s", "0s", "1m", "2d1s"]
     assert [limits.duration_text(s) for s in (7 * 86400, 30 * 86400, 5400, 90061, 0.5, float("inf"))] == [
         "7d", "30d", "1h30m", "1d1h1m1s", "0.5s", "forever"]
 
@@ -116,6 +138,18 @@ def test_handler_lists_have_the_same_limit(key: str) -> None:
     assert problem.startswith(f"wf.yaml:3:1: {key}: 10,001 steps, more than the limit of 10,000 per list")
 
 
+@pytest.mark.parametrize("at, over, problem", [
+    ("max_parallel: 1024\nsteps: [{id: a, log: x}]\n", "max_parallel: 1025\nsteps: [{id: a, log: x}]\n",
+     "wf.yaml:1:15: max_parallel: Input should be less than or equal to 1024 (got 1025)"),
+    ("steps: [{id: a, retry: {limit: 1000}, log: x}]\n", "steps: [{id: a, retry: {limit: 1001}, log: x}]\n",
+     "wf.yaml:1:32: steps[0].retry.limit: Input should be less than or equal to 1000 (got 1001)"),
+])
+def test_max_parallel_and_retries_are_limited_at_their_values(at: str, over: str, problem: str) -> None:
+    assert (limits.MAX_PARALLEL, limits.MAX_RETRIES) == (1024, 1000)
+    assert problems_of(at) == []
+    assert problems_of(over) == [problem]
+
+
 def test_a_literal_foreach_list_over_the_limit_is_reported_at_load() -> None:
     items = ", ".join(["1"] * (limits.MAX_FOREACH_ITEMS + 1))
     assert problems_of(f"steps:\n  - id: a\n    foreach: [{items}]\n    log: x\n") == [
@@ -144,13 +178,11 @@ def test_run_timeout_over_the_limit_and_waits_longer_than_a_run_are_reported() -
     assert problems_of("steps: [{id: a, log: x}]\nfinally: [{id: c, wait: 8d}]\n") == []
 
 
-def test_a_file_with_a_problem_in_every_step_loads_quickly_and_shows_the_first_thousand() -> None:
+def test_a_file_with_a_problem_in_every_step_shows_the_first_thousand() -> None:
     # the problems used to be kept in a list searched and sorted on every add: this
-    # 600 KB file took 6 minutes to load
+    # 600 KB file took 6 minutes to load (its load time is a figure of bench/limits.py)
     text = "steps:\n" + "".join("  - {id: x, log: a}\n" for _ in range(30_000))
-    t0 = time.perf_counter()
     problems = load_text(text, "dup.yaml").problems
-    assert time.perf_counter() - t0 < 15
     assert len(problems) == limits.MAX_PROBLEMS + 1
     assert str(problems[0]) == "dup.yaml:1:1: steps: 30,000 steps, more than the limit of 10,000 per list; " \
         "split the workflow into smaller ones (a `workflow` step runs another workflow as a child)"
@@ -185,10 +217,11 @@ def test_json_size_is_the_length_of_json_dumps(value: object) -> None:
 
 def test_json_size_stops_early_and_refuses_what_json_cannot_hold() -> None:
     big = "x" * 1_000_000
-    shared = [big] * 100_000  # 100 GB of JSON made of references to one string
-    t0 = time.perf_counter()
+    # a text far over the limit, or one whose every character takes 6 (\u0001): limit + 1, not its size
+    assert json_size("x" * 100, 50) == 51 and json_size("\x01" * 10, 58) == 59 and json_size("\x01" * 10, 62) == 62
+    shared = [big] * 100_000  # 100 GB of JSON made of references to one string: never expanded
     assert json_size(shared, limits.MAX_OUTPUT_BYTES) == limits.MAX_OUTPUT_BYTES + 1
-    assert time.perf_counter() - t0 < 0.5
+    assert json_size([big] * 4, limits.MAX_OUTPUT_BYTES) == 4 * 1_000_002 + 2 * 4  # exact under the limit
     loop: list = [1]
     loop.append(loop)
     with pytest.raises(NotJson, match="contains itself"):
@@ -291,6 +324,25 @@ async def test_a_foreach_list_over_the_gathered_limit_fails(engine, tmp_path, sm
     assert [i["status"] for i in step["items"]] == ["succeeded"] * 10  # each item fitted
 
 
+@pytest.mark.parametrize("spare", [0, -1])
+async def test_a_foreach_of_set_steps_is_measured_to_the_byte(engine, tmp_path, monkeypatch, spare):
+    # a `set` step's output size is worked out from its input's (no second encoding):
+    # the gathered list must still come to exactly its JSON length
+    outputs = [{"v": f"{i}x", "n": i} for i in range(3)]
+    exact = len(json.dumps(outputs))
+    monkeypatch.setattr(limits, "MAX_GATHERED_OUTPUT_BYTES", exact + spare)
+    exe, doc = await run_yaml(engine, tmp_path, """
+        steps:
+          - {id: each, foreach: [0, 1, 2], set: {v: "{{ item }}x", n: "{{ item }}"}}
+    """)
+    step = by_id(doc)["each"]
+    if spare == 0:
+        assert step["status"] == "succeeded" and step["output"] == outputs, step["error"]
+    else:
+        assert step["status"] == "failed" and step["error"].startswith(
+            f"foreach: more than the limit of {exact - 1:,} bytes as JSON")
+
+
 async def test_run_outputs_over_the_limit_fail_the_run(engine, tmp_path, small_outputs):
     text = """
         steps:
@@ -357,6 +409,48 @@ async def test_an_endless_http_body_is_cut_off_at_the_limit(store, tmp_path, mon
     assert sent < 400_000  # reading stopped at the limit
 
 
+async def test_an_http_body_of_exactly_the_real_limit_is_read_and_one_byte_more_is_not(engine, tmp_path, http_server):
+    limit = limits.MAX_HTTP_RESPONSE_BYTES
+    assert limit == 4 * 1024 * 1024
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        steps:
+          - {{id: at, needs: [], http: {{url: "{http_server.url}/bytes?n={limit}"}}}}
+          - {{id: over, needs: [], retry: 2, http: {{url: "{http_server.url}/bytes?n={limit + 1}"}}}}
+    """)
+    steps = by_id(doc)
+    assert steps["at"]["status"] == "succeeded", steps["at"]["error"]
+    text = steps["at"]["output"]["text"]  # kept up to MAX_HTTP_TEXT_CHARS, with a note
+    assert text == "x" * limits.MAX_HTTP_TEXT_CHARS + f"\n[treadle: body truncated at {limits.MAX_HTTP_TEXT_CHARS} characters]"
+    assert steps["over"]["status"] == "failed" and steps["over"]["attempts"] == 1  # a 200 sends the same body again
+    assert steps["over"]["error"] == (
+        f"GET {http_server.url}/bytes?n={limit + 1} answered 200 with a body of more than 4 MiB (4,194,304 bytes), "
+        "the limit for an http step; download big files with a `run` step (e.g. curl -fsSo file URL) and pass "
+        "the file's path")
+
+
+async def test_inputs_and_outputs_of_exactly_the_real_limit_pass_and_one_byte_more_fails(engine, tmp_path):
+    limit = limits.MAX_OUTPUT_BYTES
+    assert limit == limits.MAX_INPUT_BYTES == 4 * 1024 * 1024
+    mod = write_module(tmp_path, "def text(n):\n    return 'x' * n\n")
+    overhead = len(json.dumps({"set": {"v": ""}}))  # the input of a `set` step is {"set": {...}}
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        params: {{at: {{type: string}}, over: {{type: string}}}}
+        steps:
+          - {{id: in_at, needs: [], set: {{v: "{{{{ params.at }}}}"}}}}
+          - {{id: in_over, needs: [], set: {{v: "{{{{ params.over }}}}"}}}}
+          - {{id: out_at, needs: [], python: "{mod}:text", with: {{n: {limit - 2}}}}}
+          - {{id: out_over, needs: [], python: "{mod}:text", with: {{n: {limit - 1}}}}}
+    """, params={"at": "x" * (limit - overhead), "over": "x" * (limit - overhead + 1)})
+    steps = by_id(doc)
+    assert steps["in_at"]["status"] == "succeeded", steps["in_at"]["error"]
+    assert steps["in_over"]["error"] == ("input: more than the limit of 4 MiB (4,194,304 bytes) as JSON; pass less "
+                                         "data to the step (only the fields it needs, or a file path)")
+    assert steps["out_at"]["status"] == "succeeded", steps["out_at"]["error"]  # "xxx...": 2 quotes + limit - 2
+    assert steps["out_over"]["status"] == "failed"
+    assert steps["out_over"]["error"] == ("output: more than the limit of 4 MiB (4,194,304 bytes) as JSON; "
+                                          f"{limits.OUTPUT_FIX}")
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 
@@ -379,12 +473,10 @@ def test_a_steps_log_keeps_the_limits_head_and_tail() -> None:
 
 async def test_a_run_without_timeout_stops_at_the_default_limit(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "DEFAULT_RUN_TIMEOUT", 0.3)
-    t0 = time.monotonic()
     exe, doc = await run_yaml(engine, tmp_path, """
         steps:
           - {id: nap, wait: 20s}
     """)
-    assert time.monotonic() - t0 < 5
     assert exe.status == "failed" and doc["error"] == (
         "run timed out after 0.3s, the limit for a run without `timeout`; set the workflow's `timeout` "
         "(at most 30d) if it needs longer")
@@ -399,21 +491,19 @@ async def test_the_run_timeout_counts_from_the_runs_start(engine, tmp_path):
           - {id: nap, wait: 20s}
     """, tmp_path))
     exe.started_at = time.time() - 49.7  # as a resumed run started long ago would have
-    t0 = time.monotonic()
+    # a new 50 s window would let the 20 s wait succeed (and outlast wait_for's 10 s)
     assert await asyncio.wait_for(exe.wait(), 10) == "failed"
-    assert time.monotonic() - t0 < 5 and exe.error == "run timed out after 50.0s"
+    assert exe.error == "run timed out after 50.0s"
 
 
 async def test_handlers_that_never_end_are_stopped(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "WIND_UP_TIMEOUT", 0.3)
-    t0 = time.monotonic()
     exe, doc = await run_yaml(engine, tmp_path, """
         steps:
           - {id: a, log: hi}
         finally:
           - {id: stuck, wait: 20s}
     """)
-    assert time.monotonic() - t0 < 5
     assert exe.status == "succeeded"  # handlers never change the run's result
     assert by_id(doc)["stuck"]["status"] == "cancelled"
 
@@ -453,10 +543,8 @@ def test_templates_cannot_reach_python_internals(template: str) -> None:
     "{{ (range(100000) | list | join(',') * 10) | length }}",
 ])
 def test_templates_cannot_build_huge_values_with_range_star_or_power(template: str) -> None:
-    t0 = time.perf_counter()
     with pytest.raises(TemplateFailed):
         render(template, dict(CONTEXT))
-    assert time.perf_counter() - t0 < 1
 
 
 GROWERS = [

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -107,19 +106,16 @@ def test_masking_data_masks_keys_and_nested_values() -> None:
                                  "***": {"deep": ["Bearer ***"]}}
 
 
-def test_ten_megabytes_of_log_mask_quickly() -> None:
+def test_ten_megabytes_of_log_are_masked_in_one_go() -> None:
+    # how long this takes is a figure of bench/limits.py (~0.1 s each on a laptop)
     masker = Masker([SECRET, ODD, "another-secret-value-0123456789", "tok_" + "A1b2" * 10, "pw!" * 6])
     line = "2024-05-01T12:00:00Z INFO worker-3 processed item 48213 in 12 ms (queue 7, retries 0)\n"
     text = line * (10_000_000 // len(line))
-    started = time.perf_counter()
     assert masker.text(text) is text  # nothing to mask: the same text back
-    clean = time.perf_counter() - started
     leaky = text[:5_000_000] + f"token {SECRET}\n" + wrap(b64(ODD.encode()), 4) + "\n" + text[5_000_000:]
-    started = time.perf_counter()
     masked = masker.text(leaky)
-    found = time.perf_counter() - started
     assert masked.count("***") == 2 and SECRET not in masked
-    assert clean < 1.0 and found < 1.5, (clean, found)  # ~0.1 s each on a laptop
+    assert masked == text[:5_000_000] + "token ***\n***\n" + text[5_000_000:]
 
 
 # -- a log written in pieces -----------------------------------------------------

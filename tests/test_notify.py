@@ -152,11 +152,13 @@ async def test_a_succeeded_run_posts_one_event_with_the_run_facts(engine, notifi
         "trigger": "manual", "started_at": event["started_at"], "finished_at": event["finished_at"],
         "duration_ms": event["duration_ms"], "outputs": {"answer": 42}, "error": None,
     }
-    assert (await recorded(engine, exe.id))["outputs"] == event["outputs"]
+    doc = await recorded(engine, exe.id)
+    assert doc["outputs"] == event["outputs"]
+    # the times are the run's, as recorded (not merely well-formed)
+    assert (event["started_at"], event["finished_at"]) == (doc["started_at"], doc["finished_at"])
     started, finished = (datetime.fromisoformat(event[k]) for k in ("started_at", "finished_at"))
-    assert started.utcoffset() == finished.utcoffset() == UTC.utcoffset(None)
-    assert isinstance(event["duration_ms"], int) and event["duration_ms"] >= 0
-    assert abs(event["duration_ms"] - (finished - started).total_seconds() * 1000) <= 2
+    assert started.utcoffset() == finished.utcoffset() == UTC.utcoffset(None) and started <= finished
+    assert isinstance(event["duration_ms"], int) and event["duration_ms"] == doc["duration_ms"]
     headers = post["headers"]
     assert headers["content-type"] == "application/json"
     assert headers["user-agent"] == f"treadle/{__version__}"

@@ -48,6 +48,8 @@ def test_required_param_missing() -> None:
     ("count", "5.0", 5),
     ("amount", "5", 5),
     ("amount", "2.5", 2.5),
+    ("amount", "2.0", 2.0),  # written with a point: stays a float
+    ("amount", "1e3", 1000),
     ("express", "yes", True),
     ("express", "Off", False),
     ("express", "1", True),
@@ -162,3 +164,22 @@ def test_good_defaults_load_and_whole_floats_become_integers() -> None:
     assert definition.valid, definition.problems
     assert definition.spec.params["n"].default == 5 and type(definition.spec.params["n"].default) is int
     assert validate_params(definition.spec.params, {}) == {"n": 5, "s": "5"}
+
+
+def test_json_values_are_not_read_as_text_unless_asked() -> None:
+    # values from JSON (the API, a dry-run) keep their type: "5" is no integer there,
+    # while a command line or a form (from_text=True) may say 5 as "5"
+    given = {"order_id": "A1", "count": "5", "express": "true"}
+    assert errors_of(given) == {"count": 'expected an integer, got "5"', "express": 'expected a boolean, got "true"'}
+    out = validate_params(SPECS, given, from_text=True)
+    assert (out["count"], out["express"]) == (5, True)
+
+
+def test_a_dry_run_checks_params_as_a_real_run_does() -> None:
+    from runner.engine.plan import plan_run
+
+    d = load_text("params:\n  count: integer\nsteps:\n  - {id: a, log: '{{ params.count }}'}\n", "wf.yaml")
+    assert d.valid, d.problems
+    plan = plan_run(d, {"count": "5"}, {})
+    assert plan["params"] is None and plan["param_errors"] == {"count": 'expected an integer, got "5"'}
+    assert plan_run(d, {"count": 5}, {})["params"] == {"count": 5}

@@ -83,14 +83,34 @@ def test_timestamps_just_inside_the_window_pass() -> None:
         verify(KEY, BODY, str(int(NOW)), sign(KEY, BODY, int(NOW)), now=NOW + 61, tolerance=60)
 
 
+def test_the_five_minute_window_is_inclusive_to_the_second() -> None:
+    sent = int(NOW)  # the timestamp is whole seconds; `now` need not be
+    _check(now=sent + 300)  # exactly 300 s either way still passes
+    _check(now=sent - 300)
+    for now, word in ((sent + 300.25, "past"), (sent - 300.5, "future")):
+        with pytest.raises(SignatureError) as caught:
+            _check(now=now)
+        assert str(caught.value) == (
+            f"X-Treadle-Timestamp is {abs(now - sent):.0f} s in the {word}, more than the 300 s allowed; "
+            "check the sender's clock (or this is a replay)")
+    verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=sent + 60, tolerance=60)
+    # under a second off with no tolerance at all: the direction is still right
+    for now, word in ((sent + 0.5, "past"), (sent - 0.5, "future")):
+        with pytest.raises(SignatureError, match=f"is 0 s in the {word}, more than the 0 s allowed"):
+            verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=now, tolerance=0)
+    with pytest.raises(SignatureError, match="more than the 60 s allowed"):
+        verify(KEY, BODY, str(sent), sign(KEY, BODY, sent), now=sent + 60.5, tolerance=60)
+
+
 @pytest.mark.parametrize(("field", "named"), [
     ("timestamp", "missing X-Treadle-Timestamp header"),
     ("signature", "missing X-Treadle-Signature header"),
 ])
 def test_a_missing_header_is_named(field: str, named: str) -> None:
     for absent in (None, "", "  "):
-        with pytest.raises(SignatureError, match=named):
+        with pytest.raises(SignatureError) as caught:
             _check(**{field: absent})
+        assert str(caught.value) == f"{named}; sign the call as described for Treadle webhooks"
 
 
 def test_both_headers_missing_names_both() -> None:
@@ -103,6 +123,19 @@ def test_a_timestamp_that_is_not_whole_seconds_fails(timestamp: str) -> None:
     with pytest.raises(SignatureError, match="is not a number") as caught:
         _check(timestamp=timestamp)
     assert len(str(caught.value)) < 200  # whatever was sent is not echoed at length
+
+
+@pytest.mark.parametrize(("timestamp", "shown"), [
+    ("x" * 40, repr("x" * 40)),  # up to 40 characters: quoted whole
+    ("x" * 41, repr("x" * 40 + "...")),  # longer: cut, so a sender cannot fill the logs
+    ("1" * 16, repr("1" * 16)),  # digits, but more than 15 of them: no timestamp either
+    ("9" * 5000, repr("9" * 40 + "...")),
+])
+def test_a_long_timestamp_is_cut_in_the_message(timestamp: str, shown: str) -> None:
+    with pytest.raises(SignatureError) as caught:
+        _check(timestamp=timestamp)
+    assert str(caught.value) == (f"X-Treadle-Timestamp {shown} is not a number; "
+                                 "send whole unix seconds, e.g. 1700000000")
 
 
 @pytest.mark.parametrize("signature", [

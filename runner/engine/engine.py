@@ -209,7 +209,8 @@ class Engine:
             return
         if exe.trigger == "replay":  # a rehearsal: no notification, no chaining, no queue slot held
             return
-        ended = RunEnded(exe.id, exe.definition.name, exe.status.value, exe.trigger, exe.started_at, time.time(),
+        ended = RunEnded(exe.id, exe.definition.name, exe.status.value, exe.trigger, exe.started_at,
+                         exe.finished_at if exe.finished_at is not None else time.time(),
                          exe.mask.data(exe.outputs), exe.mask.text(exe.error) if exe.error else None,
                          exe.definition, exe.parent_run_id)
         for callback in list(self.run_ended):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dsl.loader import Definition
 from ..storage.models import RunStatus, StepStatus
-from .run import INTERRUPTED, NO_RETRY, Resumed
+from .run import INTERRUPTED, Resumed
 
 if TYPE_CHECKING:
     from ..storage.store import Store
@@ -110,11 +110,11 @@ async def _resumed_state(store: Store, run_id: str, definition: Definition, rows
         attempts.sort(key=lambda r: r["attempt"])
         last = attempts[-1]
         failures = sum(r["status"] == StepStatus.FAILED.value for r in attempts)
-        step = steps[sid]
-        retry = step.retry or spec.defaults.retry or NO_RETRY
-        code = last["http_status"] if last["http_status"] is not None else last["exit_code"]
-        exhausted = failures > retry.limit or (retry.on is not None and code not in retry.on)
-        if last["status"] in _DONE or (last["status"] == StepStatus.FAILED.value and exhausted):
+        # when the engine retries a failed attempt it writes the next one's `pending` row
+        # in the same breath: a failed attempt that is the last row is the step's end
+        # (retries used up, a code `retry.on` does not name, or a failure that is never
+        # retried, such as a command not found, which must not run again after a restart)
+        if last["status"] in _DONE or last["status"] == StepStatus.FAILED.value:
             if item >= 0:
                 if last["status"] == StepStatus.SUCCEEDED.value:
                     state.items.setdefault(sid, {})[item] = last["output"]

@@ -147,6 +147,7 @@ class RunExecution:
         self.mask = Masker(self.mask_values)
         self.status = RunStatus.RUNNING
         self.trigger, self.started_at = "manual", time.time()  # set by Engine.start
+        self.finished_at: float | None = None  # set by _finish
         self.parent_run_id = parent.id if parent else None
         self.error: str | None = None
         self.outputs: Any = None
@@ -313,8 +314,9 @@ class RunExecution:
 
     def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
+        self.finished_at = time.time()  # the run's end as recorded (its notification says the same)
         self.journal.run(status=status.value, error=self.mask.text(error) if error else None,
-                         outputs=self.mask.data(outputs), finished_at=time.time(), lease_until=None,
+                         outputs=self.mask.data(outputs), finished_at=self.finished_at, lease_until=None,
                          compensated=compensated)
         self._set_done()
         if not self.journal.closed:  # a run given up to another server ends there, not here
