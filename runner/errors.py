@@ -18,6 +18,7 @@
     ├── ExecutorError            the cluster executor's scheduler cannot be reached    503
     ├── SecretsFileError         --secrets-file missing, unreadable or malformed
     ├── TokenError               a token cannot be created as asked                   400
+    │   └── TokenExists          ... because one of that name exists                  409
     ├── SignatureError           a signature or bearer token does not check out       401
     │   └── WebhookUnauthorized  ... of a call to /hooks/{workflow}
     ├── WebhookNotConfigured     a webhook's key is not set on the server             503
@@ -224,6 +225,12 @@ class SecretsFileError(TreadleError):
 class TokenError(TreadleError):
     error_code = "TOKEN_ERROR"
     cli_exit_code = 2
+
+
+class TokenExists(TokenError):
+    """A token of that name exists already: a conflict with the state, not a bad request."""
+
+    error_code, http_status = "TOKEN_EXISTS", 409
 
 
 class SignatureError(TreadleError):

@@ -601,6 +601,16 @@ def test_the_schema_marks_optional_bodies_and_closed_objects_as_the_server_treat
         assert bodies[("/api/workflows/{name}/runs", "post")] is False
         assert bodies[("/api/runs/{run_id}/cancel", "post")] is False
         assert bodies[("/api/tokens", "post")] is True and bodies[("/api/events", "post")] is True
+        # the decoder's own rules, inside optional fields too
+        assert {"type": "integer", "minimum": 0} in components["DecisionRequest"]["properties"]["index"]["anyOf"]
+        assert components["TokenRequest"]["properties"]["name"]["minLength"] == 1
+        refused = admin.post("/api/runs/nope/steps/a/approve", json={"index": -1})
+        assert refused.status_code == 400 and "index" in refused.text
+        # a name already taken is a conflict with the state (409, declared), not a bad request
+        assert admin.post("/api/tokens", json={"name": "twice"}).status_code == 201
+        again = admin.post("/api/tokens", json={"name": "twice"})
+        assert again.status_code == 409 and again.json()["error_code"] == "TOKEN_EXISTS", again.text
+        assert "409" in doc["paths"]["/api/tokens"]["post"]["responses"]
         # and the server does what the schema says: no body is fine, an unknown key is not
         assert admin.post("/api/workflows/a/runs").status_code == 202
         unknown = admin.post("/api/workflows/a/runs", json={"params": {}, "extra": 1})

@@ -74,7 +74,7 @@ async def list_tokens(request: Request) -> list[TokenDoc]:
 
 
 @post("/api/tokens", status_code=201, tags=["admin"], opt={**ADMIN, "audit": "token.create"},
-      responses=_errors(400, 401, 403))
+      responses=_errors(400, 401, 403, 409))
 async def create_token(request: Request, data: JSONBody[TokenRequest]) -> Response[TokenCreated]:
     """Create a token (scope `read`, `run` or `admin`, optionally limited to a namespace);
     the answer is the only time the token is shown."""

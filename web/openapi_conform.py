@@ -1,14 +1,17 @@
 """The OpenAPI document says exactly what the server accepts, for what Litestar's
 generator leaves out: request bodies that are optional (a `data` parameter with a
-default) are not marked required, and bodies the server decodes into msgspec Structs
-with `forbid_unknown_fields` say `additionalProperties: false`."""
+default) are not marked required, and the bodies the server decodes into msgspec
+Structs with `forbid_unknown_fields` are described by msgspec's own JSON Schema of
+them (the decoder's rules: closed objects, `ge`/`max_length` inside optional fields)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 from litestar import Litestar
+from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from litestar.types import Empty
 
 
@@ -23,13 +26,39 @@ def _strict_structs() -> dict[str, type[msgspec.Struct]]:
     return found
 
 
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
+
+
+def _schema_of(data: Any) -> Any:
+    """msgspec's JSON Schema (a dict) as Litestar's OpenAPI objects."""
+    if isinstance(data, list):
+        return [_schema_of(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    if "$ref" in data:
+        return Reference(ref=data["$ref"])
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "type":
+            fields["type"] = OpenAPIType(value) if isinstance(value, str) else [OpenAPIType(v) for v in value]
+        elif key == "properties":
+            fields["properties"] = {name: _schema_of(sub) for name, sub in value.items()}
+        elif key in ("anyOf", "allOf", "oneOf", "items", "additionalProperties"):
+            fields[_snake(key)] = _schema_of(value)
+        else:
+            fields[_snake(key)] = value
+    return Schema(**fields)
+
+
 def conform(app: Litestar) -> None:
     """Correct `app.openapi_schema` in place (call once, before it is served)."""
     schema = app.openapi_schema
     components = schema.components.schemas if schema.components else {}
-    for name in _strict_structs():
-        if name in components:
-            components[name].additional_properties = False
+    strict = {name: struct for name, struct in _strict_structs().items() if name in components}
+    _, exact = msgspec.json.schema_components(list(strict.values()), ref_template="#/components/schemas/{name}")
+    for name, data in exact.items():
+        components[name] = _schema_of(data)
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
             data = handler.parsed_fn_signature.parameters.get("data")

@@ -155,6 +155,7 @@ class Services:
                 yield services
             finally:
                 stopping.set()
+                engine.drain()  # at once: stepping down and the loops' last rounds take a while
                 # bounded, always: a database that does not answer, a step that ignores its
                 # cancel or a notification that hangs must not keep the server up
                 limit = settings.grace + SHUTDOWN_SLACK_SECONDS

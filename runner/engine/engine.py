@@ -162,13 +162,18 @@ class Engine:
         start to resume (see `shutdown` for the graceful way)."""
         await self.shutdown(grace=0)
 
+    def drain(self) -> None:
+        """Start no new run or step from now on (what runs goes on); the first thing a
+        stop does, before anything that may take a while."""
+        self.draining = True
+        for exe in self.runs.values():
+            exe.draining = True
+
     async def shutdown(self, grace: float = 30.0, *, now: asyncio.Event | None = None) -> None:
         """Start no new run or step; let running steps finish for up to `grace` seconds
         (or until `now` is set: a second signal), then interrupt what still runs. Runs
         not finished stay `running` without an owner: the next start resumes them."""
-        self.draining = True
-        for exe in self.runs.values():
-            exe.draining = True
+        self.drain()
         deadline = time.monotonic() + grace
         stop_now = now or asyncio.Event()
         while any(exe.busy for exe in self.runs.values()) and time.monotonic() < deadline and not stop_now.is_set():

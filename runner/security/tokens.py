@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     TokenError,
-    )
+    TokenExists,
+)
 
 if TYPE_CHECKING:
     from ..storage.store import Store
@@ -81,7 +82,7 @@ class Tokens:
         plain = PREFIX + secrets.token_urlsafe(32)
         if not await self.store.tokens.add(name=name, scope=scope, namespace=namespace, token_hash=digest(plain),
                                            now=time.time()):
-            raise TokenError(f"a token named '{name}' exists; revoke it first or pick another name")
+            raise TokenExists(f"a token named '{name}' exists; revoke it first or pick another name")
         self._any = None
         return plain
 
