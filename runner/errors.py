@@ -117,6 +117,10 @@ class WorkflowInvalid(TreadleError):
     def __init__(self, name: str, problems: list[Problem]):
         self.name = name
         self.problems = problems
+        if not problems:  # told to a caller who may not read the file (a public webhook)
+            super().__init__(f"workflow '{name}' has problems in its file; fix it first (the dashboard and "
+                             "`treadle validate` list them)")
+            return
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"workflow '{name}' has problems; fix its file first:\n{lines}")
 

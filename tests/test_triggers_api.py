@@ -262,3 +262,12 @@ def test_the_server_chains_workflows_and_notifies_when_runs_end(tmp_path: Path, 
         assert report["trigger"] == "after" and report["trigger_ref"] == up and report["params"] == {"rows": 7}
         assert client.get("/api/workflows/report/triggers").json()["after"] == [
             {"workflow": "ingest", "status": ["succeeded"]}]
+
+
+def test_a_public_webhook_never_shows_the_problems_of_a_broken_file(tmp_path: Path) -> None:
+    files = {"hooked.yaml": "triggers:\n  webhook: {token_env: HOOK_TOKEN}\nsteps:\n  - {id: a, lgo: secret-ish detail}\n"}
+    with serving(tmp_path, files, watch=False) as base, httpx.Client(base_url=base, timeout=10) as client:
+        answer = client.post("/hooks/hooked", json={})
+    assert answer.status_code == 409 and answer.json()["error_code"] == "WORKFLOW_INVALID"
+    assert "lgo" not in answer.text and "secret-ish" not in answer.text and not answer.json().get("errors")
+    assert "has problems in its file" in answer.json()["detail"]

@@ -78,7 +78,7 @@ def _hook_definition(services: Services, name: str) -> Definition:
     if definition is None:
         raise WorkflowNotFound(name)  # a public route: no "did you mean" list of other names
     if not definition.valid or definition.spec is None:
-        raise WorkflowInvalid(definition.name, definition.problems)
+        raise WorkflowInvalid(definition.name, [])  # a public route: the file's problems are not shown
     if definition.spec.triggers.webhook is None:
         raise NoWebhook(name)
     return definition
