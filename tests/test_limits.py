@@ -324,16 +324,24 @@ async def test_a_foreach_list_over_the_gathered_limit_fails(engine, tmp_path, sm
     assert [i["status"] for i in step["items"]] == ["succeeded"] * 10  # each item fitted
 
 
+FOREACH_KINDS = {
+    # a `set` step's output is its input: its size is worked out from the input's
+    "set": ('set: {v: "{{ item }}x", n: "{{ item }}"}', [{"v": f"{i}x", "n": i} for i in range(3)]),
+    # a `log` of a number outputs the text: not its input, so it is measured as it is
+    "log": ('log: "{{ item * 1000 }}"', ["0", "1000", "2000"]),
+}
+
+
+@pytest.mark.parametrize("kind", FOREACH_KINDS)
 @pytest.mark.parametrize("spare", [0, -1])
-async def test_a_foreach_of_set_steps_is_measured_to_the_byte(engine, tmp_path, monkeypatch, spare):
-    # a `set` step's output size is worked out from its input's (no second encoding):
-    # the gathered list must still come to exactly its JSON length
-    outputs = [{"v": f"{i}x", "n": i} for i in range(3)]
+async def test_a_foreach_of_set_steps_is_measured_to_the_byte(engine, tmp_path, monkeypatch, spare, kind):
+    # the gathered list must come to exactly its JSON length, however each size was found
+    body, outputs = FOREACH_KINDS[kind]
     exact = len(json.dumps(outputs))
     monkeypatch.setattr(limits, "MAX_GATHERED_OUTPUT_BYTES", exact + spare)
-    exe, doc = await run_yaml(engine, tmp_path, """
+    exe, doc = await run_yaml(engine, tmp_path, f"""
         steps:
-          - {id: each, foreach: [0, 1, 2], set: {v: "{{ item }}x", n: "{{ item }}"}}
+          - {{id: each, foreach: [0, 1, 2], {body}}}
     """)
     step = by_id(doc)["each"]
     if spare == 0:

@@ -19,7 +19,7 @@ async def _gaps(engine, run_id: str, step: str) -> list[float]:
     """Seconds from the end of each attempt to the start of the next (database times)."""
     rows = sorted((r for r in await engine.store.step_attempts(run_id) if r["step_id"] == step),
                   key=lambda r: r["attempt"])
-    return [b["started_at"] - a["finished_at"] for a, b in zip(rows, rows[1:])]
+    return [b["started_at"] - a["finished_at"] for a, b in zip(rows, rows[1:], strict=False)]
 
 
 # -- what is retried ----------------------------------------------------------------------
@@ -136,7 +136,7 @@ async def test_backoff_none_retries_at_once_and_fixed_repeats_the_delay(engine, 
     assert exe.status == "failed"
     for step, promised in (("fixed", [0.15, 0.15]), ("linear", [0.15, 0.3])):
         gaps = await _gaps(engine, exe.id, step)
-        assert len(gaps) == 2 and all(g >= p - 0.005 for g, p in zip(gaps, promised)), (step, gaps)
+        assert len(gaps) == 2 and all(g >= p - 0.005 for g, p in zip(gaps, promised, strict=True)), (step, gaps)
     logs = {s: await log_text(engine, exe.id, s, ("treadle",)) for s in ("none", "fixed", "linear")}
     # `none` would wait 10 s per retry if it used the delay: the run ended, so it did not
     assert [line.rsplit(" in ", 1)[1] for line in logs["none"].splitlines() if line] == ["0ms]", "0ms]"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import difflib
 import json
 import os
@@ -131,9 +130,8 @@ def _skipped_nodes(tree: ast.AST) -> set[int]:
             func = node.value.func
             if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("log", "logging"):
                 all_of(node)
-        elif isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            all_of(node)
-        elif isinstance(node, ast.ImportFrom | ast.Import):
+        elif (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+              or isinstance(node, ast.ImportFrom | ast.Import)):
             all_of(node)
     return skip
 
