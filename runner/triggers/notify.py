@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from ..engine.engine import RunEnded
 
 log = logging.getLogger("treadle.notify")
+# one try: (what went wrong or None, worth retrying, Retry-After seconds, HTTP status or SMTP code)
+Try = tuple[str | None, bool, float | None, int | None]
 USER_AGENT = f"treadle/{__version__}"
 MAX_RETRY_AFTER = 300.0  # a receiver's Retry-After is honoured up to this many seconds
 _SNIPPET = 200  # bytes of a failing receiver's answer kept for the log
@@ -255,7 +257,8 @@ class Notifier:
             return
         for index, entry in entries:
             if entry.email is not None:
-                self._later(self._deliver_mail(entry, event, run_id), name=f"treadle-mail-{run_id}-{index}")
+                self._later(self._deliver(entry, event, run_id, self._mail_once(entry, event)),
+                            name=f"treadle-mail-{run_id}-{index}")
                 continue
             secret = None
             if entry.secret_env is not None:
@@ -280,7 +283,7 @@ class Notifier:
                 # run events keep the key they always had: `<run>:<entry>`
                 "Idempotency-Key": f"{key}:{index}",
             }
-            self._later(self._deliver(entry, body, headers, secret, event, run_id),
+            self._later(self._deliver(entry, event, run_id, self._post_once(entry, body, headers, secret)),
                         name=f"treadle-notify-{run_id}-{index}")
 
     @staticmethod
@@ -310,30 +313,29 @@ class Notifier:
         except Exception:  # the record is a courtesy: a database hiccup must not stop the posts
             log.exception("could not record a notification of run %s", run_id)
 
-    async def _deliver(self, entry: NotifySpec, body: bytes, headers: dict[str, str],
-                       secret: str | None, event: dict[str, Any], run_id: str) -> None:
-        shown = redact_url(entry.webhook)
+    async def _deliver(self, entry: NotifySpec, event: dict[str, Any], run_id: str,
+                       once: Callable[[], Awaitable[Try]]) -> None:
+        """Try `once` until it succeeds, is not worth retrying, or the entry's retries are
+        spent; every try recorded. The same loop for webhooks and e-mails."""
+        shown = target_of(entry)
         tries = 0
         try:
             if self.committed is not None:
                 await self.committed()
             while True:
                 tries += 1
-                outcome, retryable, wait, status = await self._try(entry.webhook, body, headers, secret)
+                outcome, retryable, wait, status = await once()
+                final = outcome is None or not retryable or tries > entry.retries
+                await self._remember(entry, event, run_id, tries, status, outcome, final=final)
                 if outcome is None:
                     log.debug("run %s notified %s (%d tries)", run_id, shown, tries)
-                    await self._remember(entry, event, run_id, tries, status, None, final=True)
                     return
-                outcome = outcome.replace(entry.webhook, shown)
-                final = not retryable or tries > entry.retries
-                await self._remember(entry, event, run_id, tries, status, outcome, final=final)
                 if final:
                     log.error("notification of run %s to %s abandoned after %d tr%s: %s%s", run_id,
                               shown, tries, "y" if tries == 1 else "ies", outcome,
                               "" if retryable else " (not retried)")
                     return
-                delay = self.delays[min(tries - 1, len(self.delays) - 1)]
-                delay = max(delay, wait or 0.0)
+                delay = max(self.delays[min(tries - 1, len(self.delays) - 1)], wait or 0.0)
                 log.warning("notification of run %s to %s failed (try %d of %d): %s; retrying in %g s",
                             run_id, shown, tries, entry.retries + 1, outcome, delay)
                 await asyncio.sleep(delay)
@@ -344,33 +346,22 @@ class Notifier:
         except Exception:  # a bug here must not surface as "Task exception was never retrieved"
             log.exception("notification of run %s to %s crashed after %d tries", run_id, shown, tries)
 
-    async def _deliver_mail(self, entry: NotifySpec, event: dict[str, Any], run_id: str) -> None:
-        shown = target_of(entry)
-        tries = 0
-        try:
-            if self.committed is not None:
-                await self.committed()
-            message = email_message(entry, event)
-            while True:
-                tries += 1
-                outcome, retryable, code = await asyncio.to_thread(self._send_mail, entry, message)
-                final = outcome is None or not retryable or tries > entry.retries
-                await self._remember(entry, event, run_id, tries, code, outcome, final=final)
-                if outcome is None:
-                    return
-                if final:
-                    log.error("e-mail of run %s to %s abandoned after %d tr%s: %s", run_id, shown, tries,
-                              "y" if tries == 1 else "ies", outcome)
-                    return
-                delay = self.delays[min(tries - 1, len(self.delays) - 1)]
-                log.warning("e-mail of run %s to %s failed (try %d of %d): %s; retrying in %g s",
-                            run_id, shown, tries, entry.retries + 1, outcome, delay)
-                await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            log.error("e-mail of run %s to %s abandoned at shutdown after %d tries", run_id, shown, tries)
-            raise
-        except Exception:
-            log.exception("e-mail of run %s to %s crashed after %d tries", run_id, shown, tries)
+    def _post_once(self, entry: NotifySpec, body: bytes, headers: dict[str, str],
+                   secret: str | None) -> Callable[[], Awaitable[Try]]:
+        url, shown = entry.webhook or "", target_of(entry)
+
+        async def once() -> Try:
+            outcome, retryable, wait, status = await self._try(url, body, headers, secret)
+            return (outcome.replace(url, shown) if outcome else None), retryable, wait, status
+        return once
+
+    def _mail_once(self, entry: NotifySpec, event: dict[str, Any]) -> Callable[[], Awaitable[Try]]:
+        message = email_message(entry, event)
+
+        async def once() -> Try:
+            outcome, retryable, code = await asyncio.to_thread(self._send_mail, entry, message)
+            return outcome, retryable, None, code
+        return once
 
     def _send_mail(self, entry: NotifySpec, message: EmailMessage) -> tuple[str | None, bool, int | None]:
         """One SMTP delivery (in a worker thread). Returns (what went wrong or None, worth
