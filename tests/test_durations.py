@@ -73,7 +73,7 @@ def test_a_good_timeout_loads_as_seconds() -> None:
     (None, "-"),
     (0, "0ms"), (0.0004, "0ms"), (0.001, "1ms"), (0.85, "850ms"), (0.9994, "999ms"),
     (1, "1.0s"), (1.04, "1.0s"), (12.34, "12.3s"), (59.94, "59.9s"),
-    (60, "1m00s"), (61, "1m01s"), (65.9, "1m05s"), (245, "4m05s"), (600, "10m00s"), (3599, "59m59s"),
+    (60, "1m00s"), (61, "1m01s"), (65.9, "1m06s"), (245, "4m05s"), (600, "10m00s"), (3599, "59m59s"),
     (3600, "1h00m"), (3659, "1h00m"), (3660, "1h01m"), (7800, "2h10m"), (86399, "23h59m"), (90000, "25h00m"),
 ])
 def test_format_duration_at_every_boundary(seconds: float | None, text: str) -> None:
@@ -93,3 +93,10 @@ def test_iso_is_utc_to_the_millisecond() -> None:
     assert iso(None) is None
     assert iso(0) == "1970-01-01T00:00:00.000+00:00"
     assert iso(1_700_000_000.1234) == "2023-11-14T22:13:20.123+00:00"
+
+
+def test_format_duration_rounds_before_it_picks_the_unit() -> None:
+    from runner.dsl.durations import format_duration
+
+    assert [format_duration(x) for x in (0.9994, 0.9996, 59.94, 59.96, 3599.4, 3599.6)] == [
+        "999ms", "1.0s", "59.9s", "1m00s", "59m59s", "1h00m"]

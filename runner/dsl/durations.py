@@ -36,14 +36,16 @@ def format_duration(seconds: float | None) -> str:
     """Short human form: 850ms, 12.3s, 4m05s, 2h10m."""
     if seconds is None:
         return "-"
-    if seconds < 1:
+    # each unit is chosen after rounding to it: 0.9996 s is "1.0s", not "1000ms"
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
-    if seconds < 3600:
-        m, s = divmod(int(seconds), 60)
+    whole = round(seconds)
+    if whole < 3600:
+        m, s = divmod(whole, 60)
         return f"{m}m{s:02d}s"
-    h, rest = divmod(int(seconds), 3600)
+    h, rest = divmod(whole, 3600)
     return f"{h}h{rest // 60:02d}m"
 
 
