@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runner.engine.leases import process_is_gone
 from tests.cluster_harness import owner_of, run_cluster_campaign, servers
 from tests.conftest import database_url
 from tests.db_support import query
@@ -125,11 +126,7 @@ def test_a_run_is_cancelled_from_the_server_that_does_not_drive_it(tmp_path: Pat
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return not process_is_gone(pid)
 
 
 STEPS = """\

@@ -19,6 +19,7 @@ import pytest
 
 from runner.dispatch.dask import DaskDispatcher
 from runner.engine.engine import Engine
+from runner.engine.leases import process_is_gone
 from runner.storage.store import Store
 from tests import dask_cluster
 from tests.conftest import definition
@@ -52,11 +53,7 @@ async def engine_on(cluster, tmp_path: Path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return not process_is_gone(pid)
 
 
 async def test_run_python_and_http_steps_execute_on_workers_with_live_logs(engine_on, cluster, tmp_path, http_server):

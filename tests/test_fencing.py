@@ -6,13 +6,12 @@ resume them when it is back)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
 from runner.engine.engine import Engine
-from runner.engine.leases import GIVE_UP_AFTER
+from runner.engine.leases import GIVE_UP_AFTER, process_is_gone
 from runner.storage.store import Store
 from tests import pg_server as pg
 from tests.conftest import definition
@@ -59,11 +58,7 @@ steps:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return not process_is_gone(pid)
 
 
 async def _until(check, timeout: float = 20.0) -> None:  # noqa: ANN001

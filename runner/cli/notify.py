@@ -49,6 +49,7 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
 
     import httpx
 
+    from ..dsl.durations import iso
     from ..triggers.notify import Notifier, email_message, step_event, target_of
     from ..triggers.signing import signed_headers
 
@@ -58,7 +59,7 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
     first = spec.steps[0].id
     if kind.startswith("run."):
         event = {"event_type": kind, "workflow": definition.name, "run_id": run_id, "status": kind[4:],
-                 "trigger": "manual", "started_at": _iso(now - 12.5), "finished_at": _iso(now),
+                 "trigger": "manual", "started_at": iso(now - 12.5), "finished_at": iso(now),
                  "duration_ms": 12_500, "outputs": {},
                  "error": f"step '{first}' failed: a sample error from `treadle notify test`"
                  if kind == "run.failed" else None}
@@ -102,8 +103,3 @@ async def _send(definition, kind: str, environ: dict[str, str], public_url: str 
                 print(f"notify[{index}] {shown} ({entry.format}): failed: {outcome.replace(entry.webhook or '', shown)}{note}")
     return 1 if failures else 0
 
-
-def _iso(timestamp: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
