@@ -5,8 +5,9 @@ fuzzing phases) and every answer must be: no 5xx, a status code the operation
 declares, the content type it declares for that status, and a body that matches
 the declared schema. Path and query parameters mostly name what exists (workflows,
 finished and waiting runs, steps, versions, a circuit breaker) so that the routes
-answer with data too, not only with 404s. Every case sends the server's admin
-token; `GET /api/runs/{id}/events` only gets finished runs, whose stream ends at once.
+answer with data too, not only with 404s. Every case runs with the server's admin
+token and again with none; `GET /api/runs/{id}/events` only gets finished runs, whose
+stream ends at once. Schemathesis' stateful phase chains calls by their answers.
 State-changing operations (start, cancel, retry, approve, pause, events, webhooks)
 are fuzzed too: the server runs on a temporary folder and database.
 """
@@ -232,3 +233,39 @@ def test_every_operation_conforms_to_the_schema(case: schemathesis.Case) -> None
         checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                 response_schema_conformance],
         headers=AUTH, timeout=15)
+
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+@schema.parametrize()
+@settings(max_examples=4, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_every_operation_conforms_without_a_token(case: schemathesis.Case) -> None:
+    """Without a token each operation still answers what it declares: 401 for the
+    protected ones (declared on every one of them), the open ones as with a token."""
+    case.call_and_validate(checks=CHECKS, timeout=15)
+
+
+def test_sequences_of_calls_conform_to_the_schema(api_schema: Any) -> None:
+    """Schemathesis' stateful phase: chains of calls linked by what one answer names
+    (start a run, then read, cancel, retry or decide it; create a token, then revoke
+    it), every answer checked as above. Event streams are left out: a run that waits
+    for an approval never ends its stream."""
+    machine = api_schema.exclude(path="/api/runs/{run_id}/events").as_state_machine()
+    made: list[str] = []
+
+    class Calls(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            made.append(f"{case.method} {case.formatted_path}")
+            return {"headers": AUTH, "timeout": 15}
+
+        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Calls.run(settings=settings(max_examples=25, stateful_step_count=6, deadline=None, derandomize=True,
+                                database=None, suppress_health_check=list(HealthCheck)))
+    # chains ran: runs started, then acted on; tokens created, then revoked
+    assert any(m.startswith("POST /api/workflows/") and m.endswith("/runs") for m in made), made
+    assert any(m.startswith("POST /api/runs/") for m in made), made
+    assert any(m.startswith("DELETE /api/tokens/") for m in made), made

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -615,3 +616,22 @@ def test_the_schema_marks_optional_bodies_and_closed_objects_as_the_server_treat
         assert admin.post("/api/workflows/a/runs").status_code == 202
         unknown = admin.post("/api/workflows/a/runs", json={"params": {}, "extra": 1})
         assert unknown.status_code == 400 and "unknown field" in unknown.text
+
+
+def test_options_lists_every_method_a_path_serves(tmp_path: Path) -> None:
+    """Litestar 2's automatic OPTIONS knew only the first handler of a path (`GET,
+    OPTIONS` on /api/tokens, which takes POST too); every shared path is checked."""
+    from web.app import create_app
+
+    shared: dict[str, set[str]] = {}
+    for path, methods in ((r.path, r.methods) for r in create_app().routes if hasattr(r, "route_handlers")):
+        if len(methods - {"OPTIONS", "HEAD"}) > 1:
+            shared[path] = methods
+    assert "/api/tokens" in shared, sorted(shared)
+    with serving(tmp_path, {"a.yaml": "steps: [{id: a, log: a}]\n"}, watch=False, admin_token=ADMIN) as base, \
+            as_token(base, ADMIN) as admin:
+        for path, methods in shared.items():
+            concrete = re.sub(r"\{[^}]+\}", "a", path)
+            answer = admin.request("OPTIONS", concrete)
+            assert answer.status_code == 204, (path, answer.text)
+            assert set(answer.headers["allow"].split(", ")) == methods, path

@@ -27,6 +27,7 @@ from runner.errors import (
 )
 from runner.limits import MAX_REQUEST_BODY_BYTES
 
+from .allow import options_handlers
 from .api import API_ROUTES
 from .api_admin import ADMIN_ROUTES
 from .api_approvals import APPROVAL_ROUTES
@@ -137,8 +138,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
+    handlers = [*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES]
     app = Litestar(
-        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
+        # explicit OPTIONS first: Litestar 2's own lists one handler's methods only (web/allow.py)
+        route_handlers=[*options_handlers(handlers), *handlers,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),
