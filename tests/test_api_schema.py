@@ -14,9 +14,13 @@ are fuzzed too: the server runs on a temporary folder and database.
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -247,25 +251,22 @@ def test_every_operation_conforms_without_a_token(case: schemathesis.Case) -> No
     case.call_and_validate(checks=CHECKS, timeout=15)
 
 
-def test_sequences_of_calls_conform_to_the_schema(api_schema: Any) -> None:
+def test_sequences_of_calls_conform_to_the_schema(server: dict[str, Any]) -> None:
     """Schemathesis' stateful phase: chains of calls linked by what one answer names
     (start a run, then read, cancel, retry or decide it; create a token, then revoke
-    it), every answer checked as above. Event streams are left out: a run that waits
+    it), every answer checked as above. Run through schemathesis' own runner (`st`):
+    Hypothesis' state machine inside pytest calls a precondition that depends on the
+    server's answers flaky and gives up. Event streams are left out: a run that waits
     for an approval never ends its stream."""
-    machine = api_schema.exclude(path="/api/runs/{run_id}/events").as_state_machine()
-    made: list[str] = []
-
-    class Calls(machine):  # type: ignore[misc, valid-type]
-        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
-            made.append(f"{case.method} {case.formatted_path}")
-            return {"headers": AUTH, "timeout": 15}
-
-        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS)
-
-    Calls.run(settings=settings(max_examples=25, stateful_step_count=6, deadline=None, derandomize=True,
-                                database=None, suppress_health_check=list(HealthCheck)))
-    # chains ran: runs started, then acted on; tokens created, then revoked
-    assert any(m.startswith("POST /api/workflows/") and m.endswith("/runs") for m in made), made
-    assert any(m.startswith("POST /api/runs/") for m in made), made
-    assert any(m.startswith("DELETE /api/tokens/") for m in made), made
+    command = [str(Path(sys.executable).with_name("st")), "run", f"{server['base']}/schema",
+               "--phases", "stateful", "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+               "--checks", ",".join(check.__name__ for check in CHECKS),
+               "--exclude-path", "/api/runs/{run_id}/events", "--max-examples", "30", "--seed", "1", "--no-color"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report
+    cases = re.search(r"(\d+) generated, (\d+) passed", report)
+    links = re.search(r"API Links:\s+(\d+) covered", report)
+    assert cases and links, report
+    assert int(cases.group(1)) == int(cases.group(2)) >= 50, report  # chains did run, and all passed
+    assert int(links.group(1)) >= 4, report  # runs started then acted on, tokens created then revoked

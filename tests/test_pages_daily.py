@@ -4,6 +4,7 @@ alarm on a run that succeeded, an HTML 404 for unknown pages, the run's outputs.
 from __future__ import annotations
 
 import html
+import re
 import time
 from pathlib import Path
 
@@ -94,3 +95,48 @@ def test_the_api_is_browsable_from_vendored_files(tmp_path: Path, page) -> None:
         expect(page.locator("#swagger-container")).to_contain_text("/api/workflows/{name}/runs")
         expect(page.locator("#swagger-container")).to_contain_text("Treadle")
     assert outside == [] and page.errors == []
+
+
+@pytest.mark.browser
+def test_run_again_fills_the_form_cancel_asks_first_and_a_script_reads_as_one(tmp_path: Path, page) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    definitions = {"greet.yaml": """params:
+  who: {type: string, default: nobody}
+  n: {type: integer, default: 1}
+steps:
+  - id: sh
+    run: |
+      echo one
+      echo "two <b>"
+  - {id: hold, needs: [sh], wait: 120s}
+"""}
+    with serving(tmp_path, definitions) as base, httpx.Client(base_url=base, timeout=30) as c:
+        run_id = c.post("/api/workflows/greet/runs", json={"params": {"who": "Ada", "n": 3}}).json()["run_id"]
+        deadline = time.monotonic() + 30
+        while {s["id"]: s["status"] for s in c.get(f"/api/runs/{run_id}").json()["steps"]}["hold"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        page.goto(f"{base}/runs/{run_id}?step=sh#step-detail")
+        # the script as written: real lines, its markup as text
+        assert page.locator("pre.script").inner_text() == 'echo one\necho "two <b>"\n'
+        cancels = []
+        page.on("request", lambda r: cancels.append(r.url) if r.url.endswith("/cancel") else None)
+        page.once("dialog", lambda d: d.dismiss())
+        page.click("button:has-text('Cancel run')")
+        assert cancels == [] and c.get(f"/api/runs/{run_id}").json()["status"] == "running"
+        page.once("dialog", lambda d: d.accept())
+        page.click("button:has-text('Cancel run')")
+        while c.get(f"/api/runs/{run_id}").json()["status"] != "cancelled":
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.05)
+        assert len(cancels) == 1
+        page.goto(f"{base}/runs/{run_id}")
+        page.click("#run-again")
+        expect(page.locator("#from-run")).to_contain_text(run_id)
+        assert page.input_value("input[name=who]") == "Ada" and page.input_value("input[name=n]") == "3"
+        page.click(".start-form button[type=submit]")
+        page.wait_for_url(re.compile(r"/runs/(?!" + run_id + ")"))
+        again = c.get("/api/runs?workflow=greet").json()["items"][0]
+        assert again["id"] != run_id and again["params"] == {"who": "Ada", "n": 3}
+        assert page.errors == []

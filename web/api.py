@@ -10,7 +10,7 @@ here: `app.py` turns them into the SPEC's JSON error form.
 # and /schema then demands keys the answers rightly leave out (tests/test_api_schema.py)
 
 import time
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -31,12 +31,21 @@ from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
 from .auth import visible, visible_names
+from .filters import RUN_TRIGGERS, WORKFLOW_STATES, run_window, workflow_matches
 from .run_view import definition_of
 from .services import Services, cancel_conflict, cancel_run, retry_run, start_run
 from .sse import broker_messages, sse_response
 
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="items per page (1-500)")]
+# `state` is a name Litestar keeps for itself: the parameter is read under that name
+WorkflowStateQuery = Annotated[Literal[WORKFLOW_STATES] | None, QueryParameter(
+    name="state", description="ok, failing (last run failed), broken (file with problems) or paused")]
+TriggerQuery = Annotated[Literal[RUN_TRIGGERS] | None, QueryParameter(description="how the run was started")]
+SinceQuery = Annotated[str | None, QueryParameter(
+    description="started at or after: ISO 8601 (2026-11-01, 2026-11-01T08:00Z) or a duration ago (24h)")]
+UntilQuery = Annotated[str | None, QueryParameter(description="started before: same forms as `since`")]
+RunSearchQuery = Annotated[str | None, QueryParameter(max_length=200, description="text in the run id or its params")]
 _ERROR_TEXT = {400: "bad request: parameters, body or step", 404: "no such workflow, run or step",
                409: "the workflow or run does not allow this now",
                401: "missing or wrong credentials (signature, token)", 403: "the token's scope does not allow this",
@@ -214,30 +223,23 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: 
     }
 
 
-def _matches(definition: Definition, tag: str | None, q: str | None) -> bool:
-    spec = definition.spec
-    if tag is not None and (spec is None or tag not in spec.tags):
-        return False
-    if q:
-        hay = " ".join([definition.name, definition.path, (spec.description or "") if spec else ""])
-        return q.lower() in hay.lower()
-    return True
-
-
 @get("/api/workflows", tags=["workflows"], responses=_errors(400))
 async def list_workflows(
     request: Request, tag: FromQuery[str | None] = None, q: FromQuery[str | None] = None,
-    page: Page = 1, limit: Limit = 50,
+    state_q: WorkflowStateQuery = None, page: Page = 1, limit: Limit = 50,
 ) -> WorkflowPage:
     """Every definition file, broken ones included (with their `errors`), by name.
 
-    `tag` keeps the workflows carrying that tag; `q` searches name, path and description.
+    `tag` keeps the workflows carrying that tag; `q` searches name, path and description;
+    `state` keeps those that are `broken` (file with problems), `paused`, `failing` (last
+    run failed) or `ok` (none of these).
     """
     services = _services(request)
-    found = [d for d in visible(request, services.catalog.entries()) if _matches(d, tag, q)]
     last = await services.store.last_runs()
-    start = (page - 1) * limit
     paused = await services.state.paused()
+    found = [d for d in visible(request, services.catalog.entries())
+             if workflow_matches(d, tag=tag, q=q, state=state_q, last=last.get(d.name), paused=d.name in paused)]
+    start = (page - 1) * limit
     items = [_workflow_item(d, last.get(d.name), d.name in paused) for d in found[start:start + limit]]
     return {"items": items, "total": len(found), "page": page, "limit": limit}
 
@@ -317,12 +319,18 @@ def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | N
 @get("/api/runs", tags=["runs"], responses=_errors(400))
 async def list_runs(
     request: Request, workflow: FromQuery[str | None] = None, status: FromQuery[RunStatus | None] = None,
-    parent: FromQuery[str | None] = None, page: Page = 1, limit: Limit = 50,
+    parent: FromQuery[str | None] = None, trigger: TriggerQuery = None, since: SinceQuery = None,
+    until: UntilQuery = None, q: RunSearchQuery = None, page: Page = 1, limit: Limit = 50,
 ) -> RunPage:
-    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps."""
+    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps.
+
+    `trigger` keeps runs started that way; `since`/`until` bound the start time (ISO 8601,
+    or a duration ago such as `24h`); `q` searches run ids and params.
+    """
+    start, end = run_window(since, until)
     rows, total = await _services(request).store.list_runs(
-        workflow=workflow, status=status.value if status else None, parent=parent,
-        offset=(page - 1) * limit, limit=limit, workflows=visible_names(request))
+        workflow=workflow, status=status.value if status else None, parent=parent, trigger=trigger,
+        since=start, until=end, search=q, offset=(page - 1) * limit, limit=limit, workflows=visible_names(request))
     return {"items": [run_summary(r) for r in rows], "total": total, "page": page, "limit": limit}
 
 

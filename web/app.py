@@ -49,6 +49,7 @@ from .pages_auth import AUTH_PAGES
 from .pages_plan import PLAN_PAGES
 from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
+from .query_check import refuse_unknown_query
 from .services import Services, Settings
 
 HERE = Path(__file__).parent
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Treadle", version=__version__, path="/schema",
                                      render_plugins=[JsonRenderPlugin(path="/"), VendoredSwagger()]),
         middleware=[auth_middleware],
+        before_request=refuse_unknown_query,  # a typo in a filter is a 400, not every row
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         request_class=TreadleRequest,  # JSON bodies: depth checked before decoding
         response_headers=SECURITY,

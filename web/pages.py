@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, pass_context
 from litestar import Request, get, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 from markupsafe import Markup
@@ -34,12 +34,14 @@ from .api_triggers import trigger_summary
 from .auth import visible, visible_names
 from .charts import runs_chart
 from .dag_svg import STATES, layout_for, render_svg, state_class
-from .forms import form_fields, posted_params
+from .filters import RUN_TRIGGERS, WORKFLOW_STATES, run_window, workflow_matches
+from .forms import as_text, form_fields, posted_params
 from .run_view import (
     RunView,
     load_run_view,
     load_step_detail,
     log_chunks,
+    script_of,
     show_value,
     state_filter,
 )
@@ -83,18 +85,26 @@ def namespace(definition: Definition) -> str:
 
 
 @get("/", name="page-workflows", include_in_schema=False)
-async def workflows_page(request: Request) -> Template:
+async def workflows_page(request: Request, q: FromQuery[str | None] = None, tag: FromQuery[str | None] = None,
+                         state_q: StateQuery = None) -> Template:
     services = _services(request)
     entries = visible(request, services.catalog.entries())
     last = await services.store.last_runs()
-    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in entries]
+    paused = await services.state.paused()
+    state = state_q if state_q in WORKFLOW_STATES else None
+    shown = [d for d in entries if workflow_matches(d, tag=tag, q=q, state=state, last=last.get(d.name),
+                                                    paused=d.name in paused)]
+    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in shown]
     broken = [d for d in entries if not d.healthy]
+    tags = sorted({t for d in entries if d.spec for t in d.spec.tags})
     sync = _git_status(services)  # the URL without its credentials
     breakers = [b.snapshot() for b in shown_breakers(request)]
     waiting, waiting_total = await services.engine.approvals.pending(limit=APPROVALS_SHOWN,
                                                                      workflows=visible_names(request))
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
-                                               "paused": await services.state.paused(),
+                                               "paused": paused, "total": len(entries), "tags": tags,
+                                               "filters": {"q": q or "", "tag": tag or "", "state": state or ""},
+                                               "workflow_states": WORKFLOW_STATES,
                                                "breakers": breakers, "approvals": waiting,
                                                "approvals_total": waiting_total})
 
@@ -136,12 +146,21 @@ async def _stats(services: Services, name: str) -> dict[str, Any]:
 
 
 @get("/workflows/{name:str}", name="page-workflow", include_in_schema=False)
-async def workflow_page(request: Request, name: FromPath[str], page: FromQuery[int | None] = None) -> Template:
+async def workflow_page(request: Request, name: FromPath[str], page: FromQuery[int | None] = None,
+                        from_run: FromQuery[str | None] = None) -> Template:
     services = _services(request)
     definition = services.catalog.get(name)
     if definition is None:
         return no_workflow(name)
-    return Template("workflow.html", context=await _workflow_context(services, definition, _page_number(page)))
+    context = await _workflow_context(services, definition, _page_number(page))
+    if from_run and definition.spec is not None:
+        # "Run again with these params": the start form filled with that run's values
+        run = await services.store.get_run(from_run[:64])
+        if run is not None and run["workflow"] == definition.name:
+            given = {k: as_text(v) for k, v in (run["params"] or {}).items() if k in definition.spec.params}
+            context["fields"] = form_fields(definition.spec.params, given)
+            context["from_run"] = run["id"]
+    return Template("workflow.html", context=context)
 
 
 @post("/workflows/{name:str}/runs", name="page-start-run", include_in_schema=False, opt={"audit": "run.start"})
@@ -182,18 +201,32 @@ async def start_from_form(request: Request, name: FromPath[str]) -> Template | R
 
 @get("/runs", name="page-runs", include_in_schema=False)
 async def runs_page(request: Request, workflow: FromQuery[str | None] = None, state_q: StateQuery = None,
+                    trigger: FromQuery[str | None] = None, since: FromQuery[str | None] = None,
+                    until: FromQuery[str | None] = None, q: FromQuery[str | None] = None,
                     page: FromQuery[int | None] = None) -> Template:
     services = _services(request)
     page = _page_number(page)
     status = state_q if state_q in RUN_STATES else None
+    trigger = trigger if trigger in RUN_TRIGGERS else None
     names = visible_names(request)
-    runs, total = await services.store.list_runs(workflow=workflow or None, status=status, workflows=names,
-                                                 offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
+    filters = {"workflow": workflow or "", "state": status or "", "trigger": trigger or "",
+               "since": since or "", "until": until or "", "q": (q or "")[:200]}
+    try:
+        start, end = run_window(since, until)
+    except ValidationException as e:  # the form stays as typed, with the reason beside it
+        start = end = None
+        filters_error = str(e.detail)
+    else:
+        filters_error = ""
+    runs, total = await services.store.list_runs(
+        workflow=workflow or None, status=status, workflows=names, trigger=trigger, since=start, until=end,
+        search=filters["q"] or None, offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
     context = {
         "runs": runs, "total": total, "page": page, "pages": max(1, -(-total // RUNS_PER_PAGE)),
-        "workflow": workflow or "", "state": status or "", "nav": "runs",
+        **filters, "filters": filters, "filters_error": filters_error, "nav": "runs",
+        "filtered": any(filters.values()),
         "names": services.catalog.names() if names is None else sorted(names),
-        "run_states": RUN_STATES,
+        "run_states": RUN_STATES, "run_triggers": RUN_TRIGGERS,
     }
     return Template("runs.html", context=context)
 
@@ -411,7 +444,7 @@ def register_template_helpers(env: Environment) -> None:
         "clock": _clock, "iso": _iso, "ago": _ago, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
         "show": show_value,
     })
-    env.globals.update({"duration": _duration, "query": _query, "STATES": STATES, "sc": state_class,
+    env.globals.update({"duration": _duration, "query": _query, "script_of": script_of, "STATES": STATES, "sc": state_class,
                         "csrf_field": _csrf_field, "viewer": _viewer})
     env.trim_blocks = True
     env.lstrip_blocks = True

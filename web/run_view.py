@@ -248,5 +248,16 @@ def show_value(value: Any) -> tuple[str, bool]:
     return text, False
 
 
+def script_of(value: Any) -> tuple[str | None, Any]:
+    """A `run:` step's shell script apart from the rest of its input, so the page shows
+    it as the script it is (real newlines) instead of one JSON-escaped line.
+
+    Returns (script or None, the input without it, None when nothing else is left)."""
+    if isinstance(value, dict) and isinstance(value.get("run"), str):
+        rest = {k: v for k, v in value.items() if k != "run"}
+        return value["run"], rest or None
+    return None, value
+
+
 def state_filter(value: str | None) -> str | None:
     return value if value in STATES else None

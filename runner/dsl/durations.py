@@ -52,3 +52,18 @@ def format_duration(seconds: float | None) -> str:
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO 8601 in UTC, to the millisecond (None stays None)."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts is not None else None
+
+
+def parse_instant(value: str, now: float) -> float:
+    """Epoch seconds for a point in time written by a person: ISO 8601 (`2026-11-01`,
+    `2026-11-01T08:00`, `...Z` or `+02:00`; no zone means UTC), or a duration meaning
+    that long ago (`24h`, `7d`). Raise ValueError with the accepted forms otherwise."""
+    text = value.strip()
+    if _WHOLE.match(text):
+        return now - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"invalid time {value!r}; use a date (2026-11-01), a date and time "
+                         f"(2026-11-01T08:00Z) or a duration ago (24h, 7d)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

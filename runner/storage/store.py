@@ -24,7 +24,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import String, cast, func, or_, select, text
 
 from .. import DEFAULT_DB
 from ..errors import DatabaseError
@@ -192,8 +192,10 @@ class Store:
     async def list_runs(
         self, *, workflow: str | None = None, status: str | None = None,
         parent: str | None = None, offset: int = 0, limit: int = 50, workflows: list[str] | None = None,
+        trigger: str | None = None, since: float | None = None, until: float | None = None, search: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first. `workflows`: only runs of these (a namespace's); None: all."""
+        """Newest first. `workflows`: only runs of these (a namespace's); None: all.
+        `since`/`until`: created in [since, until); `search`: text in the run's id or params."""
         query = select(Run)
         count = select(func.count()).select_from(Run)
         for cond in (
@@ -201,6 +203,10 @@ class Store:
             Run.workflow == workflow if workflow else None,
             Run.status == status if status else None,
             Run.parent_run_id == parent if parent else None,
+            Run.trigger == trigger if trigger else None,
+            Run.created_at >= since if since is not None else None,
+            Run.created_at < until if until is not None else None,
+            _contains(search) if search else None,
         ):
             if cond is not None:
                 query, count = query.where(cond), count.where(cond)
@@ -264,6 +270,13 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(Run).where(Run.status.in_(UNFINISHED_RUN_STATES)))
             return [dict(r) for r in rows.mappings()]
+
+
+def _contains(search: str) -> Any:
+    """Runs whose id or params (as stored JSON text) contain `search`, any case; `%` and
+    `_` in it are plain characters, not LIKE wildcards."""
+    pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(Run.id.ilike(pattern, escape="\\"), cast(Run.params, String).ilike(pattern, escape="\\"))
 
 
 def now() -> float:

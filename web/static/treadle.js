@@ -25,6 +25,11 @@
     var meta = document.querySelector('meta[name="csrf-token"]');
     if (meta && e.detail.verb !== "get") { e.detail.headers["X-CSRF-Token"] = meta.getAttribute("content"); }
   });
+  // forms that undo work ask first: <form data-confirm="..."> (no inline script: the CSP forbids it)
+  document.addEventListener("submit", function (e) {
+    var question = e.target.getAttribute && e.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { e.preventDefault(); }
+  }, true);
   document.addEventListener("click", function (e) {
     var a = e.target.closest ? e.target.closest(".steps-table .step-id a") : null;
     if (!a) { return; }
