@@ -251,7 +251,7 @@ def test_every_operation_conforms_without_a_token(case: schemathesis.Case) -> No
     case.call_and_validate(checks=CHECKS, timeout=15)
 
 
-def test_sequences_of_calls_conform_to_the_schema(server: dict[str, Any]) -> None:
+def test_sequences_of_calls_conform_to_the_schema(server: dict[str, Any], tmp_path: Path) -> None:
     """Schemathesis' stateful phase: chains of calls linked by what one answer names
     (start a run, then read, cancel, retry or decide it; create a token, then revoke
     it), every answer checked as above. Run through schemathesis' own runner (`st`):
@@ -262,7 +262,7 @@ def test_sequences_of_calls_conform_to_the_schema(server: dict[str, Any]) -> Non
                "--phases", "stateful", "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
                "--checks", ",".join(check.__name__ for check in CHECKS),
                "--exclude-path", "/api/runs/{run_id}/events", "--max-examples", "30", "--seed", "1", "--no-color"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache dir there
     report = done.stdout + done.stderr
     assert done.returncode == 0, report
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
