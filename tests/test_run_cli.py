@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,17 @@ def test_runs_lists_the_runs_newest_first(done):
     ids = done["ids"]
     assert done["runs"].returncode == 0
     lines = done["runs"].stdout.splitlines()
-    assert lines[0].split() == ["RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION"]
+    assert lines[0].split() == ["RUN", "WORKFLOW", "STATUS", "STARTED", "(UTC)", "DURATION"]
     listed = sorted(tuple(line.split()[:3]) for line in lines[1:])
     assert listed == sorted([(ids["ok"], "greet", "succeeded"), (ids["json"], "greet", "succeeded"),
                              (ids["failed"], "broken", "failed")])  # and no run for bad input
-    created = [line.split()[3] for line in lines[1:]]
-    assert created == sorted(created, reverse=True)
+    # every column starts where its heading does
+    starts = [lines[0].index(h) for h in ("WORKFLOW", "STATUS", "STARTED", "DURATION")]
+    for line in lines[1:]:
+        assert all(line[i - 1] == " " and line[i] != " " for i in starts), (lines[0], line)
+    created = [line[starts[2]:starts[3]].strip() for line in lines[1:]]
+    assert created == sorted(created, reverse=True) and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", c)
+                                                            for c in created)
     greet = json.loads(done["runs_greet"].stdout)
     assert sorted(r["id"] for r in greet) == sorted([ids["ok"], ids["json"]])
 
@@ -152,3 +158,30 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path: Path) -> None:
     done = subprocess.run(f"{sys.executable} -m runner schema | head -c 20 > /dev/null", shell=True, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_a_run_nobody_drives_is_shown_as_interrupted(tmp_path: Path) -> None:
+    """`treadle run` killed mid-run leaves its run `running` in the database with a
+    lease that runs out: `runs` and `show` say it is interrupted and resumes later."""
+    treadle = Treadle(tmp_path)
+    (treadle.definitions / "slow.yaml").write_text("steps:\n  - {id: nap, wait: 300s}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "slow", "--definitions", str(treadle.definitions),
+                             "--db", treadle.db], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=treadle.cwd, env=treadle.env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (listed := json.loads(treadle("runs", "--json", "--db", treadle.db).stdout or "[]")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        run_id = listed[0]["id"]
+        assert "interrupted" not in treadle("runs", "--db", treadle.db).stdout  # its driver is alive
+    finally:
+        proc.kill()
+        proc.wait()
+    while "interrupted (resumes at next start)" not in (shown := treadle("runs", "--db", treadle.db).stdout):
+        assert time.monotonic() < deadline + 60, shown  # the lease runs out within seconds
+        time.sleep(0.2)
+    assert run_id in shown
+    show = treadle("show", run_id, "--db", treadle.db).stdout
+    assert re.match(rf"run {run_id}  slow  interrupted \(resumes at next start\)  version ", show), show
+    assert json.loads(treadle("runs", "--json", "--db", treadle.db).stdout)[0]["status"] == "running"  # the record

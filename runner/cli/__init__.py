@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -405,34 +406,49 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     from ..engine.report import run_summary
 
-    rows = [run_summary(r) for r in asyncio.run(go())]
+    raw = asyncio.run(go())
+    rows = [run_summary(r) for r in raw]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no runs yet", file=sys.stderr)
         return 0
-    print(f"{'RUN':<20} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<25} DURATION")
-    for r in rows:
+    now = time.time()
+    table = [["RUN", "WORKFLOW", "STATUS", "STARTED (UTC)", "DURATION"]]
+    for row, r in zip(raw, rows, strict=True):
         took = format_duration(r["duration_ms"] / 1000) if r["duration_ms"] is not None else "-"
-        print(f"{r['id']:<20} {r['workflow']:<24} {r['status']:<10} {r['created_at']:<25} {took}")
+        started = (r["created_at"] or "-")[:19].replace("T", " ")
+        table.append([r["id"], r["workflow"], shown_status(row, now), started, took])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]  # from the data
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
     return 0
+
+
+def shown_status(run: dict[str, Any], now: float) -> str:
+    """A `running` run whose lease ran out has nobody driving it (a Ctrl-C'd `treadle
+    run`, a killed server): the next start or a server picks it up, so say so."""
+    if run["status"] == "running" and (run.get("lease_until") or 0) < now:
+        return "interrupted (resumes at next start)"
+    return run["status"]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..engine.report import run_document
     from ..storage.store import Store
 
-    async def go() -> tuple[dict[str, Any] | None, dict[str, str]]:
+    async def go() -> tuple[dict[str, Any] | None, dict[str, str], str]:
         async with Store(args.db, must_exist=True) as store:
             doc = await run_document(store, args.run_id)
             logs = {}
             if doc and args.logs:
                 for step in doc["steps"]:
                     logs[step["id"]] = "".join(c["text"] for c in await store.logs(args.run_id, step["id"]))
-            return doc, logs
+            row = await store.get_run(args.run_id) if doc else None
+            return doc, logs, shown_status(row, time.time()) if row else ""
 
-    doc, logs = asyncio.run(go())
+    doc, logs, status = asyncio.run(go())
     if doc is None:
         from ..errors import RunNotFound
 
@@ -441,7 +457,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps({**doc, **({"logs": logs} if args.logs else {})}, indent=2, default=str))
         return 0
     took = format_duration(doc["duration_ms"] / 1000) if doc["duration_ms"] is not None else "-"
-    print(f"run {doc['id']}  {doc['workflow']}  {doc['status']}  version {doc['version']}  {took}")
+    print(f"run {doc['id']}  {doc['workflow']}  {status}  version {doc['version']}  {took}")
     print(f"started {doc['started_at']}  trigger {doc['trigger']}  params {json.dumps(doc['params'])}")
     if doc["error"]:
         print(f"error: {doc['error']}")
