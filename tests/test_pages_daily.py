@@ -57,9 +57,9 @@ def test_daily_pages(tmp_path: Path) -> None:
         none = c.get("/audit", params={"action": "token."}).text
         assert "No entry matches this filter" in none and 'value="token."' in none
 
-        missing = c.get("/triggers", headers={"Accept": "text/html"})
+        missing = c.get("/approvals", headers={"Accept": "text/html"})
         assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
-        assert "There is no page at /triggers." in missing.text and '<a href="/runs">' in missing.text
+        assert "There is no page at /approvals." in missing.text and '<a href="/runs">' in missing.text
         api = c.get("/api/nope")
         assert api.status_code == 404 and api.json()["error_code"] == "NOT_FOUND"
 

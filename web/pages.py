@@ -84,6 +84,18 @@ def namespace(definition: Definition) -> str:
     return folder + "/" if folder else ""
 
 
+HISTORY_STRIP = 14  # recent runs per workflow in the list's strip
+
+
+def _next_fire(services: Services, definition: Definition) -> float | None:
+    """When a schedule of `definition` next starts it (the soonest of its schedules)."""
+    if services.scheduler is None or not definition.spec or not definition.spec.triggers.schedule:
+        return None
+    slots = [datetime.fromisoformat(f["next"]).timestamp() for f in services.scheduler.next_fires(definition)
+             if f["next"]]
+    return min(slots, default=None)
+
+
 @get("/", name="page-workflows", include_in_schema=False)
 async def workflows_page(request: Request, q: FromQuery[str | None] = None, tag: FromQuery[str | None] = None,
                          state_q: StateQuery = None) -> Template:
@@ -94,7 +106,9 @@ async def workflows_page(request: Request, q: FromQuery[str | None] = None, tag:
     state = state_q if state_q in WORKFLOW_STATES else None
     shown = [d for d in entries if workflow_matches(d, tag=tag, q=q, state=state, last=last.get(d.name),
                                                     paused=d.name in paused)]
-    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name)} for d in shown]
+    history = await services.store.recent_runs(HISTORY_STRIP)
+    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name), "next": _next_fire(services, d),
+             "history": history.get(d.name, [])[::-1]} for d in shown]  # oldest to newest, left to right
     broken = [d for d in entries if not d.healthy]
     tags = sorted({t for d in entries if d.spec for t in d.spec.tags})
     sync = _git_status(services)  # the URL without its credentials
@@ -203,14 +217,14 @@ async def start_from_form(request: Request, name: FromPath[str]) -> Template | R
 async def runs_page(request: Request, workflow: FromQuery[str | None] = None, state_q: StateQuery = None,
                     trigger: FromQuery[str | None] = None, since: FromQuery[str | None] = None,
                     until: FromQuery[str | None] = None, q: FromQuery[str | None] = None,
-                    page: FromQuery[int | None] = None) -> Template:
+                    parent: FromQuery[str | None] = None, page: FromQuery[int | None] = None) -> Template:
     services = _services(request)
     page = _page_number(page)
     status = state_q if state_q in RUN_STATES else None
     trigger = trigger if trigger in RUN_TRIGGERS else None
     names = visible_names(request)
     filters = {"workflow": workflow or "", "state": status or "", "trigger": trigger or "",
-               "since": since or "", "until": until or "", "q": (q or "")[:200]}
+               "since": since or "", "until": until or "", "q": (q or "")[:200], "parent": (parent or "")[:64]}
     try:
         start, end = run_window(since, until)
     except ValidationException as e:  # the form stays as typed, with the reason beside it
@@ -220,7 +234,7 @@ async def runs_page(request: Request, workflow: FromQuery[str | None] = None, st
         filters_error = ""
     runs, total = await services.store.list_runs(
         workflow=workflow or None, status=status, workflows=names, trigger=trigger, since=start, until=end,
-        search=filters["q"] or None, offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
+        search=filters["q"] or None, parent=filters["parent"] or None, offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE)
     context = {
         "runs": runs, "total": total, "page": page, "pages": max(1, -(-total // RUNS_PER_PAGE)),
         **filters, "filters": filters, "filters_error": filters_error, "nav": "runs",
@@ -398,14 +412,23 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else ""
 
 
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    delta = max(0.0, time.time() - ts)
+def _span(delta: float) -> str:
     for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
         if delta >= size:
-            return f"{int(delta // size)} {unit} ago"
-    return f"{int(delta)} s ago"
+            return f"{int(delta // size)} {unit}"
+    return f"{int(delta)} s"
+
+
+def _ago(ts: float | None) -> str:
+    return "never" if ts is None else f"{_span(max(0.0, time.time() - ts))} ago"
+
+
+def _until(ts: float | None) -> str:
+    """`in 19 h` for a time to come (`now` once it is due)."""
+    if ts is None:
+        return "-"
+    delta = ts - time.time()
+    return f"in {_span(delta)}" if delta >= 1 else "now"
 
 
 def _duration(start: float | None, end: float | None = None) -> str:
@@ -441,7 +464,7 @@ def _viewer(context: Any) -> Any:
 def register_template_helpers(env: Environment) -> None:
     """Filters and globals the page templates use."""
     env.filters.update({
-        "clock": _clock, "iso": _iso, "ago": _ago, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
+        "clock": _clock, "iso": _iso, "ago": _ago, "until": _until, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
         "show": show_value,
     })
     env.globals.update({"duration": _duration, "query": _query, "script_of": script_of, "STATES": STATES, "sc": state_class,

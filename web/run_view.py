@@ -198,6 +198,10 @@ class StepDetail:
     needs: tuple[str, ...]
     dependents: tuple[str, ...]
     continue_on_failure: bool = False
+    children: list[dict[str, Any]] = field(default_factory=list)  # runs a `workflow` step started
+
+
+CHILDREN_SHOWN = 20
 
 
 async def load_step_detail(services: Services, run: dict[str, Any], step_id: str) -> StepDetail | None:
@@ -221,8 +225,13 @@ async def load_step_detail(services: Services, run: dict[str, Any], step_id: str
         spec = next(s for s in definition.spec.steps if s.id == step_id)
         kind, cof = spec.kind, spec.continue_on_failure
         needs, dependents = definition.dag.deps[step_id], definition.dag.dependents[step_id]
+    children = []
+    if kind == "workflow":  # the child runs it started (one per foreach item), newest first
+        rows, _ = await services.store.list_runs(parent=run["id"], limit=500)
+        children = [r for r in rows  # a foreach item's child names its item: `step[2]`
+                    if r["parent_step_id"] == step_id or (r["parent_step_id"] or "").startswith(f"{step_id}[")]
     return StepDetail(
-        id=step_id, run_id=run["id"], status=last["status"] if last else "pending", kind=kind,
+        id=step_id, run_id=run["id"], status=last["status"] if last else "pending", kind=kind, children=children,
         attempts=[r for r in whole if r["attempt"] > 0], last=last, items=items,
         item_failures=item_failures, reused_from=reused_from, needs=needs, dependents=dependents,
         continue_on_failure=cof,

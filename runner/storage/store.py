@@ -223,6 +223,19 @@ class Store:
         async with self.engine.connect() as conn:
             return {r["workflow"]: dict(r) for r in (await conn.execute(query)).mappings()}
 
+    async def recent_runs(self, per_workflow: int) -> dict[str, list[dict[str, Any]]]:
+        """The newest `per_workflow` runs of each workflow (id, status, created_at), newest
+        first: the history strip of the workflows list, in one query."""
+        ranked = select(Run.workflow, Run.id, Run.status, Run.created_at, func.row_number().over(
+            partition_by=Run.workflow, order_by=(Run.created_at.desc(), Run.id.desc())).label("n")).subquery()
+        query = select(ranked).where(ranked.c.n <= per_workflow).order_by(ranked.c.workflow, ranked.c.n)
+        out: dict[str, list[dict[str, Any]]] = {}
+        async with self.engine.connect() as conn:
+            for r in (await conn.execute(query)).mappings():
+                out.setdefault(r["workflow"], []).append({"id": r["id"], "status": r["status"],
+                                                          "created_at": r["created_at"]})
+        return out
+
     async def logs(self, run_id: str, step_id: str, after_id: int = 0) -> list[dict[str, Any]]:
         query = (
             select(LogChunk)
