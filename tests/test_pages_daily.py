@@ -140,3 +140,48 @@ steps:
         again = c.get("/api/runs?workflow=greet").json()["items"][0]
         assert again["id"] != run_id and again["params"] == {"who": "Ada", "n": 3}
         assert page.errors == []
+
+
+@pytest.mark.browser
+def test_a_log_has_times_a_find_box_raw_and_download_and_items_open_one_by_one(tmp_path: Path, page) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    definitions = {"logs.yaml": """steps:
+  - id: talk
+    run: 'for w in alpha beta gamma alphabet; do echo "$w"; done'
+  - id: each
+    foreach: [1, 2, 3]
+    run: 'test {{ item }} -ne 2 && echo "item {{ item }} ok" || { echo "two <b>" >&2; exit 4; }'
+"""}
+    with serving(tmp_path, definitions) as base, httpx.Client(base_url=base, timeout=30) as c:
+        run_id = c.post("/api/workflows/logs/runs", json={}).json()["run_id"]
+        deadline = time.monotonic() + 30
+        while c.get(f"/api/runs/{run_id}").json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        page.goto(f"{base}/runs/{run_id}?step=talk#step-detail")
+        lines = page.locator("#log-pre > span")
+        expect(lines).to_have_count(4)
+        stamps = page.locator("#log-pre .ts").all_inner_texts()
+        assert len(stamps) == 4 and all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} ", s) for s in stamps), stamps
+        page.fill("#log-search", "ALPHA")
+        expect(page.locator("#log-pre > span:visible")).to_have_count(2)
+        expect(page.locator("#log-found")).to_have_text("2 matching")
+        page.uncheck("#log-times")
+        expect(page.locator("#log-pre .ts").first).to_be_hidden()
+        assert page.locator("#log-pre > span:visible").all_inner_texts() == ["alpha\n", "alphabet\n"]
+        raw = page.locator(".log-head a[download]")
+        assert raw.get_attribute("download") == f"{run_id}-talk.log"
+        with page.expect_download() as download:
+            raw.click()
+        assert Path(download.value.path()).read_text() == "alpha\nbeta\ngamma\nalphabet\n"
+
+        page.goto(f"{base}/runs/{run_id}?step=each#step-detail")
+        page.click("#item-list > summary")
+        items = page.locator(".items-one-by-one > li")
+        expect(items).to_have_count(3)
+        page.click("#item-1 > details > summary")
+        expect(page.locator("#item-1 pre.err")).to_contain_text("exit code 4")
+        expect(page.locator("#item-1 .badge")).to_have_text("failed")
+        expect(page.locator("#item-2 .badge")).to_have_text("succeeded")
+        assert page.errors == []

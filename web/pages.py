@@ -412,6 +412,11 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else ""
 
 
+def _logtime(ts: float | None) -> str:
+    """A log line's time of day in UTC, to the millisecond (the day is the run's)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts is not None else ""
+
+
 def _span(delta: float) -> str:
     for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
         if delta >= size:
@@ -464,7 +469,7 @@ def _viewer(context: Any) -> Any:
 def register_template_helpers(env: Environment) -> None:
     """Filters and globals the page templates use."""
     env.filters.update({
-        "clock": _clock, "iso": _iso, "ago": _ago, "until": _until, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
+        "clock": _clock, "iso": _iso, "ago": _ago, "until": _until, "logtime": _logtime, "seconds": _seconds, "urlquote": lambda v: quote(str(v), safe=""),
         "show": show_value,
     })
     env.globals.update({"duration": _duration, "query": _query, "script_of": script_of, "STATES": STATES, "sc": state_class,

@@ -199,9 +199,10 @@ class StepDetail:
     dependents: tuple[str, ...]
     continue_on_failure: bool = False
     children: list[dict[str, Any]] = field(default_factory=list)  # runs a `workflow` step started
+    item_list: list[dict[str, Any]] = field(default_factory=list)  # a foreach's items one by one (the first few)
 
 
-CHILDREN_SHOWN = 20
+ITEMS_SHOWN = 200  # items listed one by one; the counts above the list cover them all
 
 
 async def load_step_detail(services: Services, run: dict[str, Any], step_id: str) -> StepDetail | None:
@@ -232,6 +233,7 @@ async def load_step_detail(services: Services, run: dict[str, Any], step_id: str
                     if r["parent_step_id"] == step_id or (r["parent_step_id"] or "").startswith(f"{step_id}[")]
     return StepDetail(
         id=step_id, run_id=run["id"], status=last["status"] if last else "pending", kind=kind, children=children,
+        item_list=[row for _, row in sorted(item_last.items())[:ITEMS_SHOWN]],
         attempts=[r for r in whole if r["attempt"] > 0], last=last, items=items,
         item_failures=item_failures, reused_from=reused_from, needs=needs, dependents=dependents,
         continue_on_failure=cof,

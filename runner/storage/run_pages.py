@@ -51,7 +51,7 @@ class RunPages:
     async def log_tail(self, run_id: str, step_id: str, after: int, tail_chars: int) -> tuple[list[dict], bool]:
         """Log chunks after id `after`, oldest first; on a first read (after=0) only the
         last `tail_chars` characters. Returns (chunks, cut): `cut` says the head was left out."""
-        query = select(LogChunk.id, LogChunk.item, LogChunk.attempt, LogChunk.stream, LogChunk.text).where(
+        query = select(LogChunk.id, LogChunk.item, LogChunk.attempt, LogChunk.stream, LogChunk.text, LogChunk.at).where(
             LogChunk.run_id == run_id, LogChunk.step_id == step_id, LogChunk.id > after
         ).order_by(LogChunk.id.desc())
         chunks: list[dict] = []

@@ -25,6 +25,28 @@
     var meta = document.querySelector('meta[name="csrf-token"]');
     if (meta && e.detail.verb !== "get") { e.detail.headers["X-CSRF-Token"] = meta.getAttribute("content"); }
   });
+  // a step's log: find text (lines without it are hidden), show or hide the times
+  function filterLog() {
+    var pre = document.getElementById("log-pre"), box = document.getElementById("log-search");
+    if (!pre || !box) { return; }
+    var needle = box.value.toLowerCase(), shown = 0, spans = pre.children;
+    for (var i = 0; i < spans.length; i++) {
+      if (spans[i].tagName !== "SPAN") { continue; }
+      var hit = !needle || spans[i].textContent.toLowerCase().indexOf(needle) >= 0;
+      spans[i].hidden = !hit;
+      if (hit) { shown++; }
+    }
+    var found = document.getElementById("log-found");
+    if (found) { found.textContent = needle ? shown + " matching" : ""; }
+  }
+  document.addEventListener("input", function (e) { if (e.target.id === "log-search") { filterLog(); } });
+  document.addEventListener("change", function (e) {
+    if (e.target.id === "log-times") {
+      var pre = document.getElementById("log-pre");
+      if (pre) { pre.classList.toggle("no-times", !e.target.checked); }
+    }
+  });
+  document.addEventListener("htmx:afterSwap", filterLog);  // new lines follow the search
   // forms that undo work ask first: <form data-confirm="..."> (no inline script: the CSP forbids it)
   document.addEventListener("submit", function (e) {
     var question = e.target.getAttribute && e.target.getAttribute("data-confirm");
