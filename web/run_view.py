@@ -17,7 +17,7 @@ from runner.dsl.loader import Definition
 from runner.engine.report import run_definition
 from runner.storage.models import RunStatus
 
-from .dag_svg import STATES
+from .dag_view import STATES
 from .services import Services
 
 STEPS_PER_PAGE = 50
