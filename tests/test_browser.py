@@ -173,6 +173,11 @@ def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server:
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "run_page.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
+    # the graph follows the narrower window: its boxes stay in its canvas
+    expect(page.locator(".dag-view")).to_be_visible()
+    page.wait_for_function("""() => { const c = document.querySelector('.dag-canvas').getBoundingClientRect();
+        const b = document.querySelector('svg.dag g.node[data-step="prepare"] rect.box').getBoundingClientRect();
+        return b.left >= c.left && b.right <= c.right; }""")
     page.screenshot(path=str(ARTIFACTS / "run_page_390.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page is wider than a phone"
     page.set_viewport_size({"width": 1280, "height": 900})

@@ -30,23 +30,33 @@
   }
   function keyOf(s) { return s.version + ":" + s.nodes.length + ":" + s.edges.length; }
 
-  // -- layout (worker, cached per definition version in this tab) ---------------------
+  // -- layout (worker, cached per definition version in the browser) ---------------------
   function storageGet(key) {
-    try { var t = window.sessionStorage.getItem("treadle-dag:" + key); return t ? JSON.parse(t) : null; } catch (e) { return null; }
+    try { var t = window.localStorage.getItem("treadle-dag:" + key); return t ? JSON.parse(t) : null; } catch (e) { return null; }
   }
+  // the last KEEP layouts stay in the browser (a 5,000-step one is a few hundred kB)
   function storagePut(key, lay) {
+    var s, keys, KEEP = 4;
     try {
-      var s = window.sessionStorage, old = [];
-      for (var i = 0; i < s.length; i++) { if (s.key(i).indexOf("treadle-dag:") === 0) { old.push(s.key(i)); } }
-      for (var j = 0; j < old.length; j++) { s.removeItem(old[j]); }  // keep one: a few MB at most
+      s = window.localStorage;
+      keys = JSON.parse(s.getItem("treadle-dag-keys") || "[]").filter(function (k) { return k !== key; });
+      keys.push(key);
+      while (keys.length > KEEP) { s.removeItem("treadle-dag:" + keys.shift()); }
+      s.setItem("treadle-dag-keys", JSON.stringify(keys));
       s.setItem("treadle-dag:" + key, JSON.stringify(lay));
-    } catch (e) { /* full or disabled: the layout is only computed again */ }
+    } catch (e) {  // full: keep this one only; disabled: the layout is only computed again
+      try {
+        for (var i = 0; keys && i < keys.length; i++) { s.removeItem("treadle-dag:" + keys[i]); }
+        s.setItem("treadle-dag-keys", JSON.stringify([key]));
+        s.setItem("treadle-dag:" + key, JSON.stringify(lay));
+      } catch (e2) { /* nothing kept */ }
+    }
   }
   function layoutOf(structure, done) {
     var key = keyOf(structure);
-    if (layouts[key]) { done(layouts[key]); return; }
+    if (layouts[key]) { done(layouts[key], "page"); return; }
     var stored = storageGet(key);
-    if (stored && stored.x && stored.x.length === structure.nodes.length) { layouts[key] = stored; done(stored); return; }
+    if (stored && stored.x && stored.x.length === structure.nodes.length) { layouts[key] = stored; done(stored, "stored"); return; }
     if (waiting[key]) { waiting[key].push(done); return; }
     waiting[key] = [done];
     if (!worker) {
@@ -55,7 +65,7 @@
         var k = byId[e.data.id]; delete byId[e.data.id];
         if (!e.data.error) { layouts[k] = e.data; storagePut(k, e.data); }
         var cbs = waiting[k] || []; delete waiting[k];
-        for (var i = 0; i < cbs.length; i++) { cbs[i](e.data); }
+        for (var i = 0; i < cbs.length; i++) { cbs[i](e.data, "worker"); }
       };
       worker.onerror = function (e) {  // the worker itself failed (its script, dagre): every wait ends
         for (var k in waiting) {
@@ -97,8 +107,9 @@
   View.prototype.start = function () {
     var self = this, n = this.structure.nodes.length;
     this.say("Laying out " + n.toLocaleString("en") + " step" + (n === 1 ? "" : "s") + "\u2026");
-    layoutOf(this.structure, function (lay) {
+    layoutOf(this.structure, function (lay, source) {
       if (lay.error) { self.say("The graph could not be laid out: " + lay.error); return; }
+      self.root.setAttribute("data-layout", source);  // where it came from: worker, stored, page
       self.lay = lay;
       self.draw();
       self.readStates();
@@ -207,6 +218,7 @@
     });
   };
   View.prototype.zoomAt = function (px, py, factor) {
+    this.touched = true;
     var v = this.view, k = Math.min(MAX_K, Math.max(MIN_K, v.k * factor));
     v.x = px - (px - v.x) * (k / v.k);
     v.y = py - (py - v.y) * (k / v.k);
@@ -215,6 +227,7 @@
   };
   View.prototype.centreOn = function (x, y, k) {
     var c = this.size();
+    this.touched = true;
     this.view = {k: k, x: c.w / 2 - x * k, y: c.h / 2 - y * k};
     this.apply();
   };
@@ -224,7 +237,7 @@
   };
   // the whole graph when it is readable that way; otherwise its top at a readable size
   View.prototype.home = function () {
-    if (this.fitK() >= FAR) { this.fit(); return; }
+    if (this.fitK() >= FAR) { this.fit(); this.touched = false; return; }
     var c = this.size(), k = 0.8, w = this.lay.width * k;
     var x = w <= c.w ? (c.w - w) / 2 : Math.min(0, Math.max(c.w - w, c.w / 2 - this.lay.x[0] * k));
     this.view = {k: k, x: x, y: 8};  // centred on the first step, the graph's edges kept in the canvas
@@ -259,6 +272,7 @@
       var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
       if (!moved && Math.abs(dx) + Math.abs(dy) < 4) { return; }
       if (!moved) { moved = true; canvas.setPointerCapture(drag.id); canvas.classList.add("dragging"); }
+      self.touched = true;
       self.view.x = drag.vx + dx;
       self.view.y = drag.vy + dy;
       self.apply();
@@ -273,6 +287,7 @@
       var c = self.size(), step = 60;
       var moves = {ArrowLeft: [step, 0], ArrowRight: [-step, 0], ArrowUp: [0, step], ArrowDown: [0, -step]};
       if (moves[e.key]) {
+        self.touched = true;
         self.view.x += moves[e.key][0]; self.view.y += moves[e.key][1]; self.apply();
       } else if (e.key === "+" || e.key === "=") { self.zoomAt(c.w / 2, c.h / 2, 1.25); }
       else if (e.key === "-" || e.key === "_") { self.zoomAt(c.w / 2, c.h / 2, 0.8); }
@@ -298,6 +313,16 @@
       this.minimap.addEventListener("pointerdown", function (e) { pick = e.pointerId; self.minimap.setPointerCapture(pick); moveTo(e); });
       this.minimap.addEventListener("pointermove", function (e) { if (pick !== null) { moveTo(e); } });
       this.minimap.addEventListener("pointerup", function () { pick = null; });
+    }
+    // a new window size: the whole graph again, or the same point in the middle once moved by hand
+    if (window.ResizeObserver) {
+      var last = self.size();
+      new ResizeObserver(function () {
+        var c = self.size(), v = self.view;
+        if (c.w === last.w && c.h === last.h) { return; }
+        if (!self.touched) { self.home(); } else { v.x += (c.w - last.w) / 2; v.y += (c.h - last.h) / 2; self.apply(); }
+        last = c;
+      }).observe(canvas);
     }
     // live refreshes swap #run-graph (the states) inside this view
     if (window.MutationObserver && this.run) {
