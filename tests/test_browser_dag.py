@@ -181,6 +181,13 @@ def test_a_500_step_run_page_is_laid_out_zoomable_and_focuses_the_failed_step(pa
     page.mouse.click(mb["x"] + 5, mb["y"] + mb["height"] / 2)  # the far left end
     page.wait_for_timeout(100)
     assert not in_view(page, "boom_x")
+    # the workflow page draws the same graph, without states; its layout is the one the browser kept
+    page.goto(f"{server.base}/workflows/wide500")
+    expect(page.locator(".dag-view[data-ready]")).to_have_count(1, timeout=LAYOUT_MS)
+    expect(page.locator(".dag-view")).to_have_attribute("data-layout", "stored")
+    expect(page.locator("svg.dag g.node")).to_have_count(500)
+    expect(page.locator('svg.dag g.node[data-step="boom_x"]')).to_have_class("node")
+    expect(page.get_by_role("button", name="Focus on failed step")).to_have_count(0)
     assert page.errors == []
 
 
