@@ -70,10 +70,6 @@ class RunView:
         allowed or handled: they are no root cause of anything)."""
         return self.failures if self.run["status"] in ("failed", "running", "waiting") else []
 
-    @property
-    def states(self) -> dict[str, str]:
-        return {s.id: s.status for s in self.steps}
-
     def page(self, page: int, state: str | None) -> tuple[list[StepSummary], int, int]:
         """One page of the step list (filtered by state); returns (rows, page, pages)."""
         rows = [s for s in self.steps if s.status == state] if state else self.steps
