@@ -28,7 +28,12 @@
     var chars = Math.max(label(n.id).length, Math.min(kindText(n).length + 9, MAX_LABEL + 6));
     return Math.round(Math.max(96, chars * CHAR_W + 24));
   }
-  function keyOf(s) { return s.version + ":" + s.nodes.length + ":" + s.edges.length; }
+  // the layout depends on the version and on the boxes' widths (a child workflow's step count is in a label)
+  function keyOf(s) {
+    var h = 0;
+    for (var i = 0; i < s.nodes.length; i++) { h = (h * 31 + widthOf(s.nodes[i])) | 0; }
+    return s.version + ":" + s.nodes.length + ":" + s.edges.length + ":" + (h >>> 0).toString(36);
+  }
 
   // -- layout (worker, cached per definition version in the browser) ---------------------
   function storageGet(key) {
