@@ -1,8 +1,10 @@
 """Dashboard pages (SPEC §5) against a real uvicorn on loopback, with a real SQLite file.
 
-One exception: test_a_burst_of_events_becomes_one_refresh drives the stream's
+Two exceptions: test_a_burst_of_events_becomes_one_refresh drives the stream's
 coalescing function alone, with the real event Broker and a stand-in store (a
-SimpleNamespace with the one `get_run` it calls, always "running")."""
+SimpleNamespace with the one `get_run` it calls, always "running"); and
+test_a_child_workflows_step_count_is_shown_only_to_who_may_see_it gives
+`web.dag_view.step_counts` a dict of SimpleNamespace definitions as the catalog's `get`."""
 
 from __future__ import annotations
 
