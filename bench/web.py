@@ -1,10 +1,12 @@
-"""Web figures: page render time for big runs, POST -> first step, SSE delay.
+"""Web figures: page render time for big runs, POST -> first step, SSE delay, graph layout.
 
     python bench/web.py [--quick]
 
 Starts `treadle serve` in a subprocess on a free loopback port with a temporary
 definitions folder and SQLite file, drives it with httpx from this process, and
-prints `name: value (target ...)` lines. Times of steps are read from the SQLite
+prints `name: value (target ...)` lines; with Playwright and /usr/bin/chromium, also how long
+the browser takes to lay out and draw each big run's graph (no target: it happens in a
+Web Worker after the page is shown). Times of steps are read from the SQLite
 file itself (epoch floats the engine recorded), so the two processes share one
 clock. Stops by itself well inside two minutes (`--quick` makes the big run
 smaller for a smoke check).
