@@ -1,10 +1,12 @@
-"""Web figures: page render time for big runs, POST -> first step, SSE delay.
+"""Web figures: page render time for big runs, POST -> first step, SSE delay, graph layout.
 
     python bench/web.py [--quick]
 
 Starts `treadle serve` in a subprocess on a free loopback port with a temporary
 definitions folder and SQLite file, drives it with httpx from this process, and
-prints `name: value (target ...)` lines. Times of steps are read from the SQLite
+prints `name: value (target ...)` lines; with Playwright and /usr/bin/chromium, also how long
+the browser takes to lay out and draw each big run's graph (no target: it happens in a
+Web Worker after the page is shown). Times of steps are read from the SQLite
 file itself (epoch floats the engine recorded), so the two processes share one
 clock. Stops by itself well inside two minutes (`--quick` makes the big run
 smaller for a smoke check).
@@ -26,6 +28,7 @@ from typing import Any
 
 import httpx
 from _server import (
+    DEADLINE,
     FINISHED,
     OutOfTime,
     check_time,
@@ -108,6 +111,42 @@ def run_page(client: httpx.Client, n: int, target: str) -> None:
         else:
             print(f"{line}: {ms(statistics.median(warm))} (for comparison)", flush=True)
         print(f"    first request {ms(cold)}; {size / 1e6:.2f} MB; the run itself took {took:.1f} s", flush=True)
+    if len(targets) == 2:
+        graph_layout(str(client.base_url), run_id, n)
+
+
+def graph_layout(base: str, run_id: str, n: int) -> None:
+    """The browser's side of the run page: page load -> the graph laid out (dagre, in a
+    worker) and drawn. No target: the page answers and is usable first (docs/architecture.md)."""
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("    (graph layout in the browser: skipped, no playwright)", flush=True)
+        return
+    if not chromium.exists():
+        print(f"    (graph layout in the browser: skipped, no {chromium})", flush=True)
+        return
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    check_time()
+    left, shown = DEADLINE - time.monotonic(), float("nan")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            t0 = time.perf_counter()
+            page.goto(f"{base}/runs/{run_id}", wait_until="domcontentloaded")
+            shown = time.perf_counter() - t0
+            page.wait_for_selector(".dag-view[data-ready]", timeout=max(1.0, left - shown) * 1000)
+            drawn: float | None = time.perf_counter() - t0
+        except PlaywrightTimeout:
+            drawn = None
+        finally:
+            browser.close()
+    after = f"after {drawn:.1f} s" if drawn is not None else f"not within the bench's last {left:.0f} s"
+    print(f"    in Chromium: page shown after {ms(shown)}; graph of {n:,} steps laid out and drawn {after} "
+          "(no target: dagre in a worker, the page stays usable meanwhile)", flush=True)
 
 
 def fetch(client: httpx.Client, url: str) -> None:

@@ -145,6 +145,8 @@ def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server:
         return page.locator(f'svg.dag g.node[data-step="{step}"]')
 
     # the gate is shut: the first step runs, the rest wait
+    expect(page.locator(".dag-view[data-ready]")).to_have_count(1)
+    page.evaluate("document.querySelector('svg.dag').__kept = true")  # gone if the graph is drawn again
     expect(node("prepare")).to_have_class("node s-running")
     expect(node("work")).to_have_class("node s-pending")
     expect(page.locator("#run-head")).to_contain_text("Cancel run")
@@ -158,6 +160,8 @@ def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server:
     expect(page.locator("#run-head .root-cause")).to_contain_text("flaky")
     expect(page.locator(".steps-table .bar.s-succeeded")).to_have_count(2)  # the timeline
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    assert page.evaluate("document.querySelector('svg.dag').__kept") is True, "the graph was laid out again"
+    expect(node("flaky").locator("text.meta")).to_have_text(re.compile(r"^run · [\d.]+m?s$"))  # kind and time
     assert page.url == run_url
 
     # open the failed step: its error and its log
@@ -169,6 +173,11 @@ def test_start_a_run_watch_it_live_read_the_failure_and_retry(page: Any, server:
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "run_page.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
+    # the graph follows the narrower window: its boxes stay in its canvas
+    expect(page.locator(".dag-view")).to_be_visible()
+    page.wait_for_function("""() => { const c = document.querySelector('.dag-canvas').getBoundingClientRect();
+        const b = document.querySelector('svg.dag g.node[data-step="prepare"] rect.box').getBoundingClientRect();
+        return b.left >= c.left && b.right <= c.right; }""")
     page.screenshot(path=str(ARTIFACTS / "run_page_390.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page is wider than a phone"
     page.set_viewport_size({"width": 1280, "height": 900})

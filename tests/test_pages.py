@@ -1,15 +1,17 @@
 """Dashboard pages (SPEC §5) against a real uvicorn on loopback, with a real SQLite file.
 
-One exception: test_a_burst_of_events_becomes_one_refresh drives the stream's
+Two exceptions: test_a_burst_of_events_becomes_one_refresh drives the stream's
 coalescing function alone, with the real event Broker and a stand-in store (a
-SimpleNamespace with the one `get_run` it calls, always "running")."""
+SimpleNamespace with the one `get_run` it calls, always "running"); and
+test_a_child_workflows_step_count_is_shown_only_to_who_may_see_it gives
+`web.dag_view.step_counts` a dict of SimpleNamespace definitions as the catalog's `get`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,14 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.dsl.dag import build_dag
 from web import pages
-from web.dag_svg import layers_of, layout, render_svg
 from web.live import coalesced, run_signals
 
 from .web_server import serving, with_csrf
-
-SVG = "{http://www.w3.org/2000/svg}"
 
 DEFINITIONS = {
     "greet.yaml": """
@@ -91,6 +89,13 @@ DEFINITIONS = {
             foreach: "{{ range(300) | list }}"
             set: {n: "{{ item }}"}
     """,
+    "parent.yaml": """
+        steps:
+          - id: call
+            foreach: [Ada, Grace]
+            workflow: greet
+            params: {who: "{{ item }}"}
+    """,
     "broken.yaml": """
         steps:
           - id: a
@@ -144,51 +149,18 @@ def field_block(html: str, name: str) -> str:
     raise AssertionError(f"no field {name}")
 
 
-def svg_of(html: str) -> ET.Element:
-    return ET.fromstring(html[html.index("<svg"):html.index("</svg>") + 6])
+def json_block(html: str, attribute: str) -> Any:
+    """The JSON in the single-quoted `attribute` of the page (the graph view's data)."""
+    match = re.search(rf"{attribute}='([^']*)'", html)
+    assert match, f"no {attribute}"
+    return json.loads(match.group(1))
 
 
-def boxes_and_edges(svg: ET.Element) -> tuple[dict[str, tuple[float, ...]], list[tuple[str, str, list]]]:
-    boxes = {}
-    for g in svg.iter(SVG + "g"):
-        if "data-step" in g.attrib:
-            rect = next(g.iter(SVG + "rect"))
-            boxes[g.attrib["data-step"]] = tuple(float(rect.attrib[k]) for k in ("x", "y", "width", "height"))
-    edges = []
-    for path in svg.iter(SVG + "path"):
-        if path.attrib.get("class") == "edge":
-            numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", path.attrib["d"])]
-            points = list(zip(numbers[::2], numbers[1::2], strict=True))
-            edges.append((path.attrib["data-from"], path.attrib["data-to"], points))
-    return boxes, edges
-
-
-def crosses(p: tuple[float, float], q: tuple[float, float], box: tuple[float, ...], eps: float = 0.5) -> bool:
-    """Whether segment p-q passes through the inside of `box` (Liang-Barsky clipping)."""
-    x, y, w, h = box
-    xmin, xmax, ymin, ymax = x + eps, x + w - eps, y + eps, y + h - eps
-    dx, dy = q[0] - p[0], q[1] - p[1]
-    t0, t1 = 0.0, 1.0
-    for edge_p, edge_q in ((-dx, p[0] - xmin), (dx, xmax - p[0]), (-dy, p[1] - ymin), (dy, ymax - p[1])):
-        if edge_p == 0:
-            if edge_q < 0:
-                return False
-            continue
-        t = edge_q / edge_p
-        if edge_p < 0:
-            t0 = max(t0, t)
-        else:
-            t1 = min(t1, t)
-        if t0 > t1:
-            return False
-    return True
-
-
-def assert_no_edge_crosses_a_box(boxes: dict, edges: list) -> None:
-    for src, dst, points in edges:
-        for p, q in zip(points, points[1:], strict=False):
-            for sid, box in boxes.items():
-                assert not crosses(p, q, box), f"edge {src}->{dst} crosses the box of {sid}"
+def graph_of(html: str) -> tuple[list[str], set[tuple[str, str]]]:
+    """The step ids and the edges (from, to) of the page's graph structure."""
+    data = json_block(html, "data-structure")
+    ids = [n["id"] for n in data["nodes"]]
+    return ids, {(ids[a], ids[b]) for a, b in data["edges"]}
 
 
 # -- workflows ---------------------------------------------------------------------
@@ -207,7 +179,7 @@ def test_workflows_page_lists_workflows_and_broken_files(server: SimpleNamespace
 
 def test_workflow_page_has_graph_source_history_and_typed_form(server: SimpleNamespace) -> None:
     html = server.client.get("/workflows/greet").text
-    assert {"hello", "shape"} == set(boxes_and_edges(svg_of(html))[0])
+    assert graph_of(html) == (["hello", "shape"], {("hello", "shape")})
     assert '<span class="line" id="L1"><a class="ln" href="#L1" aria-hidden="true">1</a>description: Says &lt;b&gt;' in html
     who = field_block(html, "who")
     assert "required" in who and 'class="req"' in who and "who to greet" in who
@@ -281,52 +253,47 @@ def test_run_page_escapes_outputs_and_marks_the_root_cause(server: SimpleNamespa
     head = html[html.index('id="run-head"'):html.index('id="run-graph"')]
     assert "Root cause:" in head and "<code>boom</code></a> failed" in head
     assert "1 step could not run because of it" in head
-    boxes = {g.attrib["data-step"]: g.attrib["class"]
-             for g in svg_of(html).iter(SVG + "g") if "data-step" in g.attrib}
-    assert boxes == {"shout": "node s-succeeded", "boom": "node s-failed", "after": "node s-upstream_failed",
-                     "side": "node s-succeeded"}
+    states = json_block(html, "data-states")
+    assert {sid: entry[0] for sid, entry in states["steps"].items()} == {
+        "shout": "succeeded", "boom": "failed", "after": "upstream_failed", "side": "succeeded"}
+    assert states["failed"] == "boom" and states["run"] == run_id
+    assert states["steps"]["after"][1] == "" and states["steps"]["boom"][1].endswith(("ms", "s"))
     rows = html[html.index('id="run-steps"'):]
     boom_row = rows[rows.index(">boom</a>"):].split("</tr>")[0]
     after_row = rows[rows.index(">after</a>"):].split("</tr>")[0]
     assert "root cause" in boom_row and "root cause" not in after_row and "upstream failed" in after_row
 
 
-def test_svg_has_a_node_per_step_and_no_edge_crosses_a_node(server: SimpleNamespace) -> None:
-    svg = svg_of(server.client.get("/workflows/shapes").text)
-    boxes, edges = boxes_and_edges(svg)
-    assert set(boxes) == {"a", "b", "c", "d", "e", "f", "g", "h", "i", "a_very_long_step_name_that_is_cut"}
-    assert len(edges) == 14  # one per dependency, long ones through waypoints
-    assert {(s, d) for s, d, _ in edges} >= {("a", "e"), ("a", "i"), ("b", "g")}
-    assert any(len(points) > 2 for _, _, points in edges)
-    assert_no_edge_crosses_a_box(boxes, edges)
-    for (x1, y1, w1, h1), (x2, y2, w2, h2) in ((boxes[a], boxes[b]) for a in boxes for b in boxes if a < b):
-        assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, "boxes overlap"
+def test_graph_structure_has_every_step_and_every_dependency(server: SimpleNamespace) -> None:
+    ids, edges = graph_of(server.client.get("/workflows/shapes").text)
+    assert ids == ["a", "b", "c", "d", "e", "f", "g", "h", "i", "a_very_long_step_name_that_is_cut"]  # file order
+    assert edges == {("a", "b"), ("a", "c"), ("b", "d"), ("a", "e"), ("d", "e"), ("c", "e"), ("a", "f"),
+                     ("e", "g"), ("f", "g"), ("b", "g"), ("h", "i"), ("g", "i"), ("a", "i"),
+                     ("a", "a_very_long_step_name_that_is_cut")}
+    assert "<svg" not in server.client.get("/workflows/shapes").text  # drawn by the browser (web/static/dag.js)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_layout_of_random_graphs_keeps_edges_off_boxes(seed: int) -> None:
-    import random
-
-    rnd = random.Random(seed)
-    links = [(f"n{i}", [f"n{j}" for j in rnd.sample(range(i), k=min(i, rnd.randint(0, 3)))]) for i in range(40)]
-    dag = build_dag(links)
-    svg = ET.fromstring(str(render_svg(layout(layers_of(dag), dag.deps), {s: "succeeded" for s in dag.order})))
-    boxes, edges = boxes_and_edges(svg)
-    assert set(boxes) == set(dag.order)
-    assert len(edges) == sum(len(d) for d in dag.deps.values())
-    assert_no_edge_crosses_a_box(boxes, edges)
+def test_foreach_and_child_workflow_steps_are_one_node_each_with_what_they_stand_for(
+        server: SimpleNamespace) -> None:
+    nodes = {n["id"]: n for n in json_block(server.client.get("/workflows/wide").text, "data-structure")["nodes"]}
+    assert len(nodes) == 121
+    assert nodes["many"] == {"id": "many", "kind": "set", "foreach": True}  # a template: counted when it runs
+    assert nodes["s000"] == {"id": "s000", "kind": "log"}
+    parent = {n["id"]: n for n in json_block(server.client.get("/workflows/parent").text, "data-structure")["nodes"]}
+    assert parent["call"] == {"id": "call", "kind": "workflow", "child": "greet", "child_steps": 2,
+                              "foreach": 2}
 
 
-def test_large_graphs_are_drawn_compact() -> None:
-    links = [("start", [])] + [(f"s{i}", ["start"] if i < 20 else [f"s{i - 20}"]) for i in range(600)]
-    links.append(("end", [f"s{i}" for i in range(0, 600, 7)]))
-    dag = build_dag(links)
-    lay = layout(layers_of(dag), dag.deps)
-    assert lay.compact and set(lay.boxes) == set(dag.order)
-    assert_no_edge_crosses_a_box({s: (b.x, b.y, b.w, b.h) for s, b in lay.boxes.items()}, lay.edges)
-    svg = str(render_svg(lay, {s: ("failed" if s == "s5" else "succeeded") for s in dag.order}))
-    assert svg.count("<path") == 3  # the edges, and one path per state: a few elements, not 600
-    assert svg.count("z") == len(dag.order)  # one closed square per step
+def test_a_big_run_page_sends_states_for_every_step_and_item_counts(server: SimpleNamespace) -> None:
+    run_id = start(server.client, "wide")
+    assert finished(server.client, run_id) == "succeeded"
+    html = server.client.get(f"/runs/{run_id}").text
+    states = json_block(html, "data-states")["steps"]
+    assert len(states) == 121 and states["many"][0] == "succeeded" and states["many"][2:] == [300, 300]
+    assert len(states["s001"]) == 2  # no items: state and time only
+    live = server.client.get(f"/runs/{run_id}/live").text
+    assert json_block(live, "data-states")["steps"] == states
+    assert "data-structure" not in live  # the structure is sent once, with the page
 
 
 def test_a_big_run_page_is_paged_and_foreach_items_are_counted(server: SimpleNamespace) -> None:
@@ -438,3 +405,13 @@ def test_unknown_pages_are_404(server: SimpleNamespace) -> None:
         r = server.client.get(path)
         assert r.status_code == 404 and "text/html" in r.headers["content-type"], path
     assert server.client.post("/runs/nope/cancel").status_code == 404
+
+
+def test_a_child_workflows_step_count_is_shown_only_to_who_may_see_it() -> None:
+    from web.dag_view import step_counts
+
+    definitions = {"child": SimpleNamespace(spec=SimpleNamespace(steps=[1, 2, 3])), "broken": SimpleNamespace(spec=None)}
+    assert step_counts(definitions.get, None)("child") == 3
+    assert step_counts(definitions.get, {"child"})("child") == 3
+    assert step_counts(definitions.get, {"other"})("child") is None  # another namespace's workflow
+    assert step_counts(definitions.get, None)("broken") is None and step_counts(definitions.get, None)("gone") is None

@@ -72,15 +72,18 @@ def test_open_workflow_and_home_pages_follow_a_file_edit(tmp_path: Path, page) -
         page.goto(base + "/workflows/edit")
         expect(page.locator("h1")).to_contain_text("edit")
         assert page.locator("h1 .badge").count() == 0
+        expect(page.locator("svg.dag g.node")).to_have_count(1)
         (tmp_path / "definitions" / "edit.yaml").write_text("steps: [{id: a, lgo: hi}]\n")  # a broken save
         expect(page.locator("h1 .badge")).to_contain_text("broken")  # no reload
         expect(page.locator("body")).to_contain_text("unknown step kind 'lgo'")
         home = page.context.new_page()
         home.goto(base + "/")
         expect(home.locator("body")).to_contain_text("1 file with problems")
-        (tmp_path / "definitions" / "edit.yaml").write_text("steps: [{id: a, log: fixed}]\n")  # the fix
-        expect(home.locator("body")).not_to_contain_text("with problems")
+        (tmp_path / "definitions" / "edit.yaml").write_text("steps: [{id: a, log: fixed}, {id: b, log: new}]\n")
+        expect(home.locator("body")).not_to_contain_text("with problems")  # the fix
         expect(page.locator("h1 .badge")).to_have_count(0)
+        expect(page.locator("svg.dag g.node")).to_have_count(2)  # the graph of the new version, drawn again
+        expect(page.locator('svg.dag g.node[data-step="b"]')).to_be_visible()
         assert page.errors == []
 
 

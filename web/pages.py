@@ -33,7 +33,7 @@ from .api_notifications import delivery_doc
 from .api_triggers import trigger_summary
 from .auth import visible, visible_names
 from .charts import runs_chart
-from .dag_svg import STATES, layout_for, render_svg, state_class
+from .dag_view import STATES, state_class, states_json, step_counts, structure_json
 from .filters import RUN_TRIGGERS, WORKFLOW_STATES, run_window, workflow_matches
 from .forms import as_text, form_fields, posted_params
 from .run_view import (
@@ -132,19 +132,22 @@ async def reset_breaker_from_form(request: Request) -> Template | Redirect:
     return Redirect("/", status_code=303)
 
 
-def _graph(definition: Definition | None, **kw: Any) -> Markup | None:
-    if definition is None or definition.dag is None:
-        return None
-    return render_svg(layout_for(definition.version, definition.dag), **kw)
+def _graph(request: Request, definition: Definition | None) -> Markup | None:
+    """The graph's structure as JSON for web/static/dag.js (None: the file has no graph).
+    A child workflow's step count is shown only to who may see that workflow."""
+    names = visible_names(request)
+    return structure_json(definition, step_counts(_services(request).catalog.get,
+                                                  None if names is None else set(names)))
 
 
-async def _workflow_context(services: Services, definition: Definition, page: int) -> dict[str, Any]:
+async def _workflow_context(request: Request, definition: Definition, page: int) -> dict[str, Any]:
+    services = _services(request)
     runs, total = await services.store.list_runs(workflow=definition.name, offset=(page - 1) * HISTORY_PER_PAGE,
                                                  limit=HISTORY_PER_PAGE)
     bad_lines = {p.line for p in definition.current_problems}
     versions, version_total = await services.store.versions(definition.name, limit=VERSIONS_SHOWN)
     return {
-        "d": definition, "ns": namespace(definition), "graph": _graph(definition), "runs": runs,
+        "d": definition, "ns": namespace(definition), "graph": _graph(request, definition), "runs": runs,
         "page": page, "pages": max(1, -(-total // HISTORY_PER_PAGE)), "total": total, "nav": "workflows",
         "lines": (definition.broken or definition).source.splitlines(), "bad_lines": bad_lines,
         "versions": versions, "version_total": version_total,
@@ -166,7 +169,7 @@ async def workflow_page(request: Request, name: FromPath[str], page: FromQuery[i
     definition = services.catalog.get(name)
     if definition is None:
         return no_workflow(name)
-    context = await _workflow_context(services, definition, _page_number(page))
+    context = await _workflow_context(request, definition, _page_number(page))
     if from_run and definition.spec is not None:
         # "Run again with these params": the start form filled with that run's values
         run = await services.store.get_run(from_run[:64])
@@ -183,7 +186,7 @@ async def start_from_form(request: Request, name: FromPath[str]) -> Template | R
     definition = services.catalog.get(name)
     if definition is None:
         return no_workflow(name)
-    context = await _workflow_context(services, definition, 1)
+    context = await _workflow_context(request, definition, 1)
     if definition.spec is None or not definition.valid:
         context["form_error"] = "This workflow's file has problems; fix them before starting a run."
         return Template("workflow.html", context=context, status_code=409)
@@ -256,14 +259,9 @@ async def runs_stream(request: Request) -> ServerSentEvent:
 
 
 def _run_context(view: RunView, page: int | None, state: str | None, step: str | None) -> dict[str, Any]:
-    run_id = view.run["id"]
     rows, page, pages = view.page(page or (view.page_of(step, state) if step else 1), state)
-    titles = {s.id: f"{s.items.get('succeeded', 0)}/{s.item_total} items succeeded"
-              for s in view.steps if s.items}
-    graph = _graph(view.definition, states=view.states, titles=titles,
-                   href=lambda sid: f"/runs/{quote(run_id, safe='')}?{urlencode({'step': sid})}#step-detail")
     return {"view": view, "run": view.run, "rows": rows, "page": page, "pages": pages, "state": state or "",
-            "step": step or "", "graph": graph, "live": not view.finished, "nav": "runs"}
+            "step": step or "", "graph_states": states_json(view), "live": not view.finished, "nav": "runs"}
 
 
 async def _detail_context(services: Services, run: dict[str, Any], step: str | None) -> dict[str, Any]:
@@ -284,6 +282,7 @@ async def run_page(request: Request, run_id: FromPath[str], step: FromQuery[str 
     if not step and view.failures:
         step = view.failures[0]["step"]  # open the root cause of a failed run
     context = _run_context(view, page, state_filter(state_q), step)
+    context["graph"] = _graph(request, view.definition)
     context.update(await _detail_context(services, view.run, step))
     context["deliveries"] = [delivery_doc(r) for r in await services.store.notifications.of_run(run_id)]
     return Template("run.html", context=context)

@@ -17,7 +17,7 @@ from runner.dsl.loader import Definition
 from runner.engine.report import run_definition
 from runner.storage.models import RunStatus
 
-from .dag_svg import STATES
+from .dag_view import STATES
 from .services import Services
 
 STEPS_PER_PAGE = 50
@@ -69,10 +69,6 @@ class RunView:
         """The failed steps, when they made the run fail (a succeeded run's failures were
         allowed or handled: they are no root cause of anything)."""
         return self.failures if self.run["status"] in ("failed", "running", "waiting") else []
-
-    @property
-    def states(self) -> dict[str, str]:
-        return {s.id: s.status for s in self.steps}
 
     def page(self, page: int, state: str | None) -> tuple[list[StepSummary], int, int]:
         """One page of the step list (filtered by state); returns (rows, page, pages)."""
