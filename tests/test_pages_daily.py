@@ -188,3 +188,49 @@ def test_a_log_has_times_a_find_box_raw_and_download_and_items_open_one_by_one(t
         expect(page.locator("#item-1 .badge")).to_have_text("failed")
         expect(page.locator("#item-2 .badge")).to_have_text("succeeded")
         assert page.errors == []
+
+
+def _rgb(css: str) -> tuple[float, float, float]:
+    """A computed colour (`rgb(r, g, b)` or `color(srgb r g b)`, as color-mix gives) as 0-1 floats."""
+    if css.startswith("color(srgb"):
+        return tuple(float(v) for v in css[len("color(srgb"):].strip(" )").split()[:3])  # type: ignore[return-value]
+    return tuple(int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])  # type: ignore[return-value]
+
+
+def _contrast(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    def lum(c: tuple[float, ...]) -> float:
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.browser
+def test_state_colours_differ_read_well_and_an_approval_bar_matches_its_badge(tmp_path: Path, page) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    definitions = {"gate.yaml": "steps:\n  - {id: ask, approval: {message: go?}}\n  - {id: after, needs: [ask], log: x}\n"}
+    with serving(tmp_path, definitions) as base, httpx.Client(base_url=base, timeout=30) as c:
+        run_id = c.post("/api/workflows/gate/runs", json={}).json()["run_id"]
+        deadline = time.monotonic() + 30
+        while c.get(f"/api/runs/{run_id}").json()["status"] != "waiting":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        page.goto(f"{base}/runs/{run_id}")
+        states = ["pending", "running", "waiting", "succeeded", "failed", "skipped", "upstream_failed", "cancelled"]
+        colours = page.evaluate("""states => states.map(st => {
+            const b = document.createElement('span'); b.className = 'badge s-' + st; b.textContent = st;
+            document.body.appendChild(b); const cs = getComputedStyle(b);
+            const out = {fg: cs.color, bg: cs.backgroundColor, fill: cs.getPropertyValue('--c').trim()};
+            b.remove(); return out; })""", states)
+        fills = {st: c["fill"] for st, c in zip(states, colours, strict=True)}
+        assert len(set(fills.values())) == len(states), fills  # no two states share a colour
+        for st, c in zip(states, colours, strict=True):
+            if st != "failed":  # failed is white on its solid colour
+                assert _contrast(_rgb(c["fg"]), _rgb(c["bg"])) >= 4.5, (st, c)
+        # the approval's bar is in the colour of its badge, not the running blue
+        row = page.locator("table.steps-table tr", has=page.locator(".step-id", has_text="ask")).first
+        expect(row.locator(".badge")).to_have_class(re.compile(r"\bs-waiting\b"))
+        expect(row.locator(".bar").last).to_have_class(re.compile(r"\bs-waiting\b"))
+        page.goto(base + "/")
+        assert page.locator("td.actions").first.evaluate("e => getComputedStyle(e).display") == "table-cell"

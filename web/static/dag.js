@@ -11,8 +11,13 @@
   var FAR = 0.45;            // below this zoom the labels are hidden: too small to read, and many to paint
   var MIN_K = 0.01, MAX_K = 3;
   var ARROWS_UP_TO = 600;    // edges drawn one by one (with arrowheads); above, one path for all
-  var COLORS = {pending: "#a5adb8", running: "#2f6fdb", waiting: "#b8860b", succeeded: "#1e8e4e",
-    failed: "#c9302c", skipped: "#8a94a3", upstream_failed: "#c27c0e", cancelled: "#7a5fb8", none: "#a5adb8"};
+  // the minimap's colours are the stylesheet's (--pending, --running, ...): one palette
+  var COLORS = {}, CSS_NAMES = {upstream_failed: "upstream", none: "pending"};
+  ["pending", "running", "waiting", "succeeded", "failed", "skipped", "upstream_failed", "cancelled", "none"]
+    .forEach(function (st) {
+      var v = getComputedStyle(document.documentElement).getPropertyValue("--" + (CSS_NAMES[st] || st)).trim();
+      COLORS[st] = v || "#a5adb8";
+    });
   var layouts = {};          // structure key -> layout, for this page's life
   var waiting = {};          // structure key -> callbacks waiting for the worker
   var worker = null, nextId = 1, byId = {};
