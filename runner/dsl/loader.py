@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,20 +369,24 @@ def _walk_loc(loc: tuple, data: Any) -> tuple[tuple, int | None]:
     return tuple(out), union_at
 
 
-def _report_validation(errors: list[Any], src: Source, problems: _Collector) -> None:
-    """Report pydantic errors; the errors of a union's branches become one message."""
+def _report_validation(errors: list[Any], src: Source, problems: _Collector,
+                       model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> None:
+    """Report pydantic errors; the errors of a union's branches become one message.
+
+    `model_at`: which model describes the mapping at a path (for the keys an unknown
+    key is compared with); another file format (a test file) passes its own."""
     unions: dict[tuple, list[tuple[tuple, Any]]] = {}
     for err in errors:
         path, union_at = _walk_loc(err["loc"], src.data)
         if union_at is not None and err["type"] not in ("missing", "extra_forbidden", "misplaced"):
             unions.setdefault(path[:union_at], []).append((path, err))
         else:
-            _report_one(err, path, src, problems)
+            _report_one(err, path, src, problems, model_at)
     for at, branch_errors in unions.items():
         deeper = [(p, e) for p, e in branch_errors if len(p) > len(at)]
         if deeper:  # the value had the right shape for one branch and failed inside it
             for path, err in deeper:
-                _report_one(err, path, src, problems)
+                _report_one(err, path, src, problems, model_at)
         else:
             expected = list(dict.fromkeys(_EXPECTED.get(e["type"], e["type"]) for _, e in branch_errors))
             _report_type(at, expected, branch_errors[0][1].get("input"), src, problems)
@@ -417,7 +421,8 @@ _CHOICE_SYNONYMS = {"int": "integer", "float": "number", "str": "string", "text"
                     "bool": "boolean", "list": "array", "dict": "object", "map": "object"}
 
 
-def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -> None:
+def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector,
+                model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> None:
     kind = err["type"]
     where = _dotted(data_path)
     value = err.get("input")
@@ -426,7 +431,7 @@ def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -
         key = err["loc"][-1]
         parent = data_path[:-1] if data_path and data_path[-1] == key else data_path
         line, col = src.where((*parent, key), key=True)
-        problems.add(line, col, _unknown_key_message(key, parent, src.data))
+        problems.add(line, col, _unknown_key_message(key, parent, src.data, model_at))
     elif kind == "missing":
         field_name = err["loc"][-1]
         line, col = src.where(data_path)
@@ -498,8 +503,9 @@ def _describe(value: Any, data_path: tuple, src: Source) -> str:
     return "a list" if isinstance(value, list) else "a mapping"
 
 
-def _unknown_key_message(key: str, parent: tuple, data: Any) -> str:
-    model = _model_at(parent)
+def _unknown_key_message(key: str, parent: tuple, data: Any,
+                         model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> str:
+    model = model_at(parent)
     where = _dotted((*parent, key))
     known = d.field_names(model) if model else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)

@@ -28,6 +28,7 @@ from .logsink import LogSink
 if TYPE_CHECKING:
     from ..dsl.loader import Definition
     from .journal import Journal
+    from .mocks import Mocks
     from .replay import Recorded, Replay
 
 log = logging.getLogger("treadle.run")
@@ -170,6 +171,7 @@ class RunExecution:
         self._suspending = False
         self.context: dict[str, Any] = self._plain_context()  # `env` is rendered when the run starts
         self.replay: Replay | None = None  # set by Engine.launch for `treadle replay` (replay.py)
+        self.mocks: Mocks | None = None  # set by Engine.launch for `treadle test` (mocks.py)
 
     @property
     def busy(self) -> bool:
@@ -705,52 +707,10 @@ class RunExecution:
                         return self._replayed({**key, "attempt": attempt}, shown, answer, logs)
                     if self.replay.offline:
                         raise _WouldRun(shown)
-                async with self._sem:
-                    if not await self.engine.leases.confirm(self.id):
-                        raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
-                    row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
-                           "started_at": time.time(), "input": self.mask.data(hide_placeholders(inp) if remote else inp)}
-                    self.journal.step(row)
-                    sctx = StepContext(
-                        run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
-                        workflow=self.definition.name, base_dir=self.definition.base_dir,
-                        env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
-                        timeout=timeout, process_env=None if remote else self._process_env(),
-                        started=self._on_worker(row) if remote else None,
-                    )
-                    limit = asyncio.timeout(timeout)
-                    permit: Permit | None = None
-                    try:
-                        permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
-                                            namespace=namespace_of(self.definition.path))
-                        async with limit:
-                            if remote:
-                                outcome = await self.engine.dispatcher.execute(
-                                    self._job(step, sctx, inp, timeout), sctx, step.placement_timeout)
-                            else:
-                                outcome = await kind.execute(sctx, inp)
-                        error = None
-                        settle(permit, outcome=outcome)
-                    except StepFailed as exc:
-                        error = exc
-                        settle(permit, error=exc)
-                    except TimeoutError as exc:
-                        if limit.expired():
-                            error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
-                            settle(permit, timed_out=timeout)
-                        else:  # raised by the step itself
-                            error = StepFailed(f"TimeoutError: {exc}")
-                            settle(permit)
-                    except asyncio.CancelledError:
-                        settle(permit)
-                        why = INTERRUPTED if self._suspending else "cancelled"
-                        self.journal.step({**row, "status": StepStatus.CANCELLED.value,
-                                           "finished_at": time.time(), "error": why})
-                        raise
-                    except Exception as exc:
-                        settle(permit)
-                        log.exception("step %s of run %s", step.id, self.id)
-                        error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
+                if self.mocks is not None and self.mocks.mocked(step.id):
+                    row, outcome, error = self._mocked(step, inp, key, attempt, ctx, logs)
+                else:
+                    row, outcome, error = await self._execute(step, kind, inp, key, attempt, timeout, remote, logs)
                 finished = time.time()
                 if error is None and outcome.size is None and len(inp) == 1:
                     # `set` gives its input back as its output: its size is known already
@@ -769,7 +729,8 @@ class RunExecution:
                 failures += 1
                 if not (failures <= retry.limit and error.retryable and (retry.on is None or error.code in retry.on)):
                     raise _Failed(error)
-                delay = retry.delay_before(failures)
+                # `treadle test` makes every attempt but waits out no delay (mocks answer at once)
+                delay = retry.delay_before(failures) if self.mocks is None else 0.0
                 logs.write("treadle", f"[treadle: attempt {attempt} failed: {self.mask.text(str(error))}; "
                                       f"retry {failures} of {retry.limit} in {format_duration(delay)}]\n")
                 if self.replay is None:
@@ -788,6 +749,75 @@ class RunExecution:
                     raise
         finally:
             logs.close()
+
+    async def _execute(self, step: StepSpec, kind: Any, inp: dict[str, Any], key: dict[str, Any], attempt: int,
+                       timeout: float | None, remote: bool, logs: LogSink,
+                       ) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
+        """One attempt of the step kind, in a slot of the run: (its row, outcome, error)."""
+        outcome: StepOutcome | None = None
+        item = key["item"]
+        async with self._sem:
+            if not await self.engine.leases.confirm(self.id):
+                raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
+            row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
+                   "started_at": time.time(), "input": self.mask.data(hide_placeholders(inp) if remote else inp)}
+            self.journal.step(row)
+            sctx = StepContext(
+                run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
+                workflow=self.definition.name, base_dir=self.definition.base_dir,
+                env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
+                timeout=timeout, process_env=None if remote else self._process_env(),
+                started=self._on_worker(row) if remote else None,
+            )
+            limit = asyncio.timeout(timeout)
+            permit: Permit | None = None
+            try:
+                permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
+                                    namespace=namespace_of(self.definition.path))
+                async with limit:
+                    if remote:
+                        outcome = await self.engine.dispatcher.execute(
+                            self._job(step, sctx, inp, timeout), sctx, step.placement_timeout)
+                    else:
+                        outcome = await kind.execute(sctx, inp)
+                error = None
+                settle(permit, outcome=outcome)
+            except StepFailed as exc:
+                error = exc
+                settle(permit, error=exc)
+            except TimeoutError as exc:
+                if limit.expired():
+                    error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                    settle(permit, timed_out=timeout)
+                else:  # raised by the step itself
+                    error = StepFailed(f"TimeoutError: {exc}")
+                    settle(permit)
+            except asyncio.CancelledError:
+                settle(permit)
+                why = INTERRUPTED if self._suspending else "cancelled"
+                self.journal.step({**row, "status": StepStatus.CANCELLED.value,
+                                   "finished_at": time.time(), "error": why})
+                raise
+            except Exception as exc:
+                settle(permit)
+                log.exception("step %s of run %s", step.id, self.id)
+                error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
+        return row, outcome, error
+
+    def _mocked(self, step: StepSpec, inp: dict[str, Any], key: dict[str, Any], attempt: int, ctx: dict[str, Any],
+                logs: LogSink) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
+        """One attempt answered by the step's mock (`treadle test`): recorded, never executed."""
+        assert self.mocks is not None
+        row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value, "started_at": time.time(),
+               "input": self.mask.data(inp)}
+        self.journal.step(row)
+        logs.write("treadle", "[treadle test: mocked; nothing executed]\n")
+        try:
+            return row, self.mocks.answer(step, attempt, ctx), None
+        except StepFailed as exc:
+            return row, None, exc
+        except TemplateFailed as exc:
+            return row, None, StepFailed(f"mock output: {exc}", retryable=False)
 
     def _replayed(self, key: dict[str, Any], shown: Any, answer: Recorded, logs: LogSink) -> StepOutcome:
         """A replayed step: its input is the recorded one, so the recorded outcome answers."""
