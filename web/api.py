@@ -153,6 +153,7 @@ class WorkflowItem(TypedDict):
     commit: str | None  # git revision of the version in force (`abc..`, `abc..+dirty`), if in git
     last_run: RunSummary | None
     paused: bool  # no trigger starts it until resumed (POST .../resume)
+    enabled: bool  # false: `enabled: false` in its file; nothing starts it
 
 
 class WorkflowPage(TypedDict):
@@ -211,6 +212,7 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: 
         "valid": definition.healthy, "errors": [str(p) for p in definition.current_problems],
         "file_version": (definition.broken or definition).version, "in_force": definition.valid,
         "commit": definition.revision, "last_run": run_summary(last) if last else None, "paused": paused,
+        "enabled": spec.enabled if spec else True,
     }
 
 

@@ -49,7 +49,7 @@ from .sse import sse_response
 RUNS_PER_PAGE = 25
 HISTORY_PER_PAGE = 10
 VERSIONS_SHOWN = 10
-RUN_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+RUN_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped")
 APPROVALS_SHOWN = 10
 StateQuery = Annotated[str | None, QueryParameter(name="state")]  # `state` is reserved by Litestar
 

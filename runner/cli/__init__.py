@@ -348,13 +348,14 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
               f"{definition.name}` or `treadle serve`", file=sys.stderr)
     else:
         line = f"run {exe.id} {doc['status']} in {format_duration((doc['duration_ms'] or 0) / 1000)}"
-        print(line + (f": {doc['error']}" if doc["error"] else ""), file=sys.stderr)
+        print(line + (f": {doc['error']}" if doc["error"] else "") +
+              (f": {doc['reason']}" if doc["status"] == "skipped" and doc.get("reason") else ""), file=sys.stderr)
         if doc["outputs"] is not None:  # what the run made, on stdout for a script to read
             outputs = doc["outputs"]
             print(outputs if isinstance(outputs, str) else json.dumps(outputs, indent=2, default=str))
     if doc["status"] == "running":
         return 130
-    return 0 if doc["status"] == "succeeded" else 1
+    return 0 if doc["status"] in ("succeeded", "skipped") else 1  # skipped: its preconditions said so
 
 
 class _GracefulStop:

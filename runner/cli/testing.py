@@ -256,8 +256,9 @@ def compare(case: CaseSpec, doc: dict[str, Any]) -> list[Difference]:
     if doc["status"] != expect.status:
         out.append(Difference("status", expect.status, doc["status"],
                               detail="" if not doc.get("error") else f"(run error: {doc['error']})"))
-    if expect.error is not None and expect.error not in (doc.get("error") or ""):
-        out.append(Difference("error", expect.error, doc.get("error"), note="(contained)"))
+    said = doc.get("error") or (doc.get("reason") if doc["status"] == "skipped" else None)
+    if expect.error is not None and expect.error not in (said or ""):
+        out.append(Difference("error", expect.error, said, note="(contained)"))
     if "outputs" in expect.model_fields_set and _json(doc["outputs"]) != _json(expect.outputs):
         out.append(Difference("outputs", expect.outputs, doc["outputs"]))
     if expect.outputs_has is not None and not _has(doc["outputs"], expect.outputs_has):

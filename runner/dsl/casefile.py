@@ -82,9 +82,10 @@ class StepExpect(_Model):
 
 
 class RunExpect(_Model):
-    status: Literal["succeeded", "failed", "cancelled", "refused"] = Field(
-        "succeeded", description="the run's state; `refused`: the run may not start (params, secrets, ...)")
-    error: str | None = Field(None, description="text the run's error (or the refusal) contains")
+    status: Literal["succeeded", "failed", "cancelled", "skipped", "refused"] = Field(
+        "succeeded", description="the run's state; `refused`: the run may not start (params, secrets, "
+                                 "`enabled: false`)")
+    error: str | None = Field(None, description="text the run's error (the refusal, the skip's reason) contains")
     outputs: Any = Field(None, description="the run's outputs, exactly")
     outputs_has: dict[str, Any] | None = Field(None, description="keys the outputs have, with these values")
     steps: dict[str, StepExpect] = Field(default_factory=dict)

@@ -232,6 +232,7 @@ def _load_text(text: str, path: str, *, name: str, base_dir: Path | None, versio
     dag = build_dag(links, src, problems)
     _check_templates(src, dag, {sid for sid, _ in links}, problems)
     _check_handlers(src, {sid for sid, _ in links}, problems)
+    _check_success(src, [sid for sid, _ in links], problems)
     _check_text_values(src, problems)
     _check_run_limits(src, problems)
     result.problems = problems.items
@@ -304,7 +305,7 @@ def _dotted(path: tuple) -> str:
 # lists of mappings: what each item is
 _LIST_ITEMS: dict[str, type[BaseModel]] = {
     "steps": d.StepSpec, "notify": t.NotifySpec, "schedule": t.ScheduleSpec, "event": t.EventSpec,
-    "file": t.FileTriggerSpec, "after": t.AfterSpec,
+    "file": t.FileTriggerSpec, "after": t.AfterSpec, "preconditions": d.PreconditionSpec,
 }
 
 
@@ -320,6 +321,8 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
         else:
             model = {
                 (d.WorkflowSpec, "defaults"): d.DefaultsSpec,
+                (d.WorkflowSpec, "success"): d.SuccessSpec,
+                (d.WorkflowSpec, "preconditions"): "preconditions",
                 (d.WorkflowSpec, "steps"): "steps",
                 (d.WorkflowSpec, "on_failure"): "steps",
                 (d.WorkflowSpec, "on_success"): "steps",
@@ -585,10 +588,29 @@ def _check_handlers(src: Source, main_ids: set[str], problems: _Collector) -> No
                 checker.visit(step, (key, i), None)
 
 
+def _check_success(src: Source, main_ids: list[str], problems: _Collector) -> None:
+    """`success: {any_of: [...]}` names main steps; `min_succeeded` is at most their number."""
+    success = src.data.get("success")
+    if not isinstance(success, dict):
+        return
+    any_of = success.get("any_of")
+    for i, sid in enumerate(any_of if isinstance(any_of, list) else []):
+        if isinstance(sid, str) and sid not in main_ids:
+            close = difflib.get_close_matches(sid, main_ids, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else " (handler steps never count)"
+            problems.add(*src.where(("success", "any_of", i)), f"success.any_of[{i}]: there is no step '{sid}'{hint}")
+    least = success.get("min_succeeded")
+    if isinstance(least, int) and not isinstance(least, bool) and least > len(main_ids):
+        problems.add(*src.where(("success", "min_succeeded")),
+                     f"success.min_succeeded: {least} is more than the {len(main_ids)} steps of the workflow; "
+                     "no run could succeed")
+
+
 _STEP_LISTS = ("steps", *HANDLER_KEYS)
 
 # keys of a step that are never templates
-_SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait"}
+_SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait", "skip"}
+PRECONDITIONS = "(preconditions)"  # the owner of the preconditions' templates: checked before any step
 
 
 def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Collector) -> None:
@@ -608,6 +630,7 @@ def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Col
     for key in ("outputs", "triggers"):
         if isinstance(raw.get(key), dict):
             checker.visit(raw[key], (key,), None)
+    checker.visit(raw.get("preconditions"), ("preconditions",), PRECONDITIONS)
 
 
 class _TemplateChecker:
@@ -686,6 +709,9 @@ def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) 
         return f"but there is no step '{ref}'" + (f"; did you mean '{close[0]}'?" if close else "")
     if step_id == "":
         return "but env is rendered when the run starts, before any step; move it to the env of a step that needs it"
+    if step_id == PRECONDITIONS:
+        return ("but preconditions are checked when the run starts, before any step; use a step's `when` "
+                "to decide on a step's output")
     if step_id is None or dag is None or step_id not in dag.dependents:
         return None
     if ref == step_id:

@@ -33,6 +33,7 @@ from ..errors import (
     SecretMissing,
     ShuttingDown,
     TreadleError,
+    WorkflowDisabled,
     WorkflowInvalid,
     WorkflowNotFound,
 )
@@ -332,6 +333,8 @@ class Engine:
             raise WorkflowInvalid(definition.name, definition.problems)
         spec = definition.spec
         assert spec is not None
+        if not spec.enabled:
+            raise WorkflowDisabled(definition.name, definition.path)
         checked = validate_params(spec.params, params, from_text=from_text)
         missing = [n for n in spec.secrets if not self.environ.get(n)]
         if missing:

@@ -161,6 +161,7 @@ class RunExecution:
         self._all_done: asyncio.Future | None = None
         self._stopping: StepStatus | None = None
         self._root_failure: tuple[str, str] | None = None
+        self._cascading: set[str] = set()  # skipped steps whose dependents are skipped too (`skip: cascade`)
         self._cancel_request: tuple[str, RunStatus] | None = None
         self._task: asyncio.Task | None = None
         self._started = False  # _main is running (a task cancelled before it starts never runs it)
@@ -244,6 +245,11 @@ class RunExecution:
             if self._cancel_request is not None:  # cancelled before it began
                 raise asyncio.CancelledError
             self.context = self._base_context()
+            unmet = self._unmet_precondition() if self.resumed is None else None
+            if unmet is not None:  # before any step: nothing ran, nothing to undo or wind up
+                self._skip_all()
+                self._finish(RunStatus.SKIPPED, None, None, reason=unmet)
+                return
             deadline, timed_out = self._deadline()
             async with asyncio.timeout_at(deadline):
                 await self._execute_graph()
@@ -264,9 +270,10 @@ class RunExecution:
             log.exception("run %s crashed", self.id)
             status, error = RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
             await self._stop_all()
-        if status == RunStatus.SUCCEEDED and self._root_failure:
-            sid, message = self._root_failure
-            status, error = RunStatus.FAILED, f"step '{sid}' failed: {message}"
+        if status == RunStatus.SUCCEEDED:
+            failure = self._success_failure()
+            if failure is not None:
+                status, error = RunStatus.FAILED, failure
         outputs = self._outputs() if status == RunStatus.SUCCEEDED else None
         if isinstance(outputs, _OutputsFailed):
             status, error, outputs = RunStatus.FAILED, str(outputs), None
@@ -278,6 +285,47 @@ class RunExecution:
             await self._suspend_steps()  # the run resumes later and winds up again
             return
         self._finish(status, error, outputs, compensated)
+
+    def _unmet_precondition(self) -> str | None:
+        """Why the run must not go on (the first precondition that is false), or None.
+        A precondition that cannot be rendered fails the run (TemplateFailed)."""
+        for i, pre in enumerate(self.spec.preconditions):
+            try:
+                met = truthy(render(pre.check, self.context))
+            except TemplateFailed as exc:
+                raise TemplateFailed(f"preconditions[{i}]: {exc}") from None
+            if not met:
+                written = pre.check if isinstance(pre.check, str) else str(pre.check).lower()
+                why = render(pre.message, self.context) if pre.message is not None else f"{written} is false"
+                return f"precondition not met: {why}"
+        return None
+
+    def _skip_all(self) -> None:
+        """Every main step ends `skipped` without running (a precondition was not met)."""
+        for sid in self.dag.order:
+            self._record_not_run(sid, StepStatus.SKIPPED)
+            self.state[sid] = StepStatus.SKIPPED
+
+    def _success_failure(self) -> str | None:
+        """Why the run failed by its `success` policy (None: it succeeded). `all`: no step
+        failed for good; `any_of`: one of those steps succeeded; `min_succeeded`: enough did."""
+        policy = self.spec.success
+        succeeded = [sid for sid in self.definition.dag.order  # type: ignore[union-attr]
+                     if self.state.get(sid) == StepStatus.SUCCEEDED]
+        if policy.any_of is not None:
+            if any(sid in succeeded for sid in policy.any_of):
+                return None
+            states = ", ".join(f"{sid} {self.state.get(sid, StepStatus.PENDING).value}" for sid in policy.any_of)
+            return f"success policy any_of: none of its steps succeeded ({states})"
+        if policy.min_succeeded is not None:
+            if len(succeeded) >= policy.min_succeeded:
+                return None
+            return (f"success policy min_succeeded: {len(succeeded)} step{'s' if len(succeeded) != 1 else ''} "
+                    f"succeeded, {policy.min_succeeded} needed")
+        if self._root_failure:
+            sid, message = self._root_failure
+            return f"step '{sid}' failed: {message}"
+        return None
 
     def _deadline(self) -> tuple[float, str]:
         """When the main steps must be done (event loop time), and the error saying so.
@@ -314,12 +362,13 @@ class RunExecution:
                 compensated = "partial"
         return compensated
 
-    def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
+    def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None,
+                *, reason: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
         self.finished_at = time.time()  # the run's end as recorded (its notification says the same)
         self.journal.run(status=status.value, error=self.mask.text(error) if error else None,
                          outputs=self.mask.data(outputs), finished_at=self.finished_at, lease_until=None,
-                         compensated=compensated)
+                         compensated=compensated, **({"reason": self.mask.text(reason)} if reason else {}))
         self._set_done()
         if not self.journal.closed:  # a run given up to another server ends there, not here
             self.engine.run_finished(self)
@@ -483,6 +532,8 @@ class RunExecution:
         ups = [(d, self.state[d]) for d in self.dag.deps[sid]]
         if not ups:
             return None
+        if self._cascades(sid):
+            return StepStatus.SKIPPED
         blocked = any(s == StepStatus.UPSTREAM_FAILED or (s == StepStatus.FAILED and not self.steps[d].continue_on_failure) for d, s in ups)
         rule = step.trigger_rule
         if rule == "all_done":
@@ -499,9 +550,17 @@ class RunExecution:
             return StepStatus.CANCELLED
         return None
 
+    def _cascades(self, sid: str) -> bool:
+        """A step that waits for all its dependencies to succeed is skipped when one of
+        them was skipped with `skip: cascade` (or by such a cascade itself)."""
+        return self.steps[sid].trigger_rule == "all_succeeded" and any(
+            d in self._cascading for d in self.dag.deps[sid])
+
     def _complete(self, sid: str, status: StepStatus, result: dict[str, Any]) -> list[str]:
         """Record the end of a step; return the dependents that became ready."""
         self.state[sid] = status
+        if status == StepStatus.SKIPPED and (self.steps[sid].skip == "cascade" or self._cascades(sid)):
+            self._cascading.add(sid)
         self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
         if status in (StepStatus.SUCCEEDED, StepStatus.FAILED) and self.replay is None:
             self.engine.step_event(self, f"step.{status.value}", {
