@@ -210,3 +210,28 @@ cases:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "3 passed, 1 failed" in done.stdout
     assert "status: expected 'refused' (the run should not have started), got 'succeeded'" in done.stdout
+
+
+def test_a_mock_list_answers_each_poll_of_a_repeat(tmp_path: Path) -> None:
+    defs = write(tmp_path / "defs", {"poll.yaml": """\
+steps:
+  - id: status
+    repeat: {until: "{{ output.state == 'done' }}", interval: 1h, limit: 5}
+    http: {url: "https://export.example.invalid/status"}
+""", "poll.test.yaml": """\
+cases:
+  - name: done on the third poll (no hour waited)
+    mock:
+      status: [{output: {state: pending}}, {output: {state: pending}}, {output: {state: done}}]
+    expect:
+      steps: {status: {attempts: 3, output: {state: done}}}
+  - name: never done
+    mock:
+      status: {output: {state: pending}}
+    expect:
+      status: failed
+      steps: {status: {attempts: 5, error: "after 5 polls", output: {state: pending}}}
+"""})
+    done = treadle(tmp_path, "test", str(defs), "--timeout", "30s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

@@ -258,7 +258,8 @@ def _steps(definition: Definition) -> list[dict[str, Any]]:
     return [{
         "id": s.id, "kind": s.kind, "needs": list(dag.deps[s.id]), "when": s.when,
         "trigger_rule": s.trigger_rule, "continue_on_failure": s.continue_on_failure,
-        "retry": s.retry.model_dump() if s.retry else None, "timeout": s.timeout, "foreach": s.foreach,
+        "retry": s.retry.model_dump() if s.retry else None, "timeout": s.timeout, "foreach": s.foreach_items,
+        "foreach_max_parallel": s.foreach_limit, "repeat": s.repeat.model_dump() if s.repeat else None,
         "input": raw_inputs(definition, s),
     } for s in spec.steps]
 

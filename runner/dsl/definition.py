@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from ..limits import (
     DEFAULT_RUN_TIMEOUT,
     MAX_PARALLEL,
+    MAX_REPEAT,
     MAX_RETRIES,
     MAX_RUN_TIMEOUT,
     MAX_STEPS,
@@ -210,6 +211,23 @@ class ApprovalSpec(_Model):
     timeout: Duration | None = Field(None, description="no decision by then: the step fails")
 
 
+class ForeachSpec(_Model):
+    """`foreach: {items: ..., max_parallel: 4}`: the list, and how many of its items may go at once."""
+
+    items: str | list[Any] = Field(description="a template giving a list (or mapping), or a literal list")
+    max_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL,
+                                     description="items of this step in progress at once (within the run's "
+                                                 "max_parallel); default: only the run's limit")
+
+
+class RepeatSpec(_Model):
+    """Poll: the step runs again, every `interval`, until `until` is true of its output."""
+
+    until: str = Field(description="a template, true when done; sees `output` (this attempt's) and `attempt`")
+    interval: Duration = Field(10.0, description="the wait between two polls")
+    limit: int = Field(60, ge=1, le=MAX_REPEAT, description="polls at most; still false then: the step fails")
+
+
 CLUSTER_KINDS = ("run", "python", "http")  # the kinds a cluster worker may execute
 
 
@@ -228,7 +246,8 @@ class StepSpec(_Model):
     continue_on_failure: bool = False
     retry: RetrySpec | None = None
     timeout: Duration | None = None
-    foreach: str | list[Any] | None = None
+    foreach: str | list[Any] | ForeachSpec | None = None
+    repeat: RepeatSpec | None = Field(None, description="poll until a condition holds, each poll an attempt")
     env: dict[str, Any] = Field(default_factory=dict)
     cwd: str | None = None
     circuit_breaker: CircuitBreakerSpec | None = Field(
@@ -280,6 +299,15 @@ class StepSpec(_Model):
     def kind(self) -> str:
         return next(k for k in KINDS if getattr(self, k) is not None)
 
+    @property
+    def foreach_items(self) -> str | list[Any] | None:
+        """The foreach list as written (either form), or None."""
+        return self.foreach.items if isinstance(self.foreach, ForeachSpec) else self.foreach
+
+    @property
+    def foreach_limit(self) -> int | None:
+        return self.foreach.max_parallel if isinstance(self.foreach, ForeachSpec) else None
+
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
@@ -293,6 +321,8 @@ class StepSpec(_Model):
             field = "with_" if extra == "with" else extra
             if field in self.model_fields_set and kind != owner:
                 raise _error_at(extra, f"'{extra}' only applies to '{owner}' steps, not '{kind}'; remove it")
+        if self.repeat is not None and kind == "approval":
+            raise _error_at("repeat", "'repeat' does not apply to 'approval' steps (a person decides once); remove it")
         if kind not in CLUSTER_KINDS:
             for key in ("executor", "resources", "labels", "placement_timeout"):
                 if key in self.model_fields_set:

@@ -336,6 +336,8 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
                 (d.StepSpec, "retry"): d.RetrySpec,
                 (d.DefaultsSpec, "retry"): d.RetrySpec,
                 (d.StepSpec, "circuit_breaker"): d.CircuitBreakerSpec,
+                (d.StepSpec, "foreach"): d.ForeachSpec,
+                (d.StepSpec, "repeat"): d.RepeatSpec,
                 (d.DefaultsSpec, "circuit_breaker"): d.CircuitBreakerSpec,
                 ("params", None): d.ParamSpec,
                 (d.WorkflowSpec, "triggers"): t.TriggersSpec,
@@ -738,9 +740,11 @@ def _check_run_limits(src: Source, problems: _Collector) -> None:
         for i, step in enumerate(steps if isinstance(steps, list) else []):
             if not isinstance(step, dict):
                 continue
-            items = step.get("foreach")
+            items, at = step.get("foreach"), (key, i, "foreach")
+            if isinstance(items, dict):  # foreach: {items: ..., max_parallel: N}
+                items, at = items.get("items"), (*at, "items")
             if isinstance(items, list) and len(items) > MAX_FOREACH_ITEMS:
-                problems.add(*src.where((key, i, "foreach"), key=True),
+                problems.add(*src.where(at, key=True),
                              f"{key}[{i}].foreach: {len(items):,} items, more than the limit of "
                              f"{MAX_FOREACH_ITEMS:,} per step; split the list into batches (e.g. one child "
                              "`workflow` run per batch)")

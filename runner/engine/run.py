@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import limits
 from ..dispatch.job import StepJob, hide_placeholders, placeholders, resources_of
@@ -642,7 +643,7 @@ class RunExecution:
         })
 
     async def _foreach(self, step: StepSpec) -> list[Any]:
-        items = render(step.foreach, self.context)
+        items = render(step.foreach_items, self.context)
         if isinstance(items, str):
             try:
                 items = json.loads(items)
@@ -666,6 +667,9 @@ class RunExecution:
         failures: list[tuple[int, str]] = []
 
         done_items = self.resumed.items.get(step.id, {}) if self.resumed else {}
+        # `foreach: {max_parallel: N}`: this step's own limit, inside the run's (each
+        # item's attempts also take one of the run's slots); held for the item's retries too
+        own_limit = asyncio.Semaphore(step.foreach_limit) if step.foreach_limit else contextlib.nullcontext()
 
         async def one(index: int, item: Any) -> None:
             if index in done_items:  # finished before a crash: keep its output
@@ -673,7 +677,8 @@ class RunExecution:
                 return
             ctx = {**self.context, "item": item, "index": index}
             try:
-                outcome = await self._attempts(step, ctx, item=index)
+                async with own_limit:
+                    outcome = await self._attempts(step, ctx, item=index)
                 results[index], sizes[index] = outcome.output, outcome.size
             except _Failed as exc:
                 failures.append((index, str(exc)))
@@ -747,6 +752,7 @@ class RunExecution:
         # after a crash, attempts go on from where they were (an interrupted attempt
         # is not a failure, so it does not use up a retry)
         attempt, failures = self.resumed.attempt(step.id, item) if self.resumed else (1, 0)
+        polls = 0  # `repeat`: attempts that succeeded and were checked against `until`
         try:
             while True:
                 try:
@@ -777,6 +783,19 @@ class RunExecution:
                     if outcome.output is value:
                         outcome.size = in_size - 4 - limits.json_size(field, in_size)
                 error = self._check_output(outcome if error is None else None, error)
+                if error is None and step.repeat is not None:
+                    polls += 1
+                    error = self._poll_verdict(step, ctx, outcome, attempt, polls)
+                    if error is False:  # `until` is still false: this poll is done, the next one waits
+                        self.journal.step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
+                                           "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
+                                           "http_status": outcome.http_status})
+                        interval = step.repeat.interval if self.mocks is None else 0.0
+                        logs.write("treadle", f"[treadle: poll {polls} of at most {step.repeat.limit}: `until` is "
+                                              f"false; next poll in {format_duration(interval)}]\n")
+                        attempt += 1
+                        await self._pause_before(key, attempt, interval)
+                        continue
                 if error is None:
                     self.journal.step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
                                          "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
@@ -798,16 +817,38 @@ class RunExecution:
                         "next_attempt": attempt + 1, "retry_in_s": delay, "error": self.mask.text(str(error)),
                         "exit_code": error.exit_code, "http_status": error.http_status})
                 attempt += 1
-                pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
-                self.journal.step(pending)
-                try:
-                    await asyncio.sleep(delay)
-                except asyncio.CancelledError:
-                    self.journal.step({**pending, "status": StepStatus.CANCELLED.value,
-                                         "finished_at": time.time(), "error": "cancelled"})
-                    raise
+                await self._pause_before(key, attempt, delay)
         finally:
             logs.close()
+
+    async def _pause_before(self, key: dict[str, Any], attempt: int, seconds: float) -> None:
+        """Wait before `attempt` (a retry, or the next poll), which shows as pending meanwhile."""
+        pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
+        self.journal.step(pending)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.journal.step({**pending, "status": StepStatus.CANCELLED.value,
+                               "finished_at": time.time(), "error": "cancelled"})
+            raise
+
+    def _poll_verdict(self, step: StepSpec, ctx: dict[str, Any], outcome: StepOutcome, attempt: int,
+                      polls: int) -> StepFailed | Literal[False] | None:
+        """`repeat`: None when `until` holds (the step is done), False when it does not and
+        polls are left, else the failure (limit reached, or `until` cannot be rendered)."""
+        assert step.repeat is not None
+        try:
+            done = truthy(render(step.repeat.until, {**ctx, "output": outcome.output, "attempt": attempt}))
+        except TemplateFailed as exc:
+            return StepFailed(f"repeat.until: {exc}", output=outcome.output, exit_code=outcome.exit_code,
+                              http_status=outcome.http_status, retryable=False)
+        if done:
+            return None
+        if polls < step.repeat.limit:
+            return False
+        return StepFailed(f"repeat: `until` was still false after {polls} poll{'s' if polls != 1 else ''} (the limit); "
+                          "the last poll's output is kept", output=outcome.output, exit_code=outcome.exit_code,
+                          http_status=outcome.http_status, retryable=False)
 
     async def _execute(self, step: StepSpec, kind: Any, inp: dict[str, Any], key: dict[str, Any], attempt: int,
                        timeout: float | None, remote: bool, logs: LogSink,
