@@ -123,6 +123,7 @@ class Attempt(_Trace):
 
 class StepDoc(_Trace):
     id: str
+    kind: str | None  # run, http, python, set, wait, log, workflow, approval; None if the version is unknown
     attempts: int  # attempts that ran; 0 for a step reused by a retry
     needs: NotRequired[list[str]]
     attempt_list: NotRequired[list[Attempt]]

@@ -26,7 +26,7 @@ from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, 
 
 from . import live
 from .api import _git_status
-from .api_approvals import decide
+from .api_approvals import decide, decided_by
 from .api_breakers import reset_breakers, shown_breakers
 from .api_metrics import workflow_stats
 from .api_notifications import delivery_doc
@@ -322,7 +322,7 @@ async def _decide_from_form(request: Request, run_id: str, step_id: str, approve
     if index and not index.isdigit():
         return error_page(400, "Cannot record the decision", f"index must be a whole number, not '{index}'.")
     try:
-        await decide(_services(request), run_id, step_id, approve, by=str(form.get("by") or "")[:200] or "dashboard",
+        await decide(_services(request), run_id, step_id, approve, by=decided_by(request, str(form.get("by") or ""), "dashboard"),
                      comment=str(form.get("comment") or "")[:2000], index=int(index) if index else None)
     except RunNotFound:
         return no_run(run_id)

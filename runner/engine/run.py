@@ -162,7 +162,8 @@ class RunExecution:
         self._all_done: asyncio.Future | None = None
         self._stopping: StepStatus | None = None
         self._root_failure: tuple[str, str] | None = None
-        self._cascading: set[str] = set()  # skipped steps whose dependents are skipped too (`skip: cascade`)
+        self._cascading: set[str] = set()
+        self._inputs: dict[str, dict[int, Any]] = {}  # step -> item (-1: the step) -> its last input, masked  # skipped steps whose dependents are skipped too (`skip: cascade`)
         self._cancel_request: tuple[str, RunStatus] | None = None
         self._task: asyncio.Task | None = None
         self._started = False  # _main is running (a task cancelled before it starts never runs it)
@@ -560,9 +561,12 @@ class RunExecution:
     def _complete(self, sid: str, status: StepStatus, result: dict[str, Any]) -> list[str]:
         """Record the end of a step; return the dependents that became ready."""
         self.state[sid] = status
+        inputs = self._inputs.pop(sid, None)
+        if inputs is not None and "input" not in result:  # what its (last) attempt was given, masked
+            result["input"] = inputs.get(-1) if -1 in inputs else [inputs.get(i) for i in range(max(inputs) + 1)]
         if status == StepStatus.SKIPPED and (self.steps[sid].skip == "cascade" or self._cascades(sid)):
             self._cascading.add(sid)
-        self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
+        self.results[sid] = {"status": status.value, "output": None, "exit_code": None, "input": None, **result}
         if status in (StepStatus.SUCCEEDED, StepStatus.FAILED) and self.replay is None:
             self.engine.step_event(self, f"step.{status.value}", {
                 "step": sid, "kind": self.steps[sid].kind, "error": self.mask.text(result["error"])
@@ -765,17 +769,20 @@ class RunExecution:
                     self._record_failure_row(step.id, item, too_big, attempt)
                     raise _Failed(StepFailed(too_big, retryable=False))
                 logs.set_attempt(attempt)
+                # the input as recorded (secrets masked), also what later steps read as steps.<id>.input
+                shown = self.mask.data(hide_placeholders(inp) if remote else inp)
+                self._inputs.setdefault(step.id, {})[item] = shown
                 if self.replay is not None:
-                    shown = self.mask.data(hide_placeholders(inp) if remote else inp)
                     answer = self.replay.answer(step.id, item, shown)
                     if answer is not None:
                         return self._replayed({**key, "attempt": attempt}, shown, answer, logs)
                     if self.replay.offline:
                         raise _WouldRun(shown)
                 if self.mocks is not None and self.mocks.mocked(step.id):
-                    row, outcome, error = self._mocked(step, inp, key, attempt, ctx, logs)
+                    row, outcome, error = self._mocked(step, shown, key, attempt, ctx, logs)
                 else:
-                    row, outcome, error = await self._execute(step, kind, inp, key, attempt, timeout, remote, logs)
+                    row, outcome, error = await self._execute(step, kind, inp, shown, key, attempt, timeout, remote,
+                                                              logs)
                 finished = time.time()
                 if error is None and outcome.size is None and len(inp) == 1:
                     # `set` gives its input back as its output: its size is known already
@@ -850,8 +857,8 @@ class RunExecution:
                           "the last poll's output is kept", output=outcome.output, exit_code=outcome.exit_code,
                           http_status=outcome.http_status, retryable=False)
 
-    async def _execute(self, step: StepSpec, kind: Any, inp: dict[str, Any], key: dict[str, Any], attempt: int,
-                       timeout: float | None, remote: bool, logs: LogSink,
+    async def _execute(self, step: StepSpec, kind: Any, inp: dict[str, Any], shown: Any, key: dict[str, Any],
+                       attempt: int, timeout: float | None, remote: bool, logs: LogSink,
                        ) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
         """One attempt of the step kind, in a slot of the run: (its row, outcome, error)."""
         outcome: StepOutcome | None = None
@@ -859,8 +866,8 @@ class RunExecution:
         async with self._sem:
             if not await self.engine.leases.confirm(self.id):
                 raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
-            row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
-                   "started_at": time.time(), "input": self.mask.data(hide_placeholders(inp) if remote else inp)}
+            row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value, "started_at": time.time(),
+                   "input": shown}
             self.journal.step(row)
             sctx = StepContext(
                 run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
@@ -904,12 +911,12 @@ class RunExecution:
                 error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
         return row, outcome, error
 
-    def _mocked(self, step: StepSpec, inp: dict[str, Any], key: dict[str, Any], attempt: int, ctx: dict[str, Any],
+    def _mocked(self, step: StepSpec, shown: Any, key: dict[str, Any], attempt: int, ctx: dict[str, Any],
                 logs: LogSink) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
         """One attempt answered by the step's mock (`treadle test`): recorded, never executed."""
         assert self.mocks is not None
         row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value, "started_at": time.time(),
-               "input": self.mask.data(inp)}
+               "input": shown}
         self.journal.step(row)
         logs.write("treadle", "[treadle test: mocked; nothing executed]\n")
         try:
