@@ -235,3 +235,21 @@ cases:
     done = treadle(tmp_path, "test", str(defs), "--timeout", "30s")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_the_dashboard_and_api_list_test_files_apart_from_workflows(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.web_server import serving
+
+    defs = {"a.yaml": "steps: [{id: s, log: hi}]\n", "a.test.yaml": "cases: [{name: logs}]\n",
+            "sub/b.yaml": "steps: [{id: s, log: hi}]\n", "sub/orphan.test.yaml": "not: [a, workflow\n"}
+    with serving(tmp_path, defs, watch=False) as base, httpx.Client(base_url=base, timeout=10) as client:
+        items = client.get("/api/workflows").json()["items"]
+        assert sorted(w["name"] for w in items) == ["a", "b"] and all(w["valid"] for w in items)
+        assert client.get("/api/workflows/a").json()["test_file"] == "a.test.yaml"
+        assert client.get("/api/workflows/b").json()["test_file"] is None
+        assert "tested by <code>a.test.yaml</code>" in client.get("/workflows/a").text
+        assert "no test file" in client.get("/workflows/b").text
+        listing = client.get("/").text
+        assert "orphan" not in listing and "a.test" not in listing

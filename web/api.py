@@ -21,6 +21,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner import __version__
+from runner.dsl.casefile import test_file_beside
 from runner.dsl.loader import Definition
 from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
@@ -173,6 +174,7 @@ class WorkflowDetail(WorkflowItem):
     timeout: float | None
     steps: list[dict[str, Any]]
     graph: dict[str, list[dict[str, Any]]]  # nodes [{id, kind, layer}], edges [{from, to}]
+    test_file: str | None  # NAME.test.yaml beside the file (`treadle test`), relative to the definitions folder
 
 
 class RunAccepted(TypedDict):
@@ -279,6 +281,7 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
         "max_parallel": spec.max_parallel if spec else None, "timeout": spec.timeout if spec else None,
         "steps": _steps(definition), "graph": _graph(definition),
+        "test_file": test_file_beside(services.catalog.root, definition.path),
     }
 
 

@@ -20,6 +20,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 from markupsafe import Markup
 
+from runner.dsl.casefile import test_file_beside
 from runner.dsl.durations import format_duration
 from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
@@ -126,6 +127,7 @@ async def _workflow_context(services: Services, definition: Definition, page: in
         "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
+        "test_file": test_file_beside(services.catalog.root, definition.path),
         **await _stats(services, definition.name),
     }
 

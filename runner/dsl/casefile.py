@@ -35,6 +35,17 @@ def workflow_file_of(path: Path) -> list[Path]:
     return [path.with_name(stem + ".yaml"), path.with_name(stem + ".yml")]
 
 
+def test_file_beside(root: Path, workflow_path: str) -> str | None:
+    """The test file next to the workflow file `workflow_path` (relative to `root`), as a
+    path relative to `root`, or None (what the dashboard and the API show)."""
+    file = root / workflow_path
+    stem = file.name.rsplit(".", 1)[0]
+    for suffix in TEST_SUFFIXES:
+        if file.with_name(stem + suffix).is_file():
+            return (Path(workflow_path).parent / (stem + suffix)).as_posix()
+    return None
+
+
 class _Model(BaseModel):
     model_config = d._Model.model_config
 
