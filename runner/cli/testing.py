@@ -64,6 +64,8 @@ def collect(path: Path, definitions: Path) -> tuple[Catalog, list[CaseFile], lis
                  if p.is_file()]
     loaded = [load_test_file(f, catalog) for f in files]
     tested = {c.definition.path for c in loaded if c.definition is not None}
+    tested |= {rel.as_posix() for f in files for w in workflow_file_of(f)  # an invalid test file still tests it
+               if (rel := relative_to_root(w, root)) is not None}
     untested = []
     if path.is_dir():
         inside = relative_to_root(path, root)
