@@ -82,7 +82,8 @@ async def test_an_unmet_precondition_ends_the_run_skipped_with_its_reason_and_ru
 async def test_a_precondition_that_cannot_render_fails_the_run(engine, tmp_path) -> None:
     exe, doc = await run_yaml(engine, tmp_path, "preconditions: ['{{ params.nope.deeper }}']\n"
                                                 "params: {nope: object}\nsteps: [{id: a, log: x}]\n")
-    assert doc["status"] == "failed" and doc["error"].startswith("env: preconditions[0]:")
+    assert doc["status"] == "failed" and doc["error"].startswith("preconditions[0]: "), doc["error"]
+    assert by_id(doc)["a"]["status"] == "skipped"  # no step ran
 
 
 def test_preconditions_may_not_read_steps_and_success_must_name_steps() -> None:

@@ -162,8 +162,8 @@ class RunExecution:
         self._all_done: asyncio.Future | None = None
         self._stopping: StepStatus | None = None
         self._root_failure: tuple[str, str] | None = None
-        self._cascading: set[str] = set()
-        self._inputs: dict[str, dict[int, Any]] = {}  # step -> item (-1: the step) -> its last input, masked  # skipped steps whose dependents are skipped too (`skip: cascade`)
+        self._cascading: set[str] = set()  # skipped steps whose dependents are skipped too (`skip: cascade`)
+        self._inputs: dict[str, dict[int, Any]] = {}  # step -> item (-1: the step) -> its last input, masked
         self._cancel_request: tuple[str, RunStatus] | None = None
         self._task: asyncio.Task | None = None
         self._started = False  # _main is running (a task cancelled before it starts never runs it)
@@ -247,10 +247,14 @@ class RunExecution:
             if self._cancel_request is not None:  # cancelled before it began
                 raise asyncio.CancelledError
             self.context = self._base_context()
-            unmet = self._unmet_precondition() if self.resumed is None else None
-            if unmet is not None:  # before any step: nothing ran, nothing to undo or wind up
+            gate = self._preconditions() if self.resumed is None else None
+            if gate is not None:  # before any step: nothing ran, nothing to undo or wind up
                 self._skip_all()
-                self._finish(RunStatus.SKIPPED, None, None, reason=unmet)
+                ended, why = gate
+                if ended == RunStatus.SKIPPED:
+                    self._finish(ended, None, None, reason=why)
+                else:
+                    self._finish(ended, why, None)
                 return
             deadline, timed_out = self._deadline()
             async with asyncio.timeout_at(deadline):
@@ -288,18 +292,19 @@ class RunExecution:
             return
         self._finish(status, error, outputs, compensated)
 
-    def _unmet_precondition(self) -> str | None:
-        """Why the run must not go on (the first precondition that is false), or None.
-        A precondition that cannot be rendered fails the run (TemplateFailed)."""
+    def _preconditions(self) -> tuple[RunStatus, str] | None:
+        """None when every precondition holds; else how the run ends before any step:
+        (skipped, the reason) for the first false one, (failed, the error) for one that
+        cannot be rendered."""
         for i, pre in enumerate(self.spec.preconditions):
             try:
-                met = truthy(render(pre.check, self.context))
-            except TemplateFailed as exc:
-                raise TemplateFailed(f"preconditions[{i}]: {exc}") from None
-            if not met:
+                if truthy(render(pre.check, self.context)):
+                    continue
                 written = pre.check if isinstance(pre.check, str) else str(pre.check).lower()
                 why = render(pre.message, self.context) if pre.message is not None else f"{written} is false"
-                return f"precondition not met: {why}"
+            except TemplateFailed as exc:
+                return RunStatus.FAILED, f"preconditions[{i}]: {exc}"
+            return RunStatus.SKIPPED, f"precondition not met: {why}"
         return None
 
     def _skip_all(self) -> None:
