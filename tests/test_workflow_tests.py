@@ -253,3 +253,30 @@ def test_the_dashboard_and_api_list_test_files_apart_from_workflows(tmp_path: Pa
         assert "no test file" in client.get("/workflows/b").text
         listing = client.get("/").text
         assert "orphan" not in listing and "a.test" not in listing
+
+
+def test_dry_run_with_mocks_executes_the_engine_and_nothing_else(tmp_path: Path, http_server) -> None:  # noqa: F811
+    import httpx
+
+    from tests.web_server import serving
+
+    flow = {"flow.yaml": FLOW % http_server.url}
+    with serving(tmp_path, flow, watch=False) as base, httpx.Client(base_url=base, timeout=30) as client:
+        url = "/api/workflows/flow/dry-run"
+        answer = client.post(url, json={"params": {"who": "Ada"}, "mock": {
+            "fetch": {"output": {"json": {"status": "ok"}}}, "touch": [{"exit_code": 1}, {"output": {"n": 5}}]}})
+        assert answer.status_code == 200, answer.text
+        doc = answer.json()
+        assert doc["mocked"] == ["fetch", "touch"] and doc["status"] == "failed"  # touch has no retry
+        steps = {s["id"]: s for s in doc["steps"]}
+        assert steps["gate"]["output"] == "open for Ada" and steps["touch"]["exit_code"] == 1
+        assert http_server.hits["/json"] == 0 and not (tmp_path / "definitions" / "touched.txt").exists()
+        missing = client.post(url, json={"mock": {"fetch": {"output": {}}}})
+        assert missing.status_code == 400 and missing.json()["error_code"] == "INVALID_PARAMS"
+        assert "not mocked: touch" in missing.json()["errors"]["mock"]
+        real = client.post(url, json={"mock": {"fetch": {"real": True}, "touch": {}}})
+        assert real.status_code == 400 and "`real: true` is not allowed" in real.json()["errors"]["mock"]
+        unknown = client.post(url, json={"mock": {"fetch": {}, "touch": {}, "nope": {}}})
+        assert unknown.status_code == 400 and "no step 'nope'" in unknown.json()["errors"]["mock"]
+        plan = client.post(url, json={"params": {}})  # without mock: the plan, as before
+        assert plan.status_code == 200 and "mocked" not in plan.json()

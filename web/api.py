@@ -9,6 +9,7 @@ here: `app.py` turns them into the SPEC's JSON error form.
 # (3.11-3.13) cannot see `NotRequired[...]` in a TypedDict, every key becomes required
 # and /schema then demands keys the answers rightly leave out (tests/test_api_schema.py)
 
+import asyncio
 import time
 from typing import Annotated, Any, NotRequired, TypedDict
 
@@ -25,9 +26,10 @@ from runner.dsl.casefile import test_file_beside
 from runner.dsl.loader import Definition
 from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
+from runner.engine.rehearsal import rehearsal_mocks, rehearse
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
-from runner.errors import RunNotFound, WorkflowNotFound
+from runner.errors import RunNotFound, WorkflowInvalid, WorkflowNotFound
 from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
@@ -53,9 +55,16 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of POST /api/workflows/{name}/runs and /dry-run."""
+    """Body of POST /api/workflows/{name}/runs."""
 
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class DryRunRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/workflows/{name}/dry-run; with `mock`, the run is executed with mocks."""
+
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    mock: dict[str, Any] | None = None  # step id -> answer, or a list of answers (one per attempt)
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -310,12 +319,24 @@ def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response
     return Response(body, status_code=202, headers={"Location": body["url"]})
 
 
-@post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"], responses=_errors(400, 404),
-      sync_to_thread=True)  # rendering thousands of templates must not stall the event loop
-def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> dict[str, Any]:
-    """The plan of a run without running anything: order, inputs rendered where known, problems."""
-    definition = _definition(_services(request), name)
-    return plan_run(definition, data.params if data else {}, _services(request).engine.environ)  # --secrets-file too
+@post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"],
+      responses=_errors(400, 404, 409))
+async def dry_run(request: Request, name: FromPath[str], data: JSONBody[DryRunRequest | None] = None) -> dict[str, Any]:
+    """The plan of a run without running anything: order, inputs rendered where known, problems.
+
+    With `mock` (step id -> answer, as in a test file): the run is executed by the real
+    engine in a throwaway database, every step but `set` and `log` answered by its mock
+    (each must have one), and the answer is that run's document."""
+    services = _services(request)
+    definition = _definition(services, name)
+    params = data.params if data else {}
+    if data is None or data.mock is None:
+        # rendering thousands of templates must not stall the event loop
+        return await asyncio.to_thread(plan_run, definition, params, services.engine.environ)  # --secrets-file too
+    if not definition.valid:
+        raise WorkflowInvalid(definition.name, definition.current_problems)
+    mocks = rehearsal_mocks(definition, data.mock)
+    return {"mocked": sorted(mocks.answers), **await rehearse(definition, params, mocks, dict(services.engine.environ))}
 
 
 # -- runs --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class MockSpec(_Model):
         return self
 
 
-def _mocks_of(value: Any) -> Any:
+def mock_lists(value: Any) -> Any:
     """`mock: {x: {...}}` answers every attempt; a list answers attempt by attempt (the last repeats)."""
     if not isinstance(value, dict):
         return value
@@ -135,7 +135,7 @@ class CaseSpec(_Model):
     @field_validator("mock", mode="before")
     @classmethod
     def _mocks(cls, value: Any) -> Any:
-        return _mocks_of(value)
+        return mock_lists(value)
 
     @model_validator(mode="after")
     def _params_or_trigger(self) -> CaseSpec:
@@ -155,7 +155,7 @@ class TestFileSpec(_Model):
     @field_validator("mock", mode="before")
     @classmethod
     def _mocks(cls, value: Any) -> Any:
-        return _mocks_of(value)
+        return mock_lists(value)
 
 
 _MODELS: dict[tuple[type, str], Any] = {
