@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
 def collect(path: Path, definitions: Path) -> tuple[Catalog, list[CaseFile], list[str]]:
     """The catalog the tests run against, the test files found under `path` (loaded and
     checked), and the workflows that have no test file."""
-    root = path if path.is_dir() else definitions if definitions.is_dir() else path.parent
-    if path.is_file() and relative_to_root(path, root) is None:
-        root = path.parent
+    # the definitions folder when PATH is in it (a `workflow:` step may start any of its
+    # workflows, and names are unique across it); else the folder tested, or the file's
+    root = definitions if definitions.is_dir() and relative_to_root(path, definitions) is not None else \
+        path if path.is_dir() else path.parent
     catalog = Catalog(root)
     catalog.load_all()
     if path.is_dir():
