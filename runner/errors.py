@@ -7,6 +7,7 @@
     ├── TemplateFailed           a template failed while rendering (undefined name, sandbox limit)
     ├── WorkflowNotFound         no workflow of that name in the catalog              404
     ├── WorkflowInvalid          the workflow exists but its file has problems        409
+    ├── WorkflowDisabled         `enabled: false`: nothing may start a run of it      409
     ├── ParamError               run parameters do not match the workflow's `params`  400
     ├── SecretMissing            a secret the workflow needs is not set               409
     ├── RunNotFound              no run with that id in the store                     404
@@ -123,6 +124,19 @@ class WorkflowInvalid(TreadleError):
             return
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"workflow '{name}' has problems; fix its file first:\n{lines}")
+
+
+class WorkflowDisabled(TreadleError):
+    """`enabled: false` in the workflow's file: nothing may start a run of it."""
+
+    cli_exit_code = 2
+    error_code = "WORKFLOW_DISABLED"
+    http_status = 409
+
+    def __init__(self, name: str, path: str):
+        self.name = name
+        super().__init__(f"workflow '{name}' is disabled (`enabled: false` in {path}); no run starts until the "
+                         "file says `enabled: true` (or leaves the line out)")
 
 
 class ParamError(TreadleError):

@@ -72,7 +72,7 @@ WIND_UP_TIMEOUT = 7 days
     the main steps, even after a timeout, so they are outside `timeout`; together
     they get at most this long, then what still runs is cancelled (the run's result
     stays what the main steps made it). So no run lasts longer than 37 days.
-MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`)
+MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`), MAX_REPEAT = 10,000 (`repeat.limit`)
     Ranges of those fields, checked at load.
 MAX_PROBLEMS = 1,000 problems reported per file
     The first 1,000 in file order, then one line saying how many more there are. A
@@ -115,6 +115,7 @@ MAX_YAML_VALUES = 100_000
 MAX_YAML_DEPTH = 200
 MAX_PARALLEL = 1024
 MAX_RETRIES = 1000
+MAX_REPEAT = 10_000
 MAX_PROBLEMS = 1000
 
 # runs

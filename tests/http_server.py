@@ -3,6 +3,10 @@
 Routes (every request is counted in `server.hits[path]` and kept in `server.requests`):
 
     /flaky/<key>?fail=N   503 for the first N hits of <key>, then 200 {"hits": n}
+    /poll/<key>?pending=N 200 {"status": "pending", "hits": n} for the first N hits of <key>, then
+                          200 {"status": "done", "hits": n}
+    /busy/<key>?s=SECONDS holds the request SECONDS (default 0.2), then 200 {"in_flight": n}; the most
+                          requests of <key> in flight at once is kept in `server.most[key]`
     /status/<code>        answers <code> with a short text body
     /slow?s=SECONDS       sleeps, then 200 "late"
     /json                 200 {"status": "ok", "items": [1, 2, 3]}
@@ -60,6 +64,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(503, "busy, try again", "text/plain")
             else:
                 self._answer(200, {"hits": hits})
+        elif parts[0] == "poll":
+            key = f"poll/{parts[1]}"
+            with self.server.lock:
+                self.server.polls[key] += 1
+                n = self.server.polls[key]
+            self._answer(200, {"status": "pending" if n <= int(query.get("pending", "1")) else "done", "hits": n})
+        elif parts[0] == "busy":
+            key = parts[1]
+            with self.server.lock:
+                self.server.in_flight[key] += 1
+                self.server.most[key] = max(self.server.most[key], self.server.in_flight[key])
+                now = self.server.in_flight[key]
+            try:
+                time.sleep(float(query.get("s", "0.2")))
+            finally:
+                with self.server.lock:
+                    self.server.in_flight[key] -= 1
+            self._answer(200, {"in_flight": now})
         elif parts[0] == "status":
             self._answer(int(parts[1]), f"status {parts[1]}", "text/plain")
         elif parts[0] == "slow":
@@ -86,6 +108,9 @@ class LoopbackServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.requests: list[dict] = []
+        self.polls: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()  # /busy: requests being answered now, per key
+        self.most: Counter[str] = Counter()  # /busy: the most in flight at once, per key
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that gave up (a timeout test) is expected, not worth a traceback

@@ -290,3 +290,29 @@ def test_a_decision_stored_before_a_crash_is_used_after_it(tmp_path: Path, db_ur
         assert steps_of(doc)["gate"]["output"]["by"] == "dave"
         assert "using the decision recorded earlier" in logs
         assert log.read_text().split() == ["before", "after"]
+
+
+def test_a_signed_in_decision_records_the_identity_not_the_free_text(tmp_path: Path) -> None:
+    admin_token = "admin-token-for-approvals-0123456789"
+    with serving(tmp_path, DEFINITIONS, watch=False, admin_token=admin_token) as base:
+        admin = httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {admin_token}"})
+        made = admin.post("/api/tokens", json={"name": "alice", "scope": "run"})
+        assert made.status_code == 201, made.text
+        alice = httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {made.json()['token']}"})
+        run_id = alice.post("/api/workflows/gate/runs", json={"params": {"log": str(tmp_path / "log")}}).json()["run_id"]
+        deadline = time.monotonic() + 10
+        while not [a for a in alice.get("/api/approvals").json()["items"] if a["run_id"] == run_id]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        page = alice.get(f"/runs/{run_id}").text
+        assert "as <strong>alice</strong>" in page and 'name="by"' not in page
+        decision = alice.post(f"/api/runs/{run_id}/steps/gate/approve", json={"by": "mallory", "comment": "ok"})
+        assert decision.status_code == 200, decision.text
+        assert decision.json()["by"] == "alice"
+        while (doc := alice.get(f"/api/runs/{run_id}").json())["status"] != "succeeded":
+            assert time.monotonic() < deadline + 10, doc["status"]
+            time.sleep(0.05)
+        gate = next(s for s in doc["steps"] if s["id"] == "gate")
+        assert gate["output"]["by"] == "alice" and gate["kind"] == "approval"
+        admin.close()
+        alice.close()

@@ -251,6 +251,16 @@ async def test_a_new_pattern_on_refresh_picks_up_files_already_there(tmp_path: P
     assert launcher.refs() == ["inbox/a.txt"]
 
 
+async def test_brace_alternatives_fire_for_each_and_nothing_else(tmp_path: Path, start):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    triggers, launcher = await start([wf(tmp_path, "inbox/*.{pdf,csv}")])
+    for name in ("a.txt", "b.pdf", "c.csv", "d.pdfx"):
+        (inbox / name).write_text("x")
+    await settled(triggers, launcher, inbox)  # the .txt and .pdfx were looked at too
+    assert sorted(launcher.refs()) == ["inbox/b.pdf", "inbox/c.csv"]
+
+
 async def test_a_launcher_that_raises_does_not_stop_later_files(tmp_path: Path, start):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -269,6 +279,10 @@ async def test_a_launcher_that_raises_does_not_stop_later_files(tmp_path: Path, 
     ("in/report-?.[!t]xt", "in", ["report-1.cxt"], ["report-1.txt", "report-12.cxt"]),
     ("exact.csv", ".", ["exact.csv"], ["other.csv"]),
     ("../shared/*", "../shared", ["x"], ["y/x"]),
+    ("inbox/*.{pdf,csv}", "inbox", ["a.pdf", "b.csv"], ["c.txt", "a.pdfx", "a.{pdf,csv}", "x/a.pdf"]),
+    ("{in,out}box/r-{[0-9],x{y,z}}.txt", ".", ["inbox/r-1.txt", "outbox/r-xz.txt"],
+     ["box/r-1.txt", "inbox/r-x.txt", "inbox/r-xy,z.txt"]),
+    ("in/a{b}.txt", "in", ["a{b}.txt"], ["ab.txt"]),  # no comma: plain text, as in a shell
 ])
 def test_globs(pattern: str, root: str, hits: list[str], misses: list[str]):
     found_root, regex, _ = compile_glob(pattern, "/base/defs")

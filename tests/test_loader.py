@@ -107,7 +107,7 @@ def test_good_full_uses_every_field_of_the_format() -> None:
     _fields_used(definition.spec, used)
     for model in (d.WorkflowSpec, d.StepSpec, d.HttpSpec, d.RetrySpec, d.ParamSpec, d.DefaultsSpec, d.ResourcesSpec,
                   t.TriggersSpec, t.ScheduleSpec, t.WebhookSpec, t.EventSpec, t.FileTriggerSpec,
-                  t.AfterSpec, t.ConcurrencySpec, t.NotifySpec):
+                  t.AfterSpec, t.ConcurrencySpec, t.NotifySpec, d.PreconditionSpec, d.ForeachSpec, d.RepeatSpec):
         # token_env is the alternative to secret_env (one or the other): tested in test_webhooks
         missing = set(model.model_fields) - used.get(model, set()) - ({"token_env"} if model is t.WebhookSpec else set())
         assert not missing, f"good_full.yaml never sets {model.__name__}.{sorted(missing)}"

@@ -9,6 +9,7 @@ here: `app.py` turns them into the SPEC's JSON error form.
 # (3.11-3.13) cannot see `NotRequired[...]` in a TypedDict, every key becomes required
 # and /schema then demands keys the answers rightly leave out (tests/test_api_schema.py)
 
+import asyncio
 import time
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
@@ -21,12 +22,14 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner import __version__
+from runner.dsl.casefile import test_file_beside
 from runner.dsl.loader import Definition
 from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
+from runner.engine.rehearsal import rehearsal_mocks, rehearse
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
-from runner.errors import RunNotFound, WorkflowNotFound
+from runner.errors import RunNotFound, WorkflowInvalid, WorkflowNotFound
 from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
@@ -61,9 +64,16 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of POST /api/workflows/{name}/runs and /dry-run."""
+    """Body of POST /api/workflows/{name}/runs."""
 
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class DryRunRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/workflows/{name}/dry-run; with `mock`, the run is executed with mocks."""
+
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    mock: dict[str, Any] | None = None  # step id -> answer, or a list of answers (one per attempt)
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -132,6 +142,7 @@ class Attempt(_Trace):
 
 class StepDoc(_Trace):
     id: str
+    kind: str | None  # run, http, python, set, wait, log, workflow, approval; None if the version is unknown
     attempts: int  # attempts that ran; 0 for a step reused by a retry
     needs: NotRequired[list[str]]
     attempt_list: NotRequired[list[Attempt]]
@@ -162,6 +173,7 @@ class WorkflowItem(TypedDict):
     commit: str | None  # git revision of the version in force (`abc..`, `abc..+dirty`), if in git
     last_run: RunSummary | None
     paused: bool  # no trigger starts it until resumed (POST .../resume)
+    enabled: bool  # false: `enabled: false` in its file; nothing starts it
 
 
 class WorkflowPage(TypedDict):
@@ -180,6 +192,7 @@ class WorkflowDetail(WorkflowItem):
     timeout: float | None
     steps: list[dict[str, Any]]
     graph: dict[str, list[dict[str, Any]]]  # nodes [{id, kind, layer}], edges [{from, to}]
+    test_file: str | None  # NAME.test.yaml beside the file (`treadle test`), relative to the definitions folder
 
 
 class RunAccepted(TypedDict):
@@ -220,6 +233,7 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: 
         "valid": definition.healthy, "errors": [str(p) for p in definition.current_problems],
         "file_version": (definition.broken or definition).version, "in_force": definition.valid,
         "commit": definition.revision, "last_run": run_summary(last) if last else None, "paused": paused,
+        "enabled": spec.enabled if spec else True,
     }
 
 
@@ -258,7 +272,8 @@ def _steps(definition: Definition) -> list[dict[str, Any]]:
     return [{
         "id": s.id, "kind": s.kind, "needs": list(dag.deps[s.id]), "when": s.when,
         "trigger_rule": s.trigger_rule, "continue_on_failure": s.continue_on_failure,
-        "retry": s.retry.model_dump() if s.retry else None, "timeout": s.timeout, "foreach": s.foreach,
+        "retry": s.retry.model_dump() if s.retry else None, "timeout": s.timeout, "foreach": s.foreach_items,
+        "foreach_max_parallel": s.foreach_limit, "repeat": s.repeat.model_dump() if s.repeat else None,
         "input": raw_inputs(definition, s),
     } for s in spec.steps]
 
@@ -277,6 +292,7 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
         "max_parallel": spec.max_parallel if spec else None, "timeout": spec.timeout if spec else None,
         "steps": _steps(definition), "graph": _graph(definition),
+        "test_file": test_file_beside(services.catalog.root, definition.path),
     }
 
 
@@ -305,12 +321,24 @@ def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response
     return Response(body, status_code=202, headers={"Location": body["url"]})
 
 
-@post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"], responses=_errors(400, 404),
-      sync_to_thread=True)  # rendering thousands of templates must not stall the event loop
-def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> dict[str, Any]:
-    """The plan of a run without running anything: order, inputs rendered where known, problems."""
-    definition = _definition(_services(request), name)
-    return plan_run(definition, data.params if data else {}, _services(request).engine.environ)  # --secrets-file too
+@post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"],
+      responses=_errors(400, 404, 409))
+async def dry_run(request: Request, name: FromPath[str], data: JSONBody[DryRunRequest | None] = None) -> dict[str, Any]:
+    """The plan of a run without running anything: order, inputs rendered where known, problems.
+
+    With `mock` (step id -> answer, as in a test file): the run is executed by the real
+    engine in a throwaway database, every step but `set` and `log` answered by its mock
+    (each must have one), and the answer is that run's document."""
+    services = _services(request)
+    definition = _definition(services, name)
+    params = data.params if data else {}
+    if data is None or data.mock is None:
+        # rendering thousands of templates must not stall the event loop
+        return await asyncio.to_thread(plan_run, definition, params, services.engine.environ)  # --secrets-file too
+    if not definition.valid:
+        raise WorkflowInvalid(definition.name, definition.current_problems)
+    mocks = rehearsal_mocks(definition, data.mock)
+    return {"mocked": sorted(mocks.answers), **await rehearse(definition, params, mocks, dict(services.engine.environ))}
 
 
 # -- runs --------------------------------------------------------------------------

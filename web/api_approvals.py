@@ -19,7 +19,7 @@ from runner.errors import RunNotFound
 from runner.storage.models import RunStatus
 
 from .api import Limit, Page, _errors, _services
-from .auth import visible_names
+from .auth import identity_of, visible_names
 from .run_view import definition_of
 from .services import RunConflict, Services
 
@@ -119,10 +119,20 @@ async def decide(services: Services, run_id: str, step_id: str, approve: bool, *
     return decision_doc(row)
 
 
+def decided_by(request: Request, given: str | None, default: str) -> str:
+    """Who decides: the signed-in identity (a token's name, or the token a dashboard
+    session signed in with), whatever the request says; only a server running open
+    (no tokens, loopback) records the free-text `by`, as nobody is signed in."""
+    identity = identity_of(request)
+    if identity.via != "open":
+        return identity.name
+    return (given or "").strip()[:MAX_BY] or default
+
+
 async def _decide(request: Request, run_id: str, step_id: str, approve: bool,
                   data: DecisionRequest | None) -> DecisionDoc:
     body = data or DecisionRequest()
-    return await decide(_services(request), run_id, step_id, approve, by=body.by or "api",
+    return await decide(_services(request), run_id, step_id, approve, by=decided_by(request, body.by, "api"),
                         comment=body.comment, index=body.index)
 
 
@@ -132,7 +142,8 @@ async def approve(request: Request, run_id: FromPath[str], step_id: FromPath[str
                   data: JSONBody[DecisionRequest | None] = None) -> DecisionDoc:
     """Approve a waiting approval step: it succeeds with `{approved, by, comment, at}`.
 
-    Body (optional): `comment`, `by` (default `api`), `index` (the foreach item).
+    Body (optional): `comment`, `by` (only on a server running open, default `api`;
+    otherwise the signed-in token's name is recorded), `index` (the foreach item).
     409 when the step is not waiting for a decision (already decided, not an
     approval step, not reached yet, or the run has ended).
     """

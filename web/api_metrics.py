@@ -19,7 +19,7 @@ from .api import _errors, _services
 from .services import Services
 
 WINDOWS = {"24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
-ENDED = ("succeeded", "failed", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled", "skipped")
 
 
 @get("/metrics", tags=["health"], include_in_schema=False)

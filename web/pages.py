@@ -20,13 +20,14 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, Template
 from markupsafe import Markup
 
+from runner.dsl.casefile import test_file_beside
 from runner.dsl.durations import format_duration
 from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
 
 from . import live
 from .api import _git_status
-from .api_approvals import decide
+from .api_approvals import decide, decided_by
 from .api_breakers import reset_breakers, shown_breakers
 from .api_metrics import workflow_stats
 from .api_notifications import delivery_doc
@@ -51,7 +52,7 @@ from .sse import sse_response
 RUNS_PER_PAGE = 25
 HISTORY_PER_PAGE = 10
 VERSIONS_SHOWN = 10
-RUN_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+RUN_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped")
 APPROVALS_SHOWN = 10
 StateQuery = Annotated[str | None, QueryParameter(name="state")]  # `state` is reserved by Litestar
 
@@ -153,6 +154,7 @@ async def _workflow_context(request: Request, definition: Definition, page: int)
         "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
+        "test_file": test_file_beside(services.catalog.root, definition.path),
         **await _stats(services, definition.name),
     }
 
@@ -368,7 +370,7 @@ async def _decide_from_form(request: Request, run_id: str, step_id: str, approve
     if index and not index.isdigit():
         return error_page(400, "Cannot record the decision", f"index must be a whole number, not '{index}'.")
     try:
-        await decide(_services(request), run_id, step_id, approve, by=str(form.get("by") or "")[:200] or "dashboard",
+        await decide(_services(request), run_id, step_id, approve, by=decided_by(request, str(form.get("by") or ""), "dashboard"),
                      comment=str(form.get("comment") or "")[:2000], index=int(index) if index else None)
     except RunNotFound:
         return no_run(run_id)

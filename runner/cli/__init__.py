@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .notify import register as register_notify
     from .plan import register as register_plan
     from .replay import register as register_replay
+    from .testing import register as register_test
     from .tokens import register as register_tokens
     from .worker import register as register_worker
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_db(sub, d)
     register_plan(sub, d)
     register_replay(sub, d)
+    register_test(sub, d)
     register_notify(sub, d)
     register_worker(sub, d)
     for ep in entry_points(group="treadle.commands"):
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..dsl.casefile import is_test_file
+    from .testing import check_test_files
+
     paths = [Path(p) for p in (args.paths or [_defaults()["definitions"]])]
     problems: list[Problem] = []
     checked: list[tuple[str, Definition]] = []  # (path as shown, definition), for --server
@@ -165,6 +170,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             count += len(catalog.entries())
             problems += [Problem(str(path / p.path), p.line, p.column, p.message) for p in catalog.problems()]
             checked += [(str(path / d.path), d.broken or d) for d in catalog.entries()]
+            tests, found = check_test_files([path], catalog)  # NAME.test.yaml: checked as tests, not workflows
+            count += tests
+            problems += found
+        elif path.exists() and is_test_file(path.name):
+            if folder_catalog is None:
+                folder_catalog = Catalog(folder if folder.is_dir() and relative_to_root(path, folder) else path.parent)
+                folder_catalog.load_all()
+            count += 1
+            problems += check_test_files([path], folder_catalog)[1]
         elif path.exists():
             count += 1
             rel = relative_to_root(path, folder) if folder.is_dir() else None
@@ -335,13 +349,14 @@ async def _run(definition: Definition, catalog: Catalog, params: dict[str, str],
               f"{definition.name}` or `treadle serve`", file=sys.stderr)
     else:
         line = f"run {exe.id} {doc['status']} in {format_duration((doc['duration_ms'] or 0) / 1000)}"
-        print(line + (f": {doc['error']}" if doc["error"] else ""), file=sys.stderr)
+        print(line + (f": {doc['error']}" if doc["error"] else "") +
+              (f": {doc['reason']}" if doc["status"] == "skipped" and doc.get("reason") else ""), file=sys.stderr)
         if doc["outputs"] is not None:  # what the run made, on stdout for a script to read
             outputs = doc["outputs"]
             print(outputs if isinstance(outputs, str) else json.dumps(outputs, indent=2, default=str))
     if doc["status"] == "running":
         return 130
-    return 0 if doc["status"] == "succeeded" else 1
+    return 0 if doc["status"] in ("succeeded", "skipped") else 1  # skipped: its preconditions said so
 
 
 class _GracefulStop:

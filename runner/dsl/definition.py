@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from ..limits import (
     DEFAULT_RUN_TIMEOUT,
     MAX_PARALLEL,
+    MAX_REPEAT,
     MAX_RETRIES,
     MAX_RUN_TIMEOUT,
     MAX_STEPS,
@@ -210,6 +211,23 @@ class ApprovalSpec(_Model):
     timeout: Duration | None = Field(None, description="no decision by then: the step fails")
 
 
+class ForeachSpec(_Model):
+    """`foreach: {items: ..., max_parallel: 4}`: the list, and how many of its items may go at once."""
+
+    items: str | list[Any] = Field(description="a template giving a list (or mapping), or a literal list")
+    max_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL,
+                                     description="items of this step in progress at once (within the run's "
+                                                 "max_parallel); default: only the run's limit")
+
+
+class RepeatSpec(_Model):
+    """Poll: the step runs again, every `interval`, until `until` is true of its output."""
+
+    until: str = Field(description="a template, true when done; sees `output` (this attempt's) and `attempt`")
+    interval: Duration = Field(10.0, description="the wait between two polls")
+    limit: int = Field(60, ge=1, le=MAX_REPEAT, description="polls at most; still false then: the step fails")
+
+
 CLUSTER_KINDS = ("run", "python", "http")  # the kinds a cluster worker may execute
 
 
@@ -219,13 +237,17 @@ class StepSpec(_Model):
         None, description="steps this one waits for; left out: the step above it"
     )
     when: str | bool | None = None
+    skip: Literal["self", "cascade"] = Field(
+        "self", description="cascade: when this step ends skipped (its `when`, its trigger rule), the steps that "
+                            "need it are skipped too, and theirs in turn; self (the default): only this step")
     trigger_rule: Literal["all_succeeded", "all_done", "any_succeeded", "any_failed"] = (
         "all_succeeded"
     )
     continue_on_failure: bool = False
     retry: RetrySpec | None = None
     timeout: Duration | None = None
-    foreach: str | list[Any] | None = None
+    foreach: str | list[Any] | ForeachSpec | None = None
+    repeat: RepeatSpec | None = Field(None, description="poll until a condition holds, each poll an attempt")
     env: dict[str, Any] = Field(default_factory=dict)
     cwd: str | None = None
     circuit_breaker: CircuitBreakerSpec | None = Field(
@@ -277,6 +299,15 @@ class StepSpec(_Model):
     def kind(self) -> str:
         return next(k for k in KINDS if getattr(self, k) is not None)
 
+    @property
+    def foreach_items(self) -> str | list[Any] | None:
+        """The foreach list as written (either form), or None."""
+        return self.foreach.items if isinstance(self.foreach, ForeachSpec) else self.foreach
+
+    @property
+    def foreach_limit(self) -> int | None:
+        return self.foreach.max_parallel if isinstance(self.foreach, ForeachSpec) else None
+
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
@@ -290,6 +321,8 @@ class StepSpec(_Model):
             field = "with_" if extra == "with" else extra
             if field in self.model_fields_set and kind != owner:
                 raise _error_at(extra, f"'{extra}' only applies to '{owner}' steps, not '{kind}'; remove it")
+        if self.repeat is not None and kind == "approval":
+            raise _error_at("repeat", "'repeat' does not apply to 'approval' steps (a person decides once); remove it")
         if kind not in CLUSTER_KINDS:
             for key in ("executor", "resources", "labels", "placement_timeout"):
                 if key in self.model_fields_set:
@@ -305,7 +338,7 @@ class CompensationSpec(StepSpec):
 
     @model_validator(mode="after")
     def _no_scheduling(self) -> CompensationSpec:
-        for key in ("needs", "when", "foreach", "compensate", "trigger_rule", "continue_on_failure"):
+        for key in ("needs", "when", "skip", "foreach", "compensate", "trigger_rule", "continue_on_failure"):
             if key in self.model_fields_set:
                 raise _error_at(key, f"'{key}' is not allowed in 'compensate' (it runs when the run fails, "
                                      "in reverse order of the steps that succeeded); remove it")
@@ -313,6 +346,47 @@ class CompensationSpec(StepSpec):
 
 
 StepSpec.model_rebuild()
+
+
+class PreconditionSpec(_Model):
+    """A template checked when the run starts, before any step: false ends the run `skipped`."""
+
+    check: str | bool = Field(description="a template, e.g. \"{{ params.env == 'prod' }}\"")
+    message: str | None = Field(None, description="the reason the skipped run shows (a template); "
+                                                  "default: the check as written")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"check": value} if isinstance(value, str | bool) else value
+
+
+class SuccessSpec(_Model):
+    """When a run counts as succeeded; default `all`: no step failed (continue_on_failure aside)."""
+
+    any_of: list[str] | None = Field(None, min_length=1, description="succeeded when one of these steps succeeded")
+    min_succeeded: int | None = Field(None, ge=1, le=MAX_STEPS,
+                                      description="succeeded when at least this many main steps succeeded")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value == "all":
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"'{value}' is not a success policy; write all, {{any_of: [step, ...]}} or "
+                             "{min_succeeded: N}")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> SuccessSpec:
+        if self.any_of is not None and self.min_succeeded is not None:
+            raise _error_at("min_succeeded", "give one of any_of, min_succeeded; remove one")
+        return self
+
+    @property
+    def all(self) -> bool:
+        return self.any_of is None and self.min_succeeded is None
 
 
 class DefaultsSpec(_Model):
@@ -338,6 +412,13 @@ class WorkflowSpec(_Model):
     resume: bool = Field(
         True, description="after a crash or a stop, resume unfinished runs (false: mark them failed)"
     )
+    enabled: bool = Field(True, description="false: nothing starts a run (triggers, people, the API, parent "
+                                            "workflows, retries); runs in flight go on")
+    preconditions: list[PreconditionSpec] = Field(
+        default_factory=list, description="templates checked before any step; one false: the run ends `skipped`")
+    success: SuccessSpec = Field(default_factory=SuccessSpec,
+                                 description="when the run succeeds: all (default), {any_of: [steps]}, "
+                                             "{min_succeeded: N}")
     on_failure: list[StepSpec] = Field(default_factory=list, max_length=MAX_STEPS,
                                        description="steps run when the run failed")
     on_success: list[StepSpec] = Field(default_factory=list, max_length=MAX_STEPS,
@@ -420,6 +501,10 @@ def json_schema() -> dict[str, Any]:
     schema["properties"]["params"]["additionalProperties"] = {
         "anyOf": [{"$ref": "#/$defs/ParamSpec"}, {"enum": list(PARAM_TYPES)}]
     }
+    schema["properties"]["success"] = {"anyOf": [{"const": "all"}, {"$ref": "#/$defs/SuccessSpec"}],
+                                       "description": schema["properties"]["success"].get("description", "")}
+    schema["properties"]["preconditions"]["items"] = {
+        "anyOf": [{"type": "string"}, {"type": "boolean"}, {"$ref": "#/$defs/PreconditionSpec"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Treadle workflow definition"
     return schema

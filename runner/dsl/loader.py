@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +232,7 @@ def _load_text(text: str, path: str, *, name: str, base_dir: Path | None, versio
     dag = build_dag(links, src, problems)
     _check_templates(src, dag, {sid for sid, _ in links}, problems)
     _check_handlers(src, {sid for sid, _ in links}, problems)
+    _check_success(src, [sid for sid, _ in links], problems)
     _check_text_values(src, problems)
     _check_run_limits(src, problems)
     result.problems = problems.items
@@ -304,7 +305,7 @@ def _dotted(path: tuple) -> str:
 # lists of mappings: what each item is
 _LIST_ITEMS: dict[str, type[BaseModel]] = {
     "steps": d.StepSpec, "notify": t.NotifySpec, "schedule": t.ScheduleSpec, "event": t.EventSpec,
-    "file": t.FileTriggerSpec, "after": t.AfterSpec,
+    "file": t.FileTriggerSpec, "after": t.AfterSpec, "preconditions": d.PreconditionSpec,
 }
 
 
@@ -320,6 +321,8 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
         else:
             model = {
                 (d.WorkflowSpec, "defaults"): d.DefaultsSpec,
+                (d.WorkflowSpec, "success"): d.SuccessSpec,
+                (d.WorkflowSpec, "preconditions"): "preconditions",
                 (d.WorkflowSpec, "steps"): "steps",
                 (d.WorkflowSpec, "on_failure"): "steps",
                 (d.WorkflowSpec, "on_success"): "steps",
@@ -333,6 +336,8 @@ def _model_at(data_path: tuple) -> type[BaseModel] | None:
                 (d.StepSpec, "retry"): d.RetrySpec,
                 (d.DefaultsSpec, "retry"): d.RetrySpec,
                 (d.StepSpec, "circuit_breaker"): d.CircuitBreakerSpec,
+                (d.StepSpec, "foreach"): d.ForeachSpec,
+                (d.StepSpec, "repeat"): d.RepeatSpec,
                 (d.DefaultsSpec, "circuit_breaker"): d.CircuitBreakerSpec,
                 ("params", None): d.ParamSpec,
                 (d.WorkflowSpec, "triggers"): t.TriggersSpec,
@@ -369,20 +374,24 @@ def _walk_loc(loc: tuple, data: Any) -> tuple[tuple, int | None]:
     return tuple(out), union_at
 
 
-def _report_validation(errors: list[Any], src: Source, problems: _Collector) -> None:
-    """Report pydantic errors; the errors of a union's branches become one message."""
+def _report_validation(errors: list[Any], src: Source, problems: _Collector,
+                       model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> None:
+    """Report pydantic errors; the errors of a union's branches become one message.
+
+    `model_at`: which model describes the mapping at a path (for the keys an unknown
+    key is compared with); another file format (a test file) passes its own."""
     unions: dict[tuple, list[tuple[tuple, Any]]] = {}
     for err in errors:
         path, union_at = _walk_loc(err["loc"], src.data)
         if union_at is not None and err["type"] not in ("missing", "extra_forbidden", "misplaced"):
             unions.setdefault(path[:union_at], []).append((path, err))
         else:
-            _report_one(err, path, src, problems)
+            _report_one(err, path, src, problems, model_at)
     for at, branch_errors in unions.items():
         deeper = [(p, e) for p, e in branch_errors if len(p) > len(at)]
         if deeper:  # the value had the right shape for one branch and failed inside it
             for path, err in deeper:
-                _report_one(err, path, src, problems)
+                _report_one(err, path, src, problems, model_at)
         else:
             expected = list(dict.fromkeys(_EXPECTED.get(e["type"], e["type"]) for _, e in branch_errors))
             _report_type(at, expected, branch_errors[0][1].get("input"), src, problems)
@@ -417,7 +426,8 @@ _CHOICE_SYNONYMS = {"int": "integer", "float": "number", "str": "string", "text"
                     "bool": "boolean", "list": "array", "dict": "object", "map": "object"}
 
 
-def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -> None:
+def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector,
+                model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> None:
     kind = err["type"]
     where = _dotted(data_path)
     value = err.get("input")
@@ -426,7 +436,7 @@ def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector) -
         key = err["loc"][-1]
         parent = data_path[:-1] if data_path and data_path[-1] == key else data_path
         line, col = src.where((*parent, key), key=True)
-        problems.add(line, col, _unknown_key_message(key, parent, src.data))
+        problems.add(line, col, _unknown_key_message(key, parent, src.data, model_at))
     elif kind == "missing":
         field_name = err["loc"][-1]
         line, col = src.where(data_path)
@@ -498,8 +508,9 @@ def _describe(value: Any, data_path: tuple, src: Source) -> str:
     return "a list" if isinstance(value, list) else "a mapping"
 
 
-def _unknown_key_message(key: str, parent: tuple, data: Any) -> str:
-    model = _model_at(parent)
+def _unknown_key_message(key: str, parent: tuple, data: Any,
+                         model_at: Callable[[tuple], type[BaseModel] | None] = _model_at) -> str:
+    model = model_at(parent)
     where = _dotted((*parent, key))
     known = d.field_names(model) if model else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -579,10 +590,29 @@ def _check_handlers(src: Source, main_ids: set[str], problems: _Collector) -> No
                 checker.visit(step, (key, i), None)
 
 
+def _check_success(src: Source, main_ids: list[str], problems: _Collector) -> None:
+    """`success: {any_of: [...]}` names main steps; `min_succeeded` is at most their number."""
+    success = src.data.get("success")
+    if not isinstance(success, dict):
+        return
+    any_of = success.get("any_of")
+    for i, sid in enumerate(any_of if isinstance(any_of, list) else []):
+        if isinstance(sid, str) and sid not in main_ids:
+            close = difflib.get_close_matches(sid, main_ids, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else " (handler steps never count)"
+            problems.add(*src.where(("success", "any_of", i)), f"success.any_of[{i}]: there is no step '{sid}'{hint}")
+    least = success.get("min_succeeded")
+    if isinstance(least, int) and not isinstance(least, bool) and least > len(main_ids):
+        problems.add(*src.where(("success", "min_succeeded")),
+                     f"success.min_succeeded: {least} is more than the {len(main_ids)} steps of the workflow; "
+                     "no run could succeed")
+
+
 _STEP_LISTS = ("steps", *HANDLER_KEYS)
 
 # keys of a step that are never templates
-_SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait"}
+_SKIP_KEYS = {"id", "needs", "trigger_rule", "continue_on_failure", "retry", "timeout", "wait", "skip"}
+PRECONDITIONS = "(preconditions)"  # the owner of the preconditions' templates: checked before any step
 
 
 def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Collector) -> None:
@@ -602,6 +632,7 @@ def _check_templates(src: Source, dag: Dag | None, ids: set[str], problems: _Col
     for key in ("outputs", "triggers"):
         if isinstance(raw.get(key), dict):
             checker.visit(raw[key], (key,), None)
+    checker.visit(raw.get("preconditions"), ("preconditions",), PRECONDITIONS)
 
 
 class _TemplateChecker:
@@ -680,6 +711,9 @@ def _ref_problem(ref: str, step_id: str | None, dag: Dag | None, ids: set[str]) 
         return f"but there is no step '{ref}'" + (f"; did you mean '{close[0]}'?" if close else "")
     if step_id == "":
         return "but env is rendered when the run starts, before any step; move it to the env of a step that needs it"
+    if step_id == PRECONDITIONS:
+        return ("but preconditions are checked when the run starts, before any step; use a step's `when` "
+                "to decide on a step's output")
     if step_id is None or dag is None or step_id not in dag.dependents:
         return None
     if ref == step_id:
@@ -706,9 +740,11 @@ def _check_run_limits(src: Source, problems: _Collector) -> None:
         for i, step in enumerate(steps if isinstance(steps, list) else []):
             if not isinstance(step, dict):
                 continue
-            items = step.get("foreach")
+            items, at = step.get("foreach"), (key, i, "foreach")
+            if isinstance(items, dict):  # foreach: {items: ..., max_parallel: N}
+                items, at = items.get("items"), (*at, "items")
             if isinstance(items, list) and len(items) > MAX_FOREACH_ITEMS:
-                problems.add(*src.where((key, i, "foreach"), key=True),
+                problems.add(*src.where(at, key=True),
                              f"{key}[{i}].foreach: {len(items):,} items, more than the limit of "
                              f"{MAX_FOREACH_ITEMS:,} per step; split the list into batches (e.g. one child "
                              "`workflow` run per batch)")

@@ -110,6 +110,9 @@ class FileTriggerSpec(_Model):
         if ".." in parts:
             raise ValueError(f"'{value}' leaves the definition's folder with '..'; write a glob of files "
                              "inside it, e.g. inbox/*.csv")
+        if any(part.count("{") != part.count("}") for part in parts):
+            raise ValueError(f"'{value}': the braces do not pair up within one name; write alternatives as "
+                             "{a,b} inside one name (e.g. inbox/*.{pdf,csv}), or one file trigger per folder")
         return value
 
 

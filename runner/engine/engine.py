@@ -33,6 +33,7 @@ from ..errors import (
     SecretMissing,
     ShuttingDown,
     TreadleError,
+    WorkflowDisabled,
     WorkflowInvalid,
     WorkflowNotFound,
 )
@@ -44,6 +45,7 @@ from .approvals import Approvals
 from .circuit import Breakers
 from .journal import Journal
 from .leases import LEASE_SECONDS, LeaseKeeper, pid_namespace, process_is_gone
+from .mocks import Mocks
 from .recovery import plan_resumes, reused_result
 from .replay import Replay
 from .run import RunExecution
@@ -331,6 +333,8 @@ class Engine:
             raise WorkflowInvalid(definition.name, definition.problems)
         spec = definition.spec
         assert spec is not None
+        if not spec.enabled:
+            raise WorkflowDisabled(definition.name, definition.path)
         checked = validate_params(spec.params, params, from_text=from_text)
         missing = [n for n in spec.secrets if not self.environ.get(n)]
         if missing:
@@ -386,7 +390,7 @@ class Engine:
         return NewRun(row, definition, checked, secret_values)
 
     def launch(self, new: NewRun, *, reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0,
-               epoch: int = 1, replay: Replay | None = None) -> RunExecution:
+               epoch: int = 1, replay: Replay | None = None, mocks: Mocks | None = None) -> RunExecution:
         """Drive a run whose row is recorded (or queued in the writer ahead of anything the
         run writes) as running under this process's lease, at `epoch`."""
         self._keep_leases()
@@ -397,6 +401,7 @@ class Engine:
         exe.trigger, exe.started_at = row["trigger"], row.get("started_at") or time.time()
         exe.lease_seen = epoch > 1  # a claimed row is committed already
         exe.replay = replay
+        exe.mocks = mocks  # `treadle test`: steps answered without executing
         self._register(exe)
         self._launched(exe)
         exe.start()

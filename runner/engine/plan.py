@@ -103,7 +103,7 @@ def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Map
         pending: list[str] = []
         where = f"steps.{sid}"
         when = renderer.value(step.when, f"{where}.when", pending)
-        foreach = renderer.value(step.foreach, f"{where}.foreach", pending)
+        foreach = renderer.value(step.foreach_items, f"{where}.foreach", pending)
         per_item = _PER_ITEM if step.foreach is not None else frozenset()
         inputs = renderer.value(raw_inputs(definition, step), where, pending, per_item)
         known_when = step.when is None or f"{where}.when" not in pending

@@ -49,6 +49,23 @@ def attempt_doc(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def step_kinds(definition: Definition | None) -> dict[str, str]:
+    """Step id -> kind, for every step a run of `definition` records (handlers and
+    compensations, `<id>.compensate`, included)."""
+    spec = definition.spec if definition is not None else None
+    if spec is None:
+        return {}
+    kinds = definition.__dict__.get("_step_kinds")  # type: ignore[union-attr]
+    if kinds is None:  # once per definition version (run_definition caches them)
+        kinds = {}
+        for step in (*spec.steps, *spec.on_failure, *spec.on_success, *spec.finally_):
+            kinds[step.id] = step.kind
+            if step.compensate is not None:
+                kinds[f"{step.id}.compensate"] = step.compensate.kind
+        definition.__dict__["_step_kinds"] = kinds  # type: ignore[union-attr]
+    return kinds
+
+
 async def run_document(store: Store, run_id: str, *, with_attempts: bool = True) -> dict[str, Any] | None:
     """The run and its steps in DAG order; steps that have not started are `pending`."""
     run = await store.get_run(run_id)
@@ -60,6 +77,7 @@ async def run_document(store: Store, run_id: str, *, with_attempts: bool = True)
     for row in rows:
         by_step.setdefault(row["step_id"], []).append(row)
     order = list(definition.dag.order) if definition is not None and definition.dag else []
+    kinds = step_kinds(definition)
     known = set(order)
     order += [s for s in by_step if s not in known]
     steps = []
@@ -70,7 +88,7 @@ async def run_document(store: Store, run_id: str, *, with_attempts: bool = True)
         last = max(whole, key=lambda r: r["attempt"]) if whole else None
         real = [r for r in whole if r["attempt"] > 0]
         doc: dict[str, Any] = {
-            "id": sid, "status": last["status"] if last else "pending",
+            "id": sid, "kind": kinds.get(sid), "status": last["status"] if last else "pending",
             "attempts": max((r["attempt"] for r in real), default=0),
             "started_at": iso(min((r["started_at"] for r in real if r["started_at"]), default=None)),
             "finished_at": iso(last["finished_at"]) if last else None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import limits
 from ..dispatch.job import StepJob, hide_placeholders, placeholders, resources_of
@@ -28,6 +29,7 @@ from .logsink import LogSink
 if TYPE_CHECKING:
     from ..dsl.loader import Definition
     from .journal import Journal
+    from .mocks import Mocks
     from .replay import Recorded, Replay
 
 log = logging.getLogger("treadle.run")
@@ -160,6 +162,8 @@ class RunExecution:
         self._all_done: asyncio.Future | None = None
         self._stopping: StepStatus | None = None
         self._root_failure: tuple[str, str] | None = None
+        self._cascading: set[str] = set()  # skipped steps whose dependents are skipped too (`skip: cascade`)
+        self._inputs: dict[str, dict[int, Any]] = {}  # step -> item (-1: the step) -> its last input, masked
         self._cancel_request: tuple[str, RunStatus] | None = None
         self._task: asyncio.Task | None = None
         self._started = False  # _main is running (a task cancelled before it starts never runs it)
@@ -170,6 +174,7 @@ class RunExecution:
         self._suspending = False
         self.context: dict[str, Any] = self._plain_context()  # `env` is rendered when the run starts
         self.replay: Replay | None = None  # set by Engine.launch for `treadle replay` (replay.py)
+        self.mocks: Mocks | None = None  # set by Engine.launch for `treadle test` (mocks.py)
 
     @property
     def busy(self) -> bool:
@@ -242,6 +247,15 @@ class RunExecution:
             if self._cancel_request is not None:  # cancelled before it began
                 raise asyncio.CancelledError
             self.context = self._base_context()
+            gate = self._preconditions() if self.resumed is None else None
+            if gate is not None:  # before any step: nothing ran, nothing to undo or wind up
+                self._skip_all()
+                ended, why = gate
+                if ended == RunStatus.SKIPPED:
+                    self._finish(ended, None, None, reason=why)
+                else:
+                    self._finish(ended, why, None)
+                return
             deadline, timed_out = self._deadline()
             async with asyncio.timeout_at(deadline):
                 await self._execute_graph()
@@ -262,9 +276,10 @@ class RunExecution:
             log.exception("run %s crashed", self.id)
             status, error = RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
             await self._stop_all()
-        if status == RunStatus.SUCCEEDED and self._root_failure:
-            sid, message = self._root_failure
-            status, error = RunStatus.FAILED, f"step '{sid}' failed: {message}"
+        if status == RunStatus.SUCCEEDED:
+            failure = self._success_failure()
+            if failure is not None:
+                status, error = RunStatus.FAILED, failure
         outputs = self._outputs() if status == RunStatus.SUCCEEDED else None
         if isinstance(outputs, _OutputsFailed):
             status, error, outputs = RunStatus.FAILED, str(outputs), None
@@ -276,6 +291,48 @@ class RunExecution:
             await self._suspend_steps()  # the run resumes later and winds up again
             return
         self._finish(status, error, outputs, compensated)
+
+    def _preconditions(self) -> tuple[RunStatus, str] | None:
+        """None when every precondition holds; else how the run ends before any step:
+        (skipped, the reason) for the first false one, (failed, the error) for one that
+        cannot be rendered."""
+        for i, pre in enumerate(self.spec.preconditions):
+            try:
+                if truthy(render(pre.check, self.context)):
+                    continue
+                written = pre.check if isinstance(pre.check, str) else str(pre.check).lower()
+                why = render(pre.message, self.context) if pre.message is not None else f"{written} is false"
+            except TemplateFailed as exc:
+                return RunStatus.FAILED, f"preconditions[{i}]: {exc}"
+            return RunStatus.SKIPPED, f"precondition not met: {why}"
+        return None
+
+    def _skip_all(self) -> None:
+        """Every main step ends `skipped` without running (a precondition was not met)."""
+        for sid in self.dag.order:
+            self._record_not_run(sid, StepStatus.SKIPPED)
+            self.state[sid] = StepStatus.SKIPPED
+
+    def _success_failure(self) -> str | None:
+        """Why the run failed by its `success` policy (None: it succeeded). `all`: no step
+        failed for good; `any_of`: one of those steps succeeded; `min_succeeded`: enough did."""
+        policy = self.spec.success
+        succeeded = [sid for sid in self.definition.dag.order  # type: ignore[union-attr]
+                     if self.state.get(sid) == StepStatus.SUCCEEDED]
+        if policy.any_of is not None:
+            if any(sid in succeeded for sid in policy.any_of):
+                return None
+            states = ", ".join(f"{sid} {self.state.get(sid, StepStatus.PENDING).value}" for sid in policy.any_of)
+            return f"success policy any_of: none of its steps succeeded ({states})"
+        if policy.min_succeeded is not None:
+            if len(succeeded) >= policy.min_succeeded:
+                return None
+            return (f"success policy min_succeeded: {len(succeeded)} step{'s' if len(succeeded) != 1 else ''} "
+                    f"succeeded, {policy.min_succeeded} needed")
+        if self._root_failure:
+            sid, message = self._root_failure
+            return f"step '{sid}' failed: {message}"
+        return None
 
     def _deadline(self) -> tuple[float, str]:
         """When the main steps must be done (event loop time), and the error saying so.
@@ -312,12 +369,13 @@ class RunExecution:
                 compensated = "partial"
         return compensated
 
-    def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None) -> None:
+    def _finish(self, status: RunStatus, error: str | None, outputs: Any, compensated: str | None = None,
+                *, reason: str | None = None) -> None:
         self.status, self.error, self.outputs = status, error, outputs
         self.finished_at = time.time()  # the run's end as recorded (its notification says the same)
         self.journal.run(status=status.value, error=self.mask.text(error) if error else None,
                          outputs=self.mask.data(outputs), finished_at=self.finished_at, lease_until=None,
-                         compensated=compensated)
+                         compensated=compensated, **({"reason": self.mask.text(reason)} if reason else {}))
         self._set_done()
         if not self.journal.closed:  # a run given up to another server ends there, not here
             self.engine.run_finished(self)
@@ -481,6 +539,8 @@ class RunExecution:
         ups = [(d, self.state[d]) for d in self.dag.deps[sid]]
         if not ups:
             return None
+        if self._cascades(sid):
+            return StepStatus.SKIPPED
         blocked = any(s == StepStatus.UPSTREAM_FAILED or (s == StepStatus.FAILED and not self.steps[d].continue_on_failure) for d, s in ups)
         rule = step.trigger_rule
         if rule == "all_done":
@@ -497,10 +557,21 @@ class RunExecution:
             return StepStatus.CANCELLED
         return None
 
+    def _cascades(self, sid: str) -> bool:
+        """A step that waits for all its dependencies to succeed is skipped when one of
+        them was skipped with `skip: cascade` (or by such a cascade itself)."""
+        return self.steps[sid].trigger_rule == "all_succeeded" and any(
+            d in self._cascading for d in self.dag.deps[sid])
+
     def _complete(self, sid: str, status: StepStatus, result: dict[str, Any]) -> list[str]:
         """Record the end of a step; return the dependents that became ready."""
         self.state[sid] = status
-        self.results[sid] = {"status": status.value, "output": None, "exit_code": None, **result}
+        inputs = self._inputs.pop(sid, None)
+        if inputs is not None and "input" not in result:  # what its (last) attempt was given, masked
+            result["input"] = inputs.get(-1) if -1 in inputs else [inputs.get(i) for i in range(max(inputs) + 1)]
+        if status == StepStatus.SKIPPED and (self.steps[sid].skip == "cascade" or self._cascades(sid)):
+            self._cascading.add(sid)
+        self.results[sid] = {"status": status.value, "output": None, "exit_code": None, "input": None, **result}
         if status in (StepStatus.SUCCEEDED, StepStatus.FAILED) and self.replay is None:
             self.engine.step_event(self, f"step.{status.value}", {
                 "step": sid, "kind": self.steps[sid].kind, "error": self.mask.text(result["error"])
@@ -581,7 +652,7 @@ class RunExecution:
         })
 
     async def _foreach(self, step: StepSpec) -> list[Any]:
-        items = render(step.foreach, self.context)
+        items = render(step.foreach_items, self.context)
         if isinstance(items, str):
             try:
                 items = json.loads(items)
@@ -605,6 +676,9 @@ class RunExecution:
         failures: list[tuple[int, str]] = []
 
         done_items = self.resumed.items.get(step.id, {}) if self.resumed else {}
+        # `foreach: {max_parallel: N}`: this step's own limit, inside the run's (each
+        # item's attempts also take one of the run's slots); held for the item's retries too
+        own_limit = asyncio.Semaphore(step.foreach_limit) if step.foreach_limit else contextlib.nullcontext()
 
         async def one(index: int, item: Any) -> None:
             if index in done_items:  # finished before a crash: keep its output
@@ -612,7 +686,8 @@ class RunExecution:
                 return
             ctx = {**self.context, "item": item, "index": index}
             try:
-                outcome = await self._attempts(step, ctx, item=index)
+                async with own_limit:
+                    outcome = await self._attempts(step, ctx, item=index)
                 results[index], sizes[index] = outcome.output, outcome.size
             except _Failed as exc:
                 failures.append((index, str(exc)))
@@ -686,6 +761,7 @@ class RunExecution:
         # after a crash, attempts go on from where they were (an interrupted attempt
         # is not a failure, so it does not use up a retry)
         attempt, failures = self.resumed.attempt(step.id, item) if self.resumed else (1, 0)
+        polls = 0  # `repeat`: attempts that succeeded and were checked against `until`
         try:
             while True:
                 try:
@@ -698,59 +774,20 @@ class RunExecution:
                     self._record_failure_row(step.id, item, too_big, attempt)
                     raise _Failed(StepFailed(too_big, retryable=False))
                 logs.set_attempt(attempt)
+                # the input as recorded (secrets masked), also what later steps read as steps.<id>.input
+                shown = self.mask.data(hide_placeholders(inp) if remote else inp)
+                self._inputs.setdefault(step.id, {})[item] = shown
                 if self.replay is not None:
-                    shown = self.mask.data(hide_placeholders(inp) if remote else inp)
                     answer = self.replay.answer(step.id, item, shown)
                     if answer is not None:
                         return self._replayed({**key, "attempt": attempt}, shown, answer, logs)
                     if self.replay.offline:
                         raise _WouldRun(shown)
-                async with self._sem:
-                    if not await self.engine.leases.confirm(self.id):
-                        raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
-                    row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value,
-                           "started_at": time.time(), "input": self.mask.data(hide_placeholders(inp) if remote else inp)}
-                    self.journal.step(row)
-                    sctx = StepContext(
-                        run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
-                        workflow=self.definition.name, base_dir=self.definition.base_dir,
-                        env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
-                        timeout=timeout, process_env=None if remote else self._process_env(),
-                        started=self._on_worker(row) if remote else None,
-                    )
-                    limit = asyncio.timeout(timeout)
-                    permit: Permit | None = None
-                    try:
-                        permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
-                                            namespace=namespace_of(self.definition.path))
-                        async with limit:
-                            if remote:
-                                outcome = await self.engine.dispatcher.execute(
-                                    self._job(step, sctx, inp, timeout), sctx, step.placement_timeout)
-                            else:
-                                outcome = await kind.execute(sctx, inp)
-                        error = None
-                        settle(permit, outcome=outcome)
-                    except StepFailed as exc:
-                        error = exc
-                        settle(permit, error=exc)
-                    except TimeoutError as exc:
-                        if limit.expired():
-                            error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
-                            settle(permit, timed_out=timeout)
-                        else:  # raised by the step itself
-                            error = StepFailed(f"TimeoutError: {exc}")
-                            settle(permit)
-                    except asyncio.CancelledError:
-                        settle(permit)
-                        why = INTERRUPTED if self._suspending else "cancelled"
-                        self.journal.step({**row, "status": StepStatus.CANCELLED.value,
-                                           "finished_at": time.time(), "error": why})
-                        raise
-                    except Exception as exc:
-                        settle(permit)
-                        log.exception("step %s of run %s", step.id, self.id)
-                        error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
+                if self.mocks is not None and self.mocks.mocked(step.id):
+                    row, outcome, error = self._mocked(step, shown, key, attempt, ctx, logs)
+                else:
+                    row, outcome, error = await self._execute(step, kind, inp, shown, key, attempt, timeout, remote,
+                                                              logs)
                 finished = time.time()
                 if error is None and outcome.size is None and len(inp) == 1:
                     # `set` gives its input back as its output: its size is known already
@@ -758,6 +795,19 @@ class RunExecution:
                     if outcome.output is value:
                         outcome.size = in_size - 4 - limits.json_size(field, in_size)
                 error = self._check_output(outcome if error is None else None, error)
+                if error is None and step.repeat is not None:
+                    polls += 1
+                    error = self._poll_verdict(step, ctx, outcome, attempt, polls)
+                    if error is False:  # `until` is still false: this poll is done, the next one waits
+                        self.journal.step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
+                                           "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
+                                           "http_status": outcome.http_status})
+                        interval = step.repeat.interval if self.mocks is None else 0.0
+                        logs.write("treadle", f"[treadle: poll {polls} of at most {step.repeat.limit}: `until` is "
+                                              f"false; next poll in {format_duration(interval)}]\n")
+                        attempt += 1
+                        await self._pause_before(key, attempt, interval)
+                        continue
                 if error is None:
                     self.journal.step({**row, "status": StepStatus.SUCCEEDED.value, "finished_at": finished,
                                          "output": self.mask.data(outcome.output), "exit_code": outcome.exit_code,
@@ -769,7 +819,8 @@ class RunExecution:
                 failures += 1
                 if not (failures <= retry.limit and error.retryable and (retry.on is None or error.code in retry.on)):
                     raise _Failed(error)
-                delay = retry.delay_before(failures)
+                # `treadle test` makes every attempt but waits out no delay (mocks answer at once)
+                delay = retry.delay_before(failures) if self.mocks is None else 0.0
                 logs.write("treadle", f"[treadle: attempt {attempt} failed: {self.mask.text(str(error))}; "
                                       f"retry {failures} of {retry.limit} in {format_duration(delay)}]\n")
                 if self.replay is None:
@@ -778,16 +829,107 @@ class RunExecution:
                         "next_attempt": attempt + 1, "retry_in_s": delay, "error": self.mask.text(str(error)),
                         "exit_code": error.exit_code, "http_status": error.http_status})
                 attempt += 1
-                pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
-                self.journal.step(pending)
-                try:
-                    await asyncio.sleep(delay)
-                except asyncio.CancelledError:
-                    self.journal.step({**pending, "status": StepStatus.CANCELLED.value,
-                                         "finished_at": time.time(), "error": "cancelled"})
-                    raise
+                await self._pause_before(key, attempt, delay)
         finally:
             logs.close()
+
+    async def _pause_before(self, key: dict[str, Any], attempt: int, seconds: float) -> None:
+        """Wait before `attempt` (a retry, or the next poll), which shows as pending meanwhile."""
+        pending = {**key, "attempt": attempt, "status": StepStatus.PENDING.value}
+        self.journal.step(pending)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.journal.step({**pending, "status": StepStatus.CANCELLED.value,
+                               "finished_at": time.time(), "error": "cancelled"})
+            raise
+
+    def _poll_verdict(self, step: StepSpec, ctx: dict[str, Any], outcome: StepOutcome, attempt: int,
+                      polls: int) -> StepFailed | Literal[False] | None:
+        """`repeat`: None when `until` holds (the step is done), False when it does not and
+        polls are left, else the failure (limit reached, or `until` cannot be rendered)."""
+        assert step.repeat is not None
+        try:
+            done = truthy(render(step.repeat.until, {**ctx, "output": outcome.output, "attempt": attempt}))
+        except TemplateFailed as exc:
+            return StepFailed(f"repeat.until: {exc}", output=outcome.output, exit_code=outcome.exit_code,
+                              http_status=outcome.http_status, retryable=False)
+        if done:
+            return None
+        if polls < step.repeat.limit:
+            return False
+        return StepFailed(f"repeat: `until` was still false after {polls} poll{'s' if polls != 1 else ''} (the limit); "
+                          "the last poll's output is kept", output=outcome.output, exit_code=outcome.exit_code,
+                          http_status=outcome.http_status, retryable=False)
+
+    async def _execute(self, step: StepSpec, kind: Any, inp: dict[str, Any], shown: Any, key: dict[str, Any],
+                       attempt: int, timeout: float | None, remote: bool, logs: LogSink,
+                       ) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
+        """One attempt of the step kind, in a slot of the run: (its row, outcome, error)."""
+        outcome: StepOutcome | None = None
+        item = key["item"]
+        async with self._sem:
+            if not await self.engine.leases.confirm(self.id):
+                raise asyncio.CancelledError  # the run is another server's now (lose_lease stops it)
+            row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value, "started_at": time.time(),
+                   "input": shown}
+            self.journal.step(row)
+            sctx = StepContext(
+                run_id=self.id, step_id=step.id, index=None if item < 0 else item, attempt=attempt,
+                workflow=self.definition.name, base_dir=self.definition.base_dir,
+                env=self.context["env"], http=self.engine.http, services=self.engine, logs=logs,
+                timeout=timeout, process_env=None if remote else self._process_env(),
+                started=self._on_worker(row) if remote else None,
+            )
+            limit = asyncio.timeout(timeout)
+            permit: Permit | None = None
+            try:
+                permit = admit_call(self.engine.breakers, inp, mask=self.mask.text,  # CircuitOpen: a failed attempt
+                                    namespace=namespace_of(self.definition.path))
+                async with limit:
+                    if remote:
+                        outcome = await self.engine.dispatcher.execute(
+                            self._job(step, sctx, inp, timeout), sctx, step.placement_timeout)
+                    else:
+                        outcome = await kind.execute(sctx, inp)
+                error = None
+                settle(permit, outcome=outcome)
+            except StepFailed as exc:
+                error = exc
+                settle(permit, error=exc)
+            except TimeoutError as exc:
+                if limit.expired():
+                    error = StepFailed(f"timed out after {format_duration(timeout)}; the step was stopped")
+                    settle(permit, timed_out=timeout)
+                else:  # raised by the step itself
+                    error = StepFailed(f"TimeoutError: {exc}")
+                    settle(permit)
+            except asyncio.CancelledError:
+                settle(permit)
+                why = INTERRUPTED if self._suspending else "cancelled"
+                self.journal.step({**row, "status": StepStatus.CANCELLED.value,
+                                   "finished_at": time.time(), "error": why})
+                raise
+            except Exception as exc:
+                settle(permit)
+                log.exception("step %s of run %s", step.id, self.id)
+                error = StepFailed(f"{type(exc).__name__}: {exc}", retryable=False)
+        return row, outcome, error
+
+    def _mocked(self, step: StepSpec, shown: Any, key: dict[str, Any], attempt: int, ctx: dict[str, Any],
+                logs: LogSink) -> tuple[dict[str, Any], StepOutcome | None, StepFailed | None]:
+        """One attempt answered by the step's mock (`treadle test`): recorded, never executed."""
+        assert self.mocks is not None
+        row = {**key, "attempt": attempt, "status": StepStatus.RUNNING.value, "started_at": time.time(),
+               "input": shown}
+        self.journal.step(row)
+        logs.write("treadle", "[treadle test: mocked; nothing executed]\n")
+        try:
+            return row, self.mocks.answer(step, attempt, ctx), None
+        except StepFailed as exc:
+            return row, None, exc
+        except TemplateFailed as exc:
+            return row, None, StepFailed(f"mock output: {exc}", retryable=False)
 
     def _replayed(self, key: dict[str, Any], shown: Any, answer: Recorded, logs: LogSink) -> StepOutcome:
         """A replayed step: its input is the recorded one, so the recorded outcome answers."""

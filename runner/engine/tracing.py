@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .run import RunExecution
 
 log = logging.getLogger("treadle.tracing")
-FINAL = frozenset({"succeeded", "failed", "cancelled"})
+FINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 
 
 def _ns(seconds: float | None) -> int | None:

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..dsl import crossfile
+from ..dsl.casefile import is_test_file
 from ..dsl.loader import Definition, load_file, load_text
 from ..errors import Problem
 from .gitinfo import GitState, blob_id, read_state
@@ -48,7 +49,7 @@ def _visible(rel: Path) -> bool:
 
 def is_definition_file(path: Path, root: Path) -> bool:
     rel = relative_to_root(path, root)
-    return rel is not None and path.suffix in SUFFIXES and _visible(rel)
+    return rel is not None and path.suffix in SUFFIXES and _visible(rel) and not is_test_file(path.name)
 
 
 def find_files(root: Path) -> list[Path]:
@@ -60,7 +61,17 @@ def find_files(root: Path) -> list[Path]:
         # links that lead nowhere (a loop, a deleted target) are listed too: load_file
         # gives them their problem, so they are seen rather than silently missing
         found += [base / f for f in files if Path(f).suffix in SUFFIXES and not f.startswith(".")
+                  and not is_test_file(f)  # `x.test.yaml` tests a workflow: it is not one (treadle test)
                   and ((base / f).is_file() or ((base / f).is_symlink() and not (base / f).is_dir()))]
+    return sorted(found)
+
+
+def find_test_files(root: Path) -> list[Path]:
+    """The test files (`NAME.test.yaml`) under `root`, hidden folders left out."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / f for f in files if is_test_file(f) and not f.startswith(".")]
     return sorted(found)
 
 
@@ -90,7 +101,7 @@ class Catalog:
         files for `treadle plan`): the same checks as files on disk."""
         with self._lock:
             self._swap({rel: load_text(text, rel, base_dir=self.root) for rel, text in texts.items()
-                        if Path(rel).suffix in SUFFIXES and _visible(Path(rel))})
+                        if Path(rel).suffix in SUFFIXES and _visible(Path(rel)) and not is_test_file(rel)})
 
     def reload(self, paths: Iterable[Path]) -> list[str]:
         """Reload changed files (removed ones leave); returns the relative paths touched.
@@ -134,7 +145,7 @@ class Catalog:
         for r in inside:  # a folder went (moved away, deleted, or now a file)
             loaded.pop(r)
             touched.append(r)
-        if path.suffix not in SUFFIXES:
+        if path.suffix not in SUFFIXES or is_test_file(path.name):
             return
         if path.is_file() or path.is_symlink():  # a link that leads nowhere is listed with its problem
             loaded[rel] = load_file(path, rel, self.root)

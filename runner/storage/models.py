@@ -27,10 +27,11 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a precondition was not met: no step ran (`reason` says which)
 
     @property
     def finished(self) -> bool:
-        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
 
 
 UNFINISHED_RUN_STATES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.WAITING.value)

@@ -34,7 +34,7 @@ log = logging.getLogger("treadle.files")
 
 # names editors, downloaders and copy tools give files they have not finished yet
 _TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
-_MAGIC = re.compile(r"[*?[]")
+_MAGIC = re.compile(r"[*?[{]")
 _STOP_GRACE = 5.0  # seconds a run being started may take to finish starting at stop()
 # thousands of files found at once must not queue thousands of transactions on the
 # store's small connection pool (its checkout times out after 30 s)
@@ -384,8 +384,8 @@ def compile_glob(pattern: str, base: str) -> tuple[str, re.Pattern[str], int | N
     """Split a glob into the folder to watch and a regex for the path below it.
 
     Args:
-        pattern: `*`, `?`, `[..]` (`[!..]` negates) within one name, `**` for any
-            number of folders; relative to `base` unless absolute.
+        pattern: `*`, `?`, `[..]` (`[!..]` negates), `{a,b}` (either) within one name,
+            `**` for any number of folders; relative to `base` unless absolute.
         base: the absolute folder relative patterns start from.
 
     Returns:
@@ -423,6 +423,9 @@ def _translate_name(part: str) -> str:
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
+        elif c == "{" and (choices := brace_choices(part, i - 1)) is not None:
+            alternatives, i = choices
+            out.append("(?:" + "|".join(_translate_name(a) for a in alternatives) + ")")
         elif c == "[":
             j = i
             if j < n and part[j] in "!^":
@@ -445,6 +448,26 @@ def _translate_name(part: str) -> str:
         else:
             out.append(re.escape(c))
     return "".join(out)
+
+
+def brace_choices(text: str, start: int) -> tuple[list[str], int] | None:
+    """The alternatives of the brace group opening at `text[start]` (`{pdf,csv}`, nested
+    groups kept whole for the caller to expand) and the index after its `}`; None when
+    it is not a group (no closing brace, or no comma: `{x}` is plain text, as in a shell)."""
+    depth, parts, begin = 0, [], start + 1
+    for j in range(start, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                parts.append(text[begin:j])
+                return (parts, j + 1) if len(parts) > 1 else None
+        elif c == "," and depth == 1:
+            parts.append(text[begin:j])
+            begin = j + 1
+    return None
 
 
 def _match(watches: Iterable[_Watch], path: str) -> dict[str, _Watch]:
