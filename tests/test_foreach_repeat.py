@@ -40,7 +40,7 @@ async def test_a_foreach_step_keeps_to_its_own_limit_within_the_runs(engine, tmp
 def test_foreach_mapping_is_checked_with_positions() -> None:
     d = load_text("steps:\n  - id: f\n    foreach: {items: '{{ [1] }}', max_parallel: 0, each: 2}\n    log: x\n", "f.yaml")
     assert [str(p) for p in d.problems] == [
-        "f.yaml:3:49: steps[0].foreach.max_parallel: Input should be greater than or equal to 1 (got 0)",
+        "f.yaml:3:49: steps[0].foreach.max_parallel: must be at least 1 (got 0)",
         "f.yaml:3:52: steps[0].foreach.each: unknown key 'each' (known keys: items, max_parallel)",
     ]
 
@@ -85,7 +85,7 @@ def test_repeat_is_checked_at_load() -> None:
     d = load_text("steps:\n  - id: a\n    repeat: {until: '{{ output.x ', limit: 0}\n    log: m\n", "r.yaml")
     shown = [str(p) for p in d.problems]
     assert shown[0].startswith("r.yaml:3:21: steps[0].repeat.until: template error"), shown
-    assert shown[1] == "r.yaml:3:44: steps[0].repeat.limit: Input should be greater than or equal to 1 (got 0)"
+    assert shown[1] == "r.yaml:3:44: steps[0].repeat.limit: must be at least 1 (got 0)"
     d = load_text("steps:\n  - id: a\n    repeat: {until: '{{ output }}'}\n    approval: {message: m}\n", "r.yaml")
     assert [str(p) for p in d.problems] == [
         "r.yaml:3:5: steps[0].repeat: 'repeat' does not apply to 'approval' steps (a person decides once); remove it"]

@@ -140,9 +140,12 @@ def test_handler_lists_have_the_same_limit(key: str) -> None:
 
 @pytest.mark.parametrize("at, over, problem", [
     ("max_parallel: 1024\nsteps: [{id: a, log: x}]\n", "max_parallel: 1025\nsteps: [{id: a, log: x}]\n",
-     "wf.yaml:1:15: max_parallel: Input should be less than or equal to 1024 (got 1025)"),
+     "wf.yaml:1:15: max_parallel: must be at most 1024 (got 1025)"),
     ("steps: [{id: a, retry: {limit: 1000}, log: x}]\n", "steps: [{id: a, retry: {limit: 1001}, log: x}]\n",
-     "wf.yaml:1:32: steps[0].retry.limit: Input should be less than or equal to 1000 (got 1001)"),
+     "wf.yaml:1:32: steps[0].retry.limit: must be at most 1000 (got 1001)"),
+    # the short form is a union (a number or a mapping): the bound is said, not a pydantic type name
+    ("steps: [{id: a, retry: 1000, log: x}]\n", "steps: [{id: a, retry: 1001, log: x}]\n",
+     "wf.yaml:1:24: steps[0].retry: must be at most 1000 (got 1001)"),
 ])
 def test_max_parallel_and_retries_are_limited_at_their_values(at: str, over: str, problem: str) -> None:
     assert (limits.MAX_PARALLEL, limits.MAX_RETRIES) == (1024, 1000)

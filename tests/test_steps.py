@@ -192,6 +192,20 @@ async def test_http_timeout_and_connection_refused(engine, tmp_path, http_server
     assert steps["bad_url"]["error"] == "invalid URL 'ftp://127.0.0.1/x': use http:// or https://"
 
 
+async def test_a_header_outside_ascii_fails_the_step_with_the_header_named_and_sends_nothing(engine, tmp_path,
+                                                                                               http_server):
+    before = len(http_server.requests)
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        steps:
+          - {{id: a, retry: 2, http: {{url: "{http_server.url}/json", headers: {{X-Customer: "Zoë"}}}}}}
+    """)
+    step = by_id(doc)["a"]
+    assert step["status"] == "failed" and step["attempts"] == 1  # a fix in the file, not a retry, helps
+    assert step["error"] == ("header 'X-Customer': its value has a character outside ASCII ('ë' at position 3); "
+                             "HTTP headers are ASCII: percent-encode it ({{ value | urlencode }}) or send it in the body")
+    assert len(http_server.requests) == before
+
+
 async def test_http_output_drives_when(engine, tmp_path, http_server):
     exe, doc = await run_yaml(engine, tmp_path, f"""
         steps:

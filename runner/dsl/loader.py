@@ -389,14 +389,18 @@ def _report_validation(errors: list[Any], src: Source, problems: _Collector,
             _report_one(err, path, src, problems, model_at)
     for at, branch_errors in unions.items():
         deeper = [(p, e) for p, e in branch_errors if len(p) > len(at)]
+        bounded = [(p, e) for p, e in branch_errors if e["type"] in _BOUNDS]
         if deeper:  # the value had the right shape for one branch and failed inside it
             for path, err in deeper:
                 _report_one(err, path, src, problems, model_at)
+        elif bounded:  # the right type, out of range (`retry: 1001`): say the bound, not the type
+            _report_one(bounded[0][1], bounded[0][0], src, problems, model_at)
         else:
             expected = list(dict.fromkeys(_EXPECTED.get(e["type"], e["type"]) for _, e in branch_errors))
             _report_type(at, expected, branch_errors[0][1].get("input"), src, problems)
 
 
+_BOUNDS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
 _EXPECTED = {
     "string_type": "text", "list_type": "a list", "bool_type": "true/false",
     "bool_parsing": "true/false", "dict_type": "a mapping", "model_type": "a mapping",
@@ -466,7 +470,11 @@ def _report_one(err: Any, data_path: tuple, src: Source, problems: _Collector,
                      "into smaller ones (a `workflow` step runs another workflow as a child)")
     else:
         message = err["msg"].removeprefix("Value error, ")
-        if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        if kind in _BOUNDS:
+            words = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le"),
+                     "greater_than": ("more than", "gt"), "less_than": ("less than", "lt")}[kind]
+            if words[1] in ctx:
+                message = f"must be {words[0]} {ctx[words[1]]}"
             message += f" (got {_shown(value, data_path, src)})"
         problems.add(*src.where(data_path), f"{where}: {message}")
 

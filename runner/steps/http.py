@@ -27,10 +27,24 @@ def _strings(mapping: dict[str, Any] | None) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (mapping or {}).items()}
 
 
+def _ascii_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers travel as ASCII: say which one is not, and how to send it, instead of a
+    bare UnicodeEncodeError from deep in httpx."""
+    for name, value in headers.items():
+        for part, text in (("name", name), ("value", value)):
+            bad = next((i for i, ch in enumerate(text) if ord(ch) > 127), None)
+            if bad is not None:
+                raise StepFailed(
+                    f"header '{name}': its {part} has a character outside ASCII ({text[bad]!r} at position {bad + 1}); "
+                    f"HTTP headers are ASCII: percent-encode it ({{{{ value | urlencode }}}}) or send it in the body",
+                    retryable=False)
+    return headers
+
+
 async def execute(ctx: StepContext, inp: dict[str, Any]) -> StepOutcome:
     spec = inp["http"]
     method, url = spec.get("method", "GET"), str(spec["url"])
-    headers = _strings(spec.get("headers"))
+    headers = _ascii_headers(_strings(spec.get("headers")))
     if not any(k.lower() == "idempotency-key" for k in headers):
         headers["Idempotency-Key"] = ctx.idempotency_key
     if _inject is not None and not any(k.lower() == "traceparent" for k in headers):
