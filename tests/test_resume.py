@@ -73,6 +73,37 @@ async def test_foreach_items_that_finished_are_not_run_again(store, tmp_path):
     assert by_id(doc)["after"]["output"] == {"all": ["out0", "out1", "out2", "out3"]}
 
 
+async def test_a_foreach_item_that_failed_for_good_is_not_tried_again_on_resume(store, tmp_path):
+    """Item 1 fails for good (no retry) before the stop: resumed, it keeps its one
+    attempt and its error; only the interrupted item 2 runs again."""
+    ran = tmp_path / "ran.txt"
+    d = definition("""
+        max_parallel: 1
+        steps:
+          - id: each
+            foreach: [0, 1, 2]
+            run: 'echo {{ item }} >> ran.txt; if [ {{ item }} = 1 ]; then exit 3; fi; if [ {{ item }} = 2 ] && [ ! -f go ]; then sleep 30; fi'
+    """, tmp_path)
+    engine = Engine(store, definitions_dir=tmp_path)
+    exe = await engine.start(d)
+    await eventually(lambda: ran.exists() and "2" in ran.read_text().split())
+    await asyncio.wait_for(engine.close(), 10)
+    assert ran.read_text().split().count("1") == 1  # failed before the stop
+    (tmp_path / "go").write_text("")
+    later = Engine(store, definitions_dir=tmp_path)
+    try:
+        [resumed] = await later.recover()
+        assert await asyncio.wait_for(resumed.wait(), 20) == "failed"
+    finally:
+        await later.close()
+    lines = ran.read_text().split()
+    assert lines.count("1") == 1 and lines.count("2") == 2 and lines.count("0") == 1
+    doc = await recorded(later, exe.id)
+    assert doc["error"].startswith("step 'each' failed: 1 of 3 items failed; item 1: exit code 3"), doc["error"]
+    item_attempts = [r["attempt"] for r in await later.store.step_attempts(exe.id) if r["step_id"] == "each" and r["item"] == 1]
+    assert sorted(item_attempts) == [1]
+
+
 async def test_a_resumed_step_keeps_its_retry_budget(store, tmp_path):
     """Attempt 1 fails, attempt 2 is interrupted by the stop: the resumed step goes on
     at attempt 3 with one retry used (an interruption is not a failure), so it gets

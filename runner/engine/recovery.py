@@ -118,6 +118,8 @@ async def _resumed_state(store: Store, run_id: str, definition: Definition, rows
             if item >= 0:
                 if last["status"] == StepStatus.SUCCEEDED.value:
                     state.items.setdefault(sid, {})[item] = last["output"]
+                elif last["status"] == StepStatus.FAILED.value:  # for good, as a whole step's above
+                    state.failed_items.setdefault(sid, {})[item] = last["error"] or "failed"
                 else:
                     state.next_attempt[(sid, item)] = (last["attempt"] + 1, failures)
                 continue

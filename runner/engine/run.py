@@ -47,6 +47,7 @@ class Resumed:
     finished: dict[str, tuple[StepStatus, dict[str, Any]]] = field(default_factory=dict)
     next_attempt: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (attempt, failures)
     items: dict[str, dict[int, Any]] = field(default_factory=dict)  # foreach outputs already made
+    failed_items: dict[str, dict[int, str]] = field(default_factory=dict)  # foreach items failed for good: error
     interrupted: list[str] = field(default_factory=list)  # attempts that were running (their cluster tokens)
 
     def attempt(self, step_id: str, item: int) -> tuple[int, int]:
@@ -676,6 +677,7 @@ class RunExecution:
         failures: list[tuple[int, str]] = []
 
         done_items = self.resumed.items.get(step.id, {}) if self.resumed else {}
+        failed_items = self.resumed.failed_items.get(step.id, {}) if self.resumed else {}
         # `foreach: {max_parallel: N}`: this step's own limit, inside the run's (each
         # item's attempts also take one of the run's slots); held for the item's retries too
         own_limit = asyncio.Semaphore(step.foreach_limit) if step.foreach_limit else contextlib.nullcontext()
@@ -683,6 +685,9 @@ class RunExecution:
         async def one(index: int, item: Any) -> None:
             if index in done_items:  # finished before a crash: keep its output
                 results[index], sizes[index] = done_items[index], None
+                return
+            if index in failed_items:  # failed for good before a crash: no attempt beyond its retries
+                failures.append((index, failed_items[index]))
                 return
             ctx = {**self.context, "item": item, "index": index}
             try:
