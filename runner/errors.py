@@ -25,6 +25,7 @@
     ├── NoWebhook                the workflow has no webhook trigger                  404
     ├── DuplicateDelivery        a signed webhook call received before (a replay)      409
     ├── MalformedBody            a request body that is not what the route takes      400
+    ├── BadRequest               a query value out of range (`wait=`, a backfill range) 400
     ├── WorkflowPaused           a trigger for a paused workflow                      409
     ├── LaunchRejected           a trigger's params do not fit (422) or it cannot start (409)
     └── GitSyncError             cloning or pulling the followed repository failed
@@ -275,6 +276,18 @@ class MalformedBody(TreadleError):
     error_code, http_status = "MALFORMED_BODY", 400
 
 
+class BadRequest(TreadleError):
+    """A request asks for something outside what Treadle allows (a `wait` past its cap,
+    a backfill of too many slots); `error_code` names which."""
+
+    cli_exit_code = 2
+    http_status = 400
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.error_code = code
+
+
 class WorkflowPaused(TreadleError):
     error_code, http_status = "WORKFLOW_PAUSED", 409
 
@@ -317,7 +330,8 @@ class RevisionError(TreadleError):
 
 
 class ServerCheckFailed(TreadleError):
-    """`treadle validate --server URL`: the server could not be asked about secrets."""
+    """A command that asks a Treadle server (`validate --server`, `start`, `backfill`,
+    `pin`) could not reach it, or the server refused the request (the message says why)."""
 
     cli_exit_code = 2
     error_code = "SERVER_CHECK_FAILED"

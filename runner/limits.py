@@ -74,6 +74,12 @@ WIND_UP_TIMEOUT = 7 days
     stays what the main steps made it). So no run lasts longer than 37 days.
 MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`)
     Ranges of those fields, checked at load.
+MAX_WAIT_SECONDS = 5 minutes a request may wait for a run to end (`wait=`)
+    `POST /api/workflows/{name}/runs?wait=` and `GET /api/runs/{id}?wait=` hold an
+    HTTP request (a connection, and a slot of the proxy in front) while they wait.
+    Proxies and load balancers commonly cut idle requests after 60 s to 10 minutes;
+    5 minutes stays under most of them. Longer runs: wait again on the `Location`
+    (each call up to 5 minutes), or follow `/events`. Over it: 400 WAIT_TOO_LONG.
 MAX_PROBLEMS = 1,000 problems reported per file
     The first 1,000 in file order, then one line saying how many more there are. A
     generated file with an error in every step would otherwise print (and send to
@@ -116,6 +122,7 @@ MAX_YAML_DEPTH = 200
 MAX_PARALLEL = 1024
 MAX_RETRIES = 1000
 MAX_PROBLEMS = 1000
+MAX_WAIT_SECONDS = 300.0
 
 # runs
 MAX_FOREACH_ITEMS = 10_000

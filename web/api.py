@@ -21,18 +21,20 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner import __version__
+from runner.dsl.durations import parse_duration
 from runner.dsl.loader import Definition
 from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
-from runner.errors import RunNotFound, WorkflowNotFound
+from runner.errors import BadRequest, RunNotFound, WorkflowNotFound
+from runner.limits import MAX_WAIT_SECONDS, duration_text
 from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
 from .auth import visible, visible_names
 from .run_view import definition_of
-from .services import Services, cancel_conflict, cancel_run, retry_run, start_run
+from .services import Services, cancel_conflict, cancel_run, retry_run, start_run, wait_for_end
 from .sse import broker_messages, sse_response
 
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
@@ -55,6 +57,30 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /api/workflows/{name}/runs and /dry-run."""
 
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    # the params are text as typed on a command line (`treadle start -p n=5`): each is
+    # converted to its declared type, as the dashboard's form does
+    params_as_text: bool = False
+
+
+Wait = Annotated[str | None, QueryParameter(
+    max_length=32, description="wait up to this long for the run to end (`30s`, `2m`; at most 5m): 200 with the "
+                               "finished run, else 202 with Location and Retry-After")]
+RETRY_AFTER_SECONDS = 5  # past a wait: when to ask again (GET Location?wait=... answers as soon as it ends)
+
+
+def wait_seconds(text: str | None) -> float | None:
+    """The `wait` query value in seconds (None: do not wait). Raises BadRequest."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise BadRequest(f"wait={text}: {exc}", "INVALID_WAIT") from None
+    if seconds > MAX_WAIT_SECONDS:
+        raise BadRequest(f"wait={text} is longer than the {duration_text(MAX_WAIT_SECONDS)} a request may wait; "
+                         f"wait again on the run's URL (GET /api/runs/ID?wait=5m) or follow its /events",
+                         "WAIT_TOO_LONG")
+    return seconds
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -289,18 +315,36 @@ def _graph(definition: Definition) -> dict[str, list[dict[str, Any]]]:
     return {"nodes": nodes, "edges": [{"from": u, "to": v} for u, v in dag.graph.edges]}
 
 
-@post("/api/workflows/{name:str}/runs", status_code=202, opt={"audit": "run.start"}, tags=["runs"], responses=_errors(400, 404, 409))
-async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> Response[RunAccepted]:
-    """Start a run of the workflow's current version; returns once the run is recorded."""
-    launch = await start_run(_services(request), name, data.params if data else {})
+@post("/api/workflows/{name:str}/runs", status_code=202, opt={"audit": "run.start"}, tags=["runs"], responses={
+    **_errors(400, 404, 409), 200: ResponseSpec(RunDoc, description="with `wait`: the run ended within it")})
+async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None,
+                     wait: Wait = None) -> Response[RunAccepted]:
+    """Start a run of the workflow's current version; returns once the run is recorded.
+
+    With `wait` (e.g. `30s`, at most `5m`): answers 200 with the finished run when it
+    ends within the wait, else 202 (the run goes on) with `Location` and `Retry-After`.
+    """
+    seconds = wait_seconds(wait)  # a bad wait starts nothing
+    services = _services(request)
+    launch = await start_run(services, name, data.params if data else {}, from_text=bool(data and data.params_as_text))
+    if seconds is not None and launch.run_id:
+        if await wait_for_end(services, launch.run_id, seconds) is not None:
+            return Response(await run_document(services.store, launch.run_id), status_code=200)  # type: ignore[arg-type]
+        run = await services.store.get_run(launch.run_id)
+        status = run["status"] if run else launch.status
+        extra = {"reason": run["reason"]} if run and run.get("reason") else {}
+        return _accepted(launch.run_id, status, name, retry_after=True, **extra)
     extra = {"reason": launch.reason} if launch.reason else {}
     return _accepted(launch.run_id or "", "running" if launch.status == "started" else launch.status, name, **extra)
 
 
-def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response[RunAccepted]:
+def _accepted(run_id: str, status: str, workflow: str, *, retry_after: bool = False, **extra: Any) -> Response[RunAccepted]:
     body: RunAccepted = {"run_id": run_id, "status": status, "workflow": workflow,
                          "url": f"/api/runs/{run_id}", **extra}  # type: ignore[typeddict-item]
-    return Response(body, status_code=202, headers={"Location": body["url"]})
+    headers = {"Location": body["url"]}
+    if retry_after:  # a wait ran out: the run is still going (not a gateway failure, so not 504)
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return Response(body, status_code=202, headers=headers)
 
 
 @post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"], responses=_errors(400, 404),
@@ -327,12 +371,19 @@ async def list_runs(
 
 
 @get("/api/runs/{run_id:str}", tags=["runs"], responses=_errors(404))
-async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[bool] = True) -> RunDoc:
+async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[bool] = True,
+                  wait: Wait = None) -> RunDoc:
     """The run and its steps in DAG order (steps that have not started are `pending`).
 
     Each step carries `attempt_list` (and `items` for a foreach) unless `attempts=false`.
+    With `wait` (at most `5m`), answers once the run has ended or the wait is over,
+    whichever comes first (read `status` to know which).
     """
-    doc = await run_document(_services(request).store, run_id, with_attempts=attempts)
+    seconds = wait_seconds(wait)
+    services = _services(request)
+    if seconds is not None:
+        await wait_for_end(services, run_id, seconds)  # RunNotFound: 404
+    doc = await run_document(services.store, run_id, with_attempts=attempts)
     if doc is None:
         raise RunNotFound(run_id)
     return doc  # type: ignore[return-value]

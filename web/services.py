@@ -299,6 +299,40 @@ async def start_run(services: Services, name: str, params: dict | None, *, from_
     return launch
 
 
+WAIT_RECHECK_SECONDS = 1.0  # a wait also reads the run this often: events of a run another server drives may be late
+
+
+async def wait_for_end(services: Services, run_id: str, seconds: float) -> dict[str, Any] | None:
+    """The run's row once it has ended, waiting at most `seconds`; None when it has not
+    ended by then (or the server is stopping). Raises RunNotFound.
+
+    Woken by the run's committed changes (this server's, and other servers' through
+    the database feed), and reads the run every WAIT_RECHECK_SECONDS in case an event
+    was missed: the database says when it has ended, never the event alone."""
+    deadline = time.monotonic() + seconds
+    async with services.broker.subscribe(f"run:{run_id}") as events:  # before reading: no end is missed
+        while True:
+            run = await services.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            if RunStatus(run["status"]).finished:
+                return run
+            left = deadline - time.monotonic()
+            if left <= 0 or services.stopping.is_set():
+                return None
+            await _next_run_change(events, min(left, WAIT_RECHECK_SECONDS))
+
+
+async def _next_run_change(events: asyncio.Queue, seconds: float) -> None:
+    """Wait until a run-level event arrives (steps and logs do not end a run), at most `seconds`."""
+    end = time.monotonic() + seconds
+    with contextlib.suppress(TimeoutError):
+        while (left := end - time.monotonic()) > 0:
+            event = await asyncio.wait_for(events.get(), left)
+            if event.get("type") == "run":
+                return
+
+
 async def cancel_run(services: Services, run_id: str, *, compensate: bool = False, by: str = "api") -> bool:
     """Cancel a run (a queued one too), whichever server drives it; False when it had
     already finished. Raises RunNotFound."""

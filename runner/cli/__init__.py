@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .notify import register as register_notify
     from .plan import register as register_plan
     from .replay import register as register_replay
+    from .start import register as register_start
     from .tokens import register as register_tokens
     from .worker import register as register_worker
 
+    register_start(sub, d)
     register_tokens(sub, d)
     register_db(sub, d)
     register_plan(sub, d)
