@@ -7,6 +7,7 @@
     ├── TemplateFailed           a template failed while rendering (undefined name, sandbox limit)
     ├── WorkflowNotFound         no workflow of that name in the catalog              404
     ├── WorkflowInvalid          the workflow exists but its file has problems        409
+    ├── VersionNotFound          no recorded version of that workflow by that id      404
     ├── ParamError               run parameters do not match the workflow's `params`  400
     ├── SecretMissing            a secret the workflow needs is not set               409
     ├── RunNotFound              no run with that id in the store                     404
@@ -108,6 +109,16 @@ class WorkflowNotFound(TreadleError):
         if close:
             hint = f"; did you mean '{close[0]}'?"
         super().__init__(f"no workflow named '{name}'{hint}")
+
+
+class VersionNotFound(TreadleError):
+    cli_exit_code = 2
+    error_code = "VERSION_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, name: str, version: str):
+        super().__init__(f"workflow '{name}' has no recorded version '{version}'; its versions are listed on its "
+                         f"page and by GET /api/workflows/{name}/versions")
 
 
 class WorkflowInvalid(TreadleError):

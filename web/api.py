@@ -27,12 +27,13 @@ from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
-from runner.errors import BadRequest, RunNotFound, WorkflowNotFound
+from runner.errors import BadRequest, RunNotFound, VersionNotFound, WorkflowNotFound
 from runner.limits import MAX_WAIT_SECONDS, duration_text
+from runner.security.tokens import namespace_of
 from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
-from .auth import visible, visible_names
+from .auth import identity_of, visible, visible_names
 from .run_view import definition_of
 from .services import Services, cancel_conflict, cancel_run, retry_run, start_run, wait_for_end
 from .sse import broker_messages, sse_response
@@ -60,6 +61,8 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
     # the params are text as typed on a command line (`treadle start -p n=5`): each is
     # converted to its declared type, as the dashboard's form does
     params_as_text: bool = False
+    # run this recorded version of the workflow (a rollback) instead of the one in force
+    version: str | None = msgspec.field(default=None)
 
 
 Wait = Annotated[str | None, QueryParameter(
@@ -166,6 +169,13 @@ class RunPage(TypedDict):
     limit: int
 
 
+class PinInfo(TypedDict):
+    version: str  # every start runs this version until unpinned
+    pinned_at: str | None
+    pinned_by: str | None
+    reason: str | None
+
+
 class WorkflowItem(TypedDict):
     name: str
     path: str
@@ -179,6 +189,7 @@ class WorkflowItem(TypedDict):
     commit: str | None  # git revision of the version in force (`abc..`, `abc..+dirty`), if in git
     last_run: RunSummary | None
     paused: bool  # no trigger starts it until resumed (POST .../resume)
+    pinned: PinInfo | None  # pinned to a version: every start runs that one, not `version`
 
 
 class WorkflowPage(TypedDict):
@@ -222,6 +233,14 @@ class Health(TypedDict):
     components: dict[str, Any]  # database ok|error, scheduler leader|standby, watcher watching|off, git ok|error|null
 
 
+async def version_of_namespace(services: Services, name: str, version: str, namespace: str | None) -> None:
+    """Raise VersionNotFound unless `version` of `name` was recorded from a file of
+    `namespace` (what a tenant may not see does not exist for it)."""
+    row = await services.store.get_version(version, name)
+    if row is None or (namespace is not None and namespace_of(row["path"]) != namespace):
+        raise VersionNotFound(name, version)
+
+
 def _services(request: Request) -> Services:
     return request.app.state.services
 
@@ -229,7 +248,14 @@ def _services(request: Request) -> Services:
 # -- workflows -------------------------------------------------------------------
 
 
-def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: bool = False) -> WorkflowItem:
+def pin_info(pin: dict[str, Any] | None) -> PinInfo | None:
+    if pin is None:
+        return None
+    return {"version": pin["version"], "pinned_at": iso(pin["at"]), "pinned_by": pin["by"], "reason": pin["reason"]}
+
+
+def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: bool = False,
+                   pin: dict[str, Any] | None = None) -> WorkflowItem:
     spec = definition.spec
     return {
         "name": definition.name, "path": definition.path, "version": definition.version,
@@ -237,6 +263,7 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: 
         "valid": definition.healthy, "errors": [str(p) for p in definition.current_problems],
         "file_version": (definition.broken or definition).version, "in_force": definition.valid,
         "commit": definition.revision, "last_run": run_summary(last) if last else None, "paused": paused,
+        "pinned": pin_info(pin),
     }
 
 
@@ -263,8 +290,8 @@ async def list_workflows(
     found = [d for d in visible(request, services.catalog.entries()) if _matches(d, tag, q)]
     last = await services.store.last_runs()
     start = (page - 1) * limit
-    paused = await services.state.paused()
-    items = [_workflow_item(d, last.get(d.name), d.name in paused) for d in found[start:start + limit]]
+    paused, pins = await services.state.paused(), await services.state.pins()
+    items = [_workflow_item(d, last.get(d.name), d.name in paused, pins.get(d.name)) for d in found[start:start + limit]]
     return {"items": items, "total": len(found), "page": page, "limit": limit}
 
 
@@ -295,7 +322,8 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
     spec = definition.spec
     last = (await services.store.list_runs(workflow=name, limit=1))[0]
     return {
-        **_workflow_item(definition, last[0] if last else None, await services.state.is_paused(definition.name)),
+        **_workflow_item(definition, last[0] if last else None, await services.state.is_paused(definition.name),
+                         await services.state.pin(definition.name)),
         "source": (definition.broken or definition).source,  # the text on disk: errors point into it
         "params": {k: p.model_dump() for k, p in spec.params.items()} if spec else {},
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
@@ -326,7 +354,11 @@ async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRe
     """
     seconds = wait_seconds(wait)  # a bad wait starts nothing
     services = _services(request)
-    launch = await start_run(services, name, data.params if data else {}, from_text=bool(data and data.params_as_text))
+    version = data.version if data else None
+    if version is not None and identity_of(request).namespace is not None:
+        await version_of_namespace(services, name, version, identity_of(request).namespace)
+    launch = await start_run(services, name, data.params if data else {}, from_text=bool(data and data.params_as_text),
+                             version=version)
     if seconds is not None and launch.run_id:
         if await wait_for_end(services, launch.run_id, seconds) is not None:
             return Response(await run_document(services.store, launch.run_id), status_code=200)  # type: ignore[arg-type]

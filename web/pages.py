@@ -25,7 +25,7 @@ from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
 
 from . import live
-from .api import _git_status
+from .api import _git_status, pin_info
 from .api_approvals import decide
 from .api_breakers import reset_breakers, shown_breakers
 from .api_metrics import workflow_stats
@@ -95,6 +95,8 @@ async def workflows_page(request: Request) -> Template:
                                                                      workflows=visible_names(request))
     return Template("workflows.html", context={"rows": rows, "broken": broken, "nav": "workflows", "sync": sync,
                                                "paused": await services.state.paused(),
+                                               "pins": {n: pin_info(p) for n, p in (await services.state.pins()).items()
+                                                        if n in {d.name for d in entries}},
                                                "breakers": breakers, "approvals": waiting,
                                                "approvals_total": waiting_total})
 
@@ -126,6 +128,7 @@ async def _workflow_context(services: Services, definition: Definition, page: in
         "versions": versions, "version_total": version_total,
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
+        "pin": pin_info(await services.state.pin(definition.name)),
         **await _stats(services, definition.name),
     }
 

@@ -284,15 +284,16 @@ async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:
 
 
 async def start_run(services: Services, name: str, params: dict | None, *, from_text: bool = False,
-                    trigger: str = "api") -> Launch:
-    """Start (or queue) a run of the current version of `name` for a person or an API
-    client; raises TreadleError subclasses, RunConflict when the concurrency policy
-    skips it. Returns once the run row is committed, so a client that reads it next
-    finds it."""
+                    trigger: str = "api", version: str | None = None) -> Launch:
+    """Start (or queue) a run of `name` for a person or an API client: of `version` when
+    given (a rollback), else of the version it is pinned to, else of its current one.
+    Raises TreadleError subclasses, RunConflict when the concurrency policy skips it.
+    Returns once the run row is committed, so a client that reads it next finds it."""
     definition = services.catalog.get(name)
     if definition is None:
         raise WorkflowNotFound(name, services.catalog.names())
-    launch = await services.launcher.launch(definition, params, from_text=from_text, trigger=trigger, manual=True)
+    launch = await services.launcher.launch(definition, params, from_text=from_text, trigger=trigger, manual=True,
+                                            version=version)
     if launch.status == "skipped":
         raise RunConflict(f"workflow '{name}': {launch.reason}; try again when a run has ended", "CONCURRENCY_LIMIT")
     await services.store.flush()
@@ -367,7 +368,8 @@ async def retry_run(services: Services, run_id: str, from_step: str | None) -> R
     limits = definition.spec.concurrency if definition and definition.spec else None
     if limits is not None and limits.policy == "cancel_previous":
         await services.launcher.make_room(definition.name, limits.limit)
-    new, reuse = await services.engine.prepare_retry(run_id, from_step)
+    pin = await services.state.pin(run["workflow"]) if run else None
+    new, reuse = await services.engine.prepare_retry(run_id, from_step, version=pin["version"] if pin else "current")
     if limits is None:
         services.store.put_run(new.row, (services.engine.owner, 1))
     else:

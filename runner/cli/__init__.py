@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .db import register as register_db
     from .notify import register as register_notify
+    from .pin import register as register_pin
     from .plan import register as register_plan
     from .replay import register as register_replay
     from .start import register as register_start
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .worker import register as register_worker
 
     register_start(sub, d)
+    register_pin(sub, d)
     register_tokens(sub, d)
     register_db(sub, d)
     register_plan(sub, d)

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction, defaults: dict[str, str]) -> None:
     p = sub.add_parser("start", help="start a run on a Treadle server; --wait for its result")
     p.add_argument("name", help="workflow name")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--version", metavar="V", help="run this recorded version of the workflow (a rollback), "
+                                                  "not the one in force")
     p.add_argument("--wait", nargs="?", const=float("inf"), type=_duration_arg, metavar="DURATION",
                    help="wait for the run to end (at most DURATION, e.g. 10m); the exit code is its result")
     p.add_argument("--json", action="store_true", help="print the answer (with --wait: the finished run) as JSON")
@@ -103,8 +105,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     body: dict[str, Any] = {"params": params, "params_as_text": True}
     query: dict[str, str] = {}
-    if getattr(args, "version", None):
-        query["version"] = args.version
+    if args.version:
+        body["version"] = args.version
     deadline = time.monotonic() + args.wait if args.wait is not None else None
     if deadline is not None:
         query["wait"] = f"{min(args.wait, WAIT_STEP_SECONDS):g}s"

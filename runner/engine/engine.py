@@ -33,6 +33,7 @@ from ..errors import (
     SecretMissing,
     ShuttingDown,
     TreadleError,
+    VersionNotFound,
     WorkflowInvalid,
     WorkflowNotFound,
 )
@@ -50,7 +51,8 @@ from .run import RunExecution
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
-SWEEP_SECONDS = 5.0  # how often `recover` also looks for step processes whose server is gone
+SWEEP_SECONDS = 5.0
+VERSIONS_KEPT = 64  # earlier versions kept loaded for rollbacks and pins (each is one parsed file)  # how often `recover` also looks for step processes whose server is gone
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Engine:
         self.breakers = Breakers()  # per-host circuit breakers of http steps, shared by all runs
         self.approvals = Approvals(store, on_waiting=self._waiting)  # approval steps' requests and decisions
         self._versions_written: set[tuple[str, str]] = set()
+        self._at_versions: dict[tuple[str, str], Definition] = {}  # earlier versions loaded (see definition_at)
         # this process's name on the runs it drives (see leases in models.Run)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
         self.draining = False
@@ -494,6 +497,26 @@ class Engine:
         base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()
         return load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
 
+    async def definition_at(self, name: str, version: str) -> Definition:
+        """The definition of `name` as it was at `version` (a recorded text of its file),
+        to start a run of an earlier version (rollback, pins). Raises VersionNotFound,
+        WorkflowInvalid when that text had problems."""
+        key = (name, version)
+        found = self._at_versions.get(key)
+        if found is None:
+            stored = await self.store.get_version(version, name)
+            if stored is None:
+                raise VersionNotFound(name, version)
+            found = await self.stored_definition({"version": version, "workflow": name})
+            assert found is not None
+            found.commit = stored["commit"]  # as recorded (`abc..+dirty` stays as it was)
+            if len(self._at_versions) >= VERSIONS_KEPT:
+                self._at_versions.pop(next(iter(self._at_versions)))
+            self._at_versions[key] = found
+        if not found.valid:
+            raise WorkflowInvalid(f"{name} (version {version})", found.problems)
+        return found
+
     async def _child_of(self, parent_run_id: str, parent_step_id: str) -> RunExecution | FinishedRun | None:
         rows, _ = await self.store.list_runs(parent=parent_run_id, limit=500)
         for row in rows:
@@ -511,7 +534,8 @@ class Engine:
         `from_step`: run this step and everything after it again; without it, the
         steps that did not succeed and everything after them. `version`: "current"
         runs the workflow's current definition when it is valid (so a fix just saved
-        is used), "same" the exact version the old run used.
+        is used), "same" the exact version the old run used; any other value is a
+        version of the workflow to run (a pin).
         """
         new, reuse = await self.prepare_retry(run_id, from_step, version=version)
         self.store.put_run(new.row, (self.owner, 1))
@@ -524,7 +548,9 @@ class Engine:
         if run is None:
             raise RunNotFound(run_id)
         definition = self.lookup(run["workflow"]) if version == "current" else None
-        if definition is None or not definition.valid:
+        if version not in ("current", "same"):  # an explicit version (the workflow's pin)
+            definition = await self.definition_at(run["workflow"], version)
+        elif definition is None or not definition.valid:
             definition = await self.stored_definition(run)
             if definition is None:  # pragma: no cover - versions are written with runs
                 raise RunNotFound(run_id)

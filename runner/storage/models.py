@@ -138,13 +138,18 @@ class LogChunk(SQLModel, table=True):
 
 
 class WorkflowState(SQLModel, table=True):
-    """What a person set on a workflow that must survive restarts (pause)."""
+    """What a person set on a workflow that must survive restarts: pause, and a pin
+    (every start uses `pinned_version` instead of the file's current one until unpinned)."""
 
     __tablename__ = "workflow_state"
     workflow: str = Field(primary_key=True)
     paused: bool = False
     changed_at: float
     changed_by: str | None = None
+    pinned_version: str | None = None
+    pinned_at: float | None = None
+    pinned_by: str | None = None
+    pinned_reason: str | None = None
 
 
 class TriggerMark(SQLModel, table=True):

@@ -89,15 +89,19 @@ class Launcher:
     # -- starting ------------------------------------------------------------------
 
     async def launch(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
-                     ref: str | None = None, from_text: bool = False, manual: bool = False) -> Launch:
+                     ref: str | None = None, from_text: bool = False, manual: bool = False,
+                     version: str | None = None) -> Launch:
         """Start, queue or skip a run of `definition` as its concurrency says.
 
+        `version`: run that recorded version of the workflow instead (a rollback);
+        without it, a workflow pinned to a version runs that one.
         Raises the engine's errors for bad params, an invalid workflow or missing
         secrets (a caller answering a person shows them).
         """
         name = definition.name
         if not manual and await self.state.is_paused(name):
             return Launch(name, "paused", reason=f"workflow '{name}' is paused; resume it to let triggers start it")
+        definition = await self.version_to_run(definition, version)
         limits = definition.spec.concurrency if definition.spec else None
         if limits is None:
             exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
@@ -135,6 +139,16 @@ class Launcher:
                                                   f"(concurrency limit {limits.limit})")
         await self.store.changed(launch.run_id)
         return launch
+
+    async def version_to_run(self, definition: Definition, version: str | None = None) -> Definition:
+        """The definition a start uses: `version` when asked for, else the version the
+        workflow is pinned to, else `definition` (the file's version in force)."""
+        if version is None:
+            pin = await self.state.pin(definition.name)
+            version = pin["version"] if pin else None
+        if version is None or version == definition.version:
+            return definition
+        return await self.engine.definition_at(definition.name, version)
 
     async def fire(self, definition: Definition, *, trigger: str, ref: str | None, mapping: dict[str, Any] | None,
                    context: dict[str, Any], default: dict[str, Any] | None) -> Launch:
