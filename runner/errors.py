@@ -8,6 +8,7 @@
     ├── WorkflowNotFound         no workflow of that name in the catalog              404
     ├── WorkflowInvalid          the workflow exists but its file has problems        409
     ├── VersionNotFound          no recorded version of that workflow by that id      404
+    ├── BackfillNotFound         no backfill with that id                             404
     ├── ParamError               run parameters do not match the workflow's `params`  400
     ├── SecretMissing            a secret the workflow needs is not set               409
     ├── RunNotFound              no run with that id in the store                     404
@@ -119,6 +120,15 @@ class VersionNotFound(TreadleError):
     def __init__(self, name: str, version: str):
         super().__init__(f"workflow '{name}' has no recorded version '{version}'; its versions are listed on its "
                          f"page and by GET /api/workflows/{name}/versions")
+
+
+class BackfillNotFound(TreadleError):
+    cli_exit_code = 2
+    error_code = "BACKFILL_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, backfill_id: str):
+        super().__init__(f"no backfill '{backfill_id}'; GET /api/backfills lists them")
 
 
 class WorkflowInvalid(TreadleError):

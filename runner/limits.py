@@ -80,6 +80,12 @@ MAX_WAIT_SECONDS = 5 minutes a request may wait for a run to end (`wait=`)
     Proxies and load balancers commonly cut idle requests after 60 s to 10 minutes;
     5 minutes stays under most of them. Longer runs: wait again on the `Location`
     (each call up to 5 minutes), or follow `/events`. Over it: 400 WAIT_TOO_LONG.
+MAX_BACKFILL_SLOTS = 1,000 slots per backfill, MAX_BACKFILL_PARALLEL = 100 runs of one at once
+    A backfill is checked before anything starts: a range of `* * * * *` over a year
+    is half a million runs, a mistake nobody means (a month of a daily schedule is 31,
+    of an hourly one 744). Over it: 400 BACKFILL_TOO_LARGE with the count; split the
+    range. The parallelism is bounded like `max_parallel`, and the workflow's
+    `concurrency` still applies on top.
 MAX_PROBLEMS = 1,000 problems reported per file
     The first 1,000 in file order, then one line saying how many more there are. A
     generated file with an error in every step would otherwise print (and send to
@@ -123,6 +129,8 @@ MAX_PARALLEL = 1024
 MAX_RETRIES = 1000
 MAX_PROBLEMS = 1000
 MAX_WAIT_SECONDS = 300.0
+MAX_BACKFILL_SLOTS = 1000
+MAX_BACKFILL_PARALLEL = 100
 
 # runs
 MAX_FOREACH_ITEMS = 10_000

@@ -116,7 +116,7 @@ class RunSummary(TypedDict):
     commit: str | None  # git revision of the definition the run ran (`abc..`, `abc..+dirty`), if in git
     status: str
     params: dict[str, Any]
-    trigger: str  # manual | api | dashboard | retry | workflow | schedule | webhook | event | file | after
+    trigger: str  # manual | api | dashboard | retry | workflow | schedule | backfill | webhook | event | file | after
     trigger_ref: NotRequired[str | None]  # what exactly started it: the slot, upstream run, file, event id
     reason: NotRequired[str | None]  # why it is `queued`
     error: str | None
@@ -126,6 +126,7 @@ class RunSummary(TypedDict):
     retry_of: str | None
     retry_from: str | None
     compensated: NotRequired[str | None]  # after a failure with `compensate:` steps: "true" or "partial"
+    backfill_id: NotRequired[str | None]  # the backfill that made it (GET /api/backfills/{id})
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -393,11 +394,12 @@ def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | N
 @get("/api/runs", tags=["runs"], responses=_errors(400))
 async def list_runs(
     request: Request, workflow: FromQuery[str | None] = None, status: FromQuery[RunStatus | None] = None,
-    parent: FromQuery[str | None] = None, page: Page = 1, limit: Limit = 50,
+    parent: FromQuery[str | None] = None, backfill: FromQuery[str | None] = None, page: Page = 1, limit: Limit = 50,
 ) -> RunPage:
-    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps."""
+    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps,
+    `backfill` the runs a backfill started."""
     rows, total = await _services(request).store.list_runs(
-        workflow=workflow, status=status.value if status else None, parent=parent,
+        workflow=workflow, status=status.value if status else None, parent=parent, backfill=backfill,
         offset=(page - 1) * limit, limit=limit, workflows=visible_names(request))
     return {"items": [run_summary(r) for r in rows], "total": total, "page": page, "limit": limit}
 

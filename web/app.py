@@ -30,6 +30,7 @@ from runner.limits import MAX_REQUEST_BODY_BYTES
 from .api import API_ROUTES
 from .api_admin import ADMIN_ROUTES
 from .api_approvals import APPROVAL_ROUTES
+from .api_backfills import BACKFILL_ROUTES
 from .api_breakers import BREAKER_ROUTES
 from .api_metrics import METRICS_ROUTES
 from .api_notifications import NOTIFICATION_ROUTES
@@ -45,6 +46,7 @@ from .openapi_conform import conform
 from .pages import PAGE_ROUTES, register_template_helpers
 from .pages_audit import AUDIT_PAGES
 from .pages_auth import AUTH_PAGES
+from .pages_backfills import BACKFILL_PAGES
 from .pages_plan import PLAN_PAGES
 from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
@@ -138,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
     app = Litestar(
-        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *BACKFILL_ROUTES, *BACKFILL_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         lifespan=[lifespan],
         template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(env)),

@@ -129,6 +129,7 @@ async def _workflow_context(services: Services, definition: Definition, page: in
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
         "pin": pin_info(await services.state.pin(definition.name)),
+        "backfills": (await services.store.backfills.list(workflow=definition.name, limit=5))[0],
         **await _stats(services, definition.name),
     }
 

@@ -33,6 +33,7 @@ from runner.security.tokens import Tokens
 from runner.storage.events import Broker
 from runner.storage.models import RunStatus
 from runner.storage.store import DEFAULT_DB, Store
+from runner.triggers.backfill import Backfills
 from runner.triggers.file_triggers import FileTriggers
 from runner.triggers.launcher import Launch, Launcher
 from runner.triggers.notify import Notifier
@@ -84,6 +85,7 @@ class Services:
     scheduler: Scheduler | None = None
     files: FileTriggers | None = None
     notifier: Notifier | None = None
+    backfills: Backfills | None = None
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
@@ -122,6 +124,8 @@ class Services:
             gate = Gate(bind_host=settings.host, allowed_hosts=settings.allowed_hosts, insecure=settings.insecure)
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
                            notifier=notifier, files=files, scheduler=scheduler)
+            services.backfills = Backfills(launcher, catalog.get, leading=lambda: services.leader_since is not None,
+                                           cancel=lambda run_id: cancel_run(services, run_id, by="backfill"))
             services.metrics.attach(services)
             tracing = Tracing.from_environment()  # OTEL_EXPORTER_OTLP_ENDPOINT: traces (docs/observability.md)
             if tracing is not None:
@@ -138,6 +142,8 @@ class Services:
             loops = [asyncio.create_task(_every(RECOVER_SECONDS, stopping, engine.recover, "recovery"),
                                          name="treadle-recovery"),
                      asyncio.create_task(_every(PUMP_SECONDS, stopping, launcher.pump, "queue"), name="treadle-queue"),
+                     asyncio.create_task(_every(PUMP_SECONDS, stopping, services.backfills.pump, "backfills"),
+                                         name="treadle-backfills"),
                      asyncio.create_task(_every(LEADER_POLL_SECONDS, stopping, services.lead_once, "leadership"),
                                          name="treadle-leader")]
             async def wind_down() -> None:
@@ -146,6 +152,7 @@ class Services:
                 await follower.stop()
                 await _graceful_shutdown(engine, settings.grace)
                 await launcher.close()
+                await services.backfills.close()
                 await notifier.close()
                 if tracing is not None:
                     await asyncio.to_thread(tracing.shutdown)
@@ -193,6 +200,8 @@ class Services:
             await self.files.start()
         if self.scheduler is not None:
             self._schedules = asyncio.create_task(self.scheduler.run_forever(), name="treadle-schedules")
+        if self.backfills is not None:
+            self.backfills.poke()  # the backfills the last leader was driving go on
 
     async def step_down(self) -> None:
         """Stop what only the leader runs, and let another server lead."""

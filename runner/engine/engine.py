@@ -286,6 +286,7 @@ class Engine:
             exe = RunExecution(self, run["id"], plan.definition, run["params"] or {}, plan.secrets, {},
                                resumed=plan.state, epoch=run["lease_epoch"])
             exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
+            exe.trigger_ref = run["trigger_ref"]
             exe.parent_run_id = run["parent_run_id"]
             self._register(exe)
             resumed.append(exe)
@@ -345,6 +346,7 @@ class Engine:
         trigger: str = "manual", parent_run_id: str | None = None, parent_step_id: str | None = None,
         retry_of: str | None = None, retry_from: str | None = None,
         reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0, ref: str | None = None,
+        backfill_id: str | None = None,
     ) -> RunExecution:
         """Validate and start a run; returns at once with the running execution.
 
@@ -352,7 +354,7 @@ class Engine:
         """
         new = self.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
                            parent_run_id=parent_run_id, parent_step_id=parent_step_id, retry_of=retry_of,
-                           retry_from=retry_from)
+                           retry_from=retry_from, backfill_id=backfill_id)
         self.store.put_run(new.row, (self.owner, 1))
         return self.launch(new, reuse=reuse, depth=depth)
 
@@ -360,7 +362,7 @@ class Engine:
         self, definition: Definition, params: dict[str, Any] | None = None, *, from_text: bool = False,
         trigger: str = "manual", ref: str | None = None, queued_reason: str | None = None,
         parent_run_id: str | None = None, parent_step_id: str | None = None,
-        retry_of: str | None = None, retry_from: str | None = None,
+        retry_of: str | None = None, retry_from: str | None = None, backfill_id: str | None = None,
     ) -> NewRun:
         """A checked run, not recorded yet: its row (running under this process's lease,
         epoch 1; or `queued` when `queued_reason` is given, with no owner). The caller
@@ -381,6 +383,8 @@ class Engine:
             "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
             "retry_of": retry_of, "retry_from": retry_from, "created_at": now,
         }
+        if backfill_id is not None:
+            row["backfill_id"] = backfill_id
         if queued_reason is not None:
             row.update(status=RunStatus.QUEUED.value, reason=queued_reason, lease_epoch=0)
         else:
@@ -398,6 +402,7 @@ class Engine:
         exe = RunExecution(self, row["id"], new.definition, new.params, new.secrets, reuse or {}, depth=depth,
                            parent=self.runs.get(parent_run_id) if parent_run_id else None, epoch=epoch)
         exe.trigger, exe.started_at = row["trigger"], row.get("started_at") or time.time()
+        exe.trigger_ref = row.get("trigger_ref")
         exe.lease_seen = epoch > 1  # a claimed row is committed already
         exe.replay = replay
         self._register(exe)

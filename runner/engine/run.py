@@ -9,7 +9,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import limits
 from ..dispatch.job import StepJob, hide_placeholders, placeholders, resources_of
@@ -147,6 +149,7 @@ class RunExecution:
         self.mask = Masker(self.mask_values)
         self.status = RunStatus.RUNNING
         self.trigger, self.started_at = "manual", time.time()  # set by Engine.start
+        self.trigger_ref: str | None = None  # what exactly started it (a schedule slot: `cron zone @ utc`)
         self.finished_at: float | None = None  # set by _finish
         self.parent_run_id = parent.id if parent else None
         self.error: str | None = None
@@ -388,8 +391,21 @@ class RunExecution:
 
     def _plain_context(self) -> dict[str, Any]:
         run = {"id": self.id, "workflow": self.definition.name, "version": self.definition.version}
-        return {"params": self.params, "trigger": self.params, "secrets": self.secrets, "run": run,
+        return {"params": self.params, "trigger": self._trigger_context(), "secrets": self.secrets, "run": run,
                 "steps": self.results, "env": {}}
+
+    def _trigger_context(self) -> dict[str, Any]:
+        """`trigger`: the params, and for a run of a schedule slot (by the schedule or a
+        backfill) `scheduled_at`, the slot in the schedule's zone (a param of that name wins)."""
+        ref = self.trigger_ref
+        if self.trigger not in ("schedule", "backfill") or not ref or " @ " not in ref:
+            return self.params
+        spec, _, utc = ref.rpartition(" @ ")
+        try:
+            slot = datetime.fromisoformat(utc).astimezone(ZoneInfo(spec.rpartition(" ")[2]))
+        except (ValueError, KeyError, ZoneInfoNotFoundError):
+            return self.params
+        return {"scheduled_at": slot.isoformat(), **self.params}
 
     def _base_context(self) -> dict[str, Any]:
         ctx = self._plain_context()

@@ -94,6 +94,7 @@ class Run(SQLModel, table=True):
     retry_of: str | None = None
     retry_from: str | None = None
     compensated: str | None = None  # after a failure: "true" (every undo worked) or "partial"
+    backfill_id: str | None = Field(default=None, index=True)  # the backfill that made it, if one did
     created_at: float = Field(index=True)
     started_at: float | None = None
     finished_at: float | None = None
@@ -288,3 +289,27 @@ class WorkflowLock(SQLModel, table=True):
     __tablename__ = "workflow_lock"
     name: str = Field(primary_key=True)
     taken: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class Backfill(SQLModel, table=True):
+    """The runs a schedule would have made for each slot of a past range, started as a
+    group (runner/triggers/backfill.py). `cursor` is the newest slot started or skipped,
+    moved (compare-and-set) before the slot's run starts."""
+
+    __tablename__ = "backfill"
+    id: str = Field(primary_key=True)
+    workflow: str = Field(index=True)
+    cron: str
+    timezone: str
+    range_from: float  # slots in [range_from, range_to], epoch seconds
+    range_to: float
+    slots: int  # how many the range holds
+    parallel: int
+    rerun: bool = False  # also the slots that already have a run that succeeded or goes on
+    status: str = Field(index=True)  # running | paused | cancelled | done
+    cursor: float | None = None
+    started: int = 0
+    skipped: int = 0
+    created_at: float
+    created_by: str | None = None
+    finished_at: float | None = None

@@ -9,7 +9,7 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags), `deliveries` (signed webhook calls already taken), `run_pages`
+  marks, pause flags, pins), `backfills`, `deliveries` (signed webhook calls already taken), `run_pages`
   (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries of notifications);
 - `broker`: the event feed, published after each commit.
 
@@ -31,6 +31,7 @@ from ..errors import DatabaseError
 from .admission import AdmissionStore
 from .approvals import ApprovalStore
 from .audit import AuditStore
+from .backfills import BackfillStore
 from .database import SQLite, dialect_for
 from .deliveries import DeliveryStore
 from .events import Broker
@@ -72,6 +73,7 @@ class Store:
         self.tokens = TokenStore(self.engine, self.dialect)
         self.audit = AuditStore(self.engine, self.writer)
         self.marks = MarkStore(self.engine, self.dialect)
+        self.backfills = BackfillStore(self.engine, self.dialect)
         self.deliveries = DeliveryStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
         self.stats = StatsStore(self.engine)
@@ -192,8 +194,10 @@ class Store:
     async def list_runs(
         self, *, workflow: str | None = None, status: str | None = None,
         parent: str | None = None, offset: int = 0, limit: int = 50, workflows: list[str] | None = None,
+        backfill: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first. `workflows`: only runs of these (a namespace's); None: all."""
+        """Newest first. `workflows`: only runs of these (a namespace's); None: all.
+        `backfill`: only the runs that backfill made."""
         query = select(Run)
         count = select(func.count()).select_from(Run)
         for cond in (
@@ -201,6 +205,7 @@ class Store:
             Run.workflow == workflow if workflow else None,
             Run.status == status if status else None,
             Run.parent_run_id == parent if parent else None,
+            Run.backfill_id == backfill if backfill else None,
         ):
             if cond is not None:
                 query, count = query.where(cond), count.where(cond)

@@ -90,7 +90,7 @@ class Launcher:
 
     async def launch(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
                      ref: str | None = None, from_text: bool = False, manual: bool = False,
-                     version: str | None = None) -> Launch:
+                     version: str | None = None, backfill_id: str | None = None) -> Launch:
         """Start, queue or skip a run of `definition` as its concurrency says.
 
         `version`: run that recorded version of the workflow instead (a rollback);
@@ -104,9 +104,11 @@ class Launcher:
         definition = await self.version_to_run(definition, version)
         limits = definition.spec.concurrency if definition.spec else None
         if limits is None:
-            exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
+            exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref,
+                                          backfill_id=backfill_id)
             return Launch(name, "started", exe.id)
-        new = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref)  # bad params raise
+        new = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,  # bad params raise
+                                  backfill_id=backfill_id)
         for _ in range(3):  # cancel_previous: the cancelled runs may lose their slot to another start meanwhile
             async with self.store.admission.admit(name) as adm:
                 going, waiting = await adm.running(), await adm.queued()
@@ -122,7 +124,7 @@ class Launcher:
                     if limits.policy == "queue":
                         reason = f"waiting for a free slot: {busy}"
                         queued = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
-                                                     queued_reason=reason)
+                                                     queued_reason=reason, backfill_id=backfill_id)
                         await adm.insert(queued.row)
                         launch = Launch(name, "queued", queued.row["id"], reason)
                         break
@@ -151,7 +153,8 @@ class Launcher:
         return await self.engine.definition_at(definition.name, version)
 
     async def fire(self, definition: Definition, *, trigger: str, ref: str | None, mapping: dict[str, Any] | None,
-                   context: dict[str, Any], default: dict[str, Any] | None) -> Launch:
+                   context: dict[str, Any], default: dict[str, Any] | None, manual: bool = False,
+                   backfill_id: str | None = None) -> Launch:
         """Start a run for a trigger: params from the trigger's `params:` templates
         rendered over `context`, else from `default`. Never raises for a bad start:
         the Launch says `rejected` and why."""
@@ -163,7 +166,8 @@ class Launcher:
                 params = dict(default or {})
                 if trigger not in STRICT_TRIGGERS and definition.spec is not None:
                     params = {k: v for k, v in params.items() if k in definition.spec.params}
-            return await self.launch(definition, params, trigger=trigger, ref=ref)
+            return await self.launch(definition, params, trigger=trigger, ref=ref, manual=manual,
+                                     backfill_id=backfill_id)
         except TemplateFailed as exc:
             return Launch(name, "rejected", reason=f"the trigger's params: {exc}", errors={"triggers": str(exc)})
         except ParamError as exc:
