@@ -72,7 +72,7 @@ WIND_UP_TIMEOUT = 7 days
     the main steps, even after a timeout, so they are outside `timeout`; together
     they get at most this long, then what still runs is cancelled (the run's result
     stays what the main steps made it). So no run lasts longer than 37 days.
-MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`)
+MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`), MAX_LOCK_LIMIT = 1,000 (`locks[].limit`)
     Ranges of those fields, checked at load.
 MAX_WAIT_SECONDS = 5 minutes a request may wait for a run to end (`wait=`)
     `POST /api/workflows/{name}/runs?wait=` and `GET /api/runs/{id}?wait=` hold an
@@ -126,6 +126,7 @@ MAX_STEPS = 10_000
 MAX_YAML_VALUES = 100_000
 MAX_YAML_DEPTH = 200
 MAX_PARALLEL = 1024
+MAX_LOCK_LIMIT = 1000
 MAX_RETRIES = 1000
 MAX_PROBLEMS = 1000
 MAX_WAIT_SECONDS = 300.0

@@ -45,6 +45,7 @@ from .approvals import Approvals
 from .circuit import Breakers
 from .journal import Journal
 from .leases import LEASE_SECONDS, LeaseKeeper, pid_namespace, process_is_gone
+from .locks import SharedLocks
 from .recovery import plan_resumes, reused_result
 from .replay import Replay
 from .run import RunExecution
@@ -145,6 +146,7 @@ class Engine:
         # process drives (notifications); quick, never raising
         self.step_events: list[Callable[[str, RunExecution, dict[str, Any]], None]] = []
         self.leases = LeaseKeeper(self, role)
+        self.locks = SharedLocks(store, self.owner)  # `locks:` of runs and steps, held in the database
         self.dispatcher = dispatcher or LocalDispatcher()  # where run, python and http steps execute
         self._swept_at = 0.0
         self._ending: set[asyncio.Task] = set()  # announcements of ended runs (see run_finished)

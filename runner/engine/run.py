@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,6 +31,7 @@ from .logsink import LogSink
 if TYPE_CHECKING:
     from ..dsl.loader import Definition
     from .journal import Journal
+    from .locks import SharedLocks
     from .replay import Recorded, Replay
 
 log = logging.getLogger("treadle.run")
@@ -108,6 +110,7 @@ class RunHost(StepServices, Protocol):
     owner: str  # this process's name on the runs it drives
     leases: LeaseCheck
     dispatcher: Dispatcher  # where run, python and http steps execute
+    locks: SharedLocks  # shared locks (`locks:`) of runs and steps
 
     def journal(self, run_id: str, epoch: int) -> Journal:
         """Where the run's writes go, fenced by its lease (this process, `epoch`)."""
@@ -238,6 +241,32 @@ class RunExecution:
         finally:
             if not self._done.is_set():  # _drive was interrupted: never leave the run `running`
                 self._finish(RunStatus.FAILED, "internal error: the run was interrupted while stopping", None)
+            if self._uses_locks and not self.journal.closed and self.status.finished:
+                # an end _drive did not reach: what it held is free anyway (claims count
+                # only while a run is driven); this lets this process's waiters go at once
+                with contextlib.suppress(Exception):
+                    await self.engine.locks.release(self.id, self.epoch)
+
+    @property
+    def _uses_locks(self) -> bool:
+        return bool(self.spec.locks) or any(s.locks for s in self.steps.values())
+
+    def _waiting_for(self, message: str | None) -> None:
+        """Show (None: clear) what a lock keeps the run waiting for, as its `reason`."""
+        self.journal.run(reason=self.mask.text(message) if message else None)
+
+    @contextlib.asynccontextmanager
+    async def _step_locks(self, step: StepSpec) -> AsyncIterator[None]:
+        """Hold the step's `locks:` while it runs (every attempt and item)."""
+        if not step.locks or self.replay is not None:
+            yield
+            return
+        try:
+            await self.engine.locks.take(self.id, self.epoch, step.id, step.locks, self._waiting_for)
+            yield
+        finally:
+            if not self.journal.closed:
+                await self.engine.locks.release(self.id, self.epoch, step.id)
 
     async def _drive(self) -> None:
         status, error = RunStatus.SUCCEEDED, None
@@ -247,6 +276,8 @@ class RunExecution:
             self.context = self._base_context()
             deadline, timed_out = self._deadline()
             async with asyncio.timeout_at(deadline):
+                if self.spec.locks and self.replay is None:  # held from the first step to the run's end
+                    await self.engine.locks.take(self.id, self.epoch, "", self.spec.locks, self._waiting_for)
                 await self._execute_graph()
         except TimeoutError:
             status, error = RunStatus.FAILED, timed_out
@@ -278,6 +309,9 @@ class RunExecution:
                 raise
             await self._suspend_steps()  # the run resumes later and winds up again
             return
+        if self._uses_locks and not self.journal.closed:  # before it says it ended: its waiters may go
+            with contextlib.suppress(Exception):
+                await self.engine.locks.release(self.id, self.epoch)
         self._finish(status, error, outputs, compensated)
 
     def _deadline(self) -> tuple[float, str]:
@@ -555,10 +589,12 @@ class RunExecution:
                 self._record_not_run(sid, StepStatus.SKIPPED)
                 status, result = StepStatus.SKIPPED, {}
             elif step.foreach is not None:
-                output = await self._foreach(step)
+                async with self._step_locks(step):
+                    output = await self._foreach(step)
                 status, result = StepStatus.SUCCEEDED, {"output": output}
             else:
-                outcome = await self._attempts(step, self.context, item=-1)
+                async with self._step_locks(step):
+                    outcome = await self._attempts(step, self.context, item=-1)
                 if outcome.size is not None:
                     self._sizes[sid] = outcome.size
                 status = StepStatus.SUCCEEDED

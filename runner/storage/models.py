@@ -313,3 +313,19 @@ class Backfill(SQLModel, table=True):
     created_at: float
     created_by: str | None = None
     finished_at: float | None = None
+
+
+class SharedLock(SQLModel, table=True):
+    """A run's (or a step's) claim on a shared lock (`locks:`): held, or waiting in line
+    (`id` orders the waiters). A claim counts only while its run is driven under a live
+    lease: a run that ended, or whose server died, holds nothing (the rows are cleanup)."""
+
+    __tablename__ = "shared_lock"
+    __table_args__ = (Index("ux_shared_lock_claim", "name", "run_id", "step_id", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    run_id: str = Field(index=True)
+    step_id: str = ""  # "" for the run's own `locks:`
+    epoch: int  # the run's lease epoch when asked: a claim of an earlier driver counts for nothing
+    held: bool = False
+    since: float  # when it was asked for (waiting) or taken (held)

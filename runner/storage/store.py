@@ -9,7 +9,7 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags, pins), `backfills`, `deliveries` (signed webhook calls already taken), `run_pages`
+  marks, pause flags, pins), `backfills`, `locks` (shared locks), `deliveries` (signed webhook calls already taken), `run_pages`
   (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries of notifications);
 - `broker`: the event feed, published after each commit.
 
@@ -38,6 +38,7 @@ from .events import Broker
 from .feed import Feed
 from .leadership import Leadership
 from .leases import LeaseStore
+from .locks import LockStore
 from .marks import MarkStore
 from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
 from .notifications import NotificationStore
@@ -80,6 +81,7 @@ class Store:
         self.notifications = NotificationStore(self.engine)
         self.leases = LeaseStore(self.engine, self.dialect)
         self.admission = AdmissionStore(self.engine, self.dialect)
+        self.locks = LockStore(self.engine, self.dialect)
         self.leadership = Leadership(self.engine, self.dialect)
         self.feed = Feed(self, sender=f"{os.getpid()}:{secrets.token_hex(4)}")
         if self.feed.enabled:
