@@ -167,6 +167,9 @@ _F = {"json": "json_body", "body": "body", "form": "form"}
 
 
 class CircuitBreakerSpec(_Model):
+    key: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                            description="share one breaker among every step with this key (several hosts or "
+                                        "paths of one service); default: one per host")
     failures: int = Field(5, ge=1, le=10_000, description="failures in a row that open the circuit")
     reset_after: Duration = Field(30.0, description="how long the circuit stays open before a trial call")
     half_open_max: int = Field(1, ge=1, le=1000, description="trial calls let through at once while half-open")
