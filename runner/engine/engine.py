@@ -52,8 +52,8 @@ from .run import RunExecution
 
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
-SWEEP_SECONDS = 5.0
-VERSIONS_KEPT = 64  # earlier versions kept loaded for rollbacks and pins (each is one parsed file)  # how often `recover` also looks for step processes whose server is gone
+SWEEP_SECONDS = 5.0  # how often `recover` also looks for step processes whose server is gone
+VERSIONS_KEPT = 64  # earlier versions kept loaded for rollbacks and pins (each is one parsed file)
 
 
 @dataclass
