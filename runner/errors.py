@@ -8,6 +8,8 @@
     ├── WorkflowNotFound         no workflow of that name in the catalog              404
     ├── WorkflowInvalid          the workflow exists but its file has problems        409
     ├── WorkflowDisabled         `enabled: false`: nothing may start a run of it      409
+    ├── VersionNotFound          no recorded version of that workflow by that id      404
+    ├── BackfillNotFound         no backfill with that id                             404
     ├── ParamError               run parameters do not match the workflow's `params`  400
     ├── SecretMissing            a secret the workflow needs is not set               409
     ├── RunNotFound              no run with that id in the store                     404
@@ -26,6 +28,7 @@
     ├── NoWebhook                the workflow has no webhook trigger                  404
     ├── DuplicateDelivery        a signed webhook call received before (a replay)      409
     ├── MalformedBody            a request body that is not what the route takes      400
+    ├── BadRequest               a query value out of range (`wait=`, a backfill range) 400
     ├── WorkflowPaused           a trigger for a paused workflow                      409
     ├── LaunchRejected           a trigger's params do not fit (422) or it cannot start (409)
     └── GitSyncError             cloning or pulling the followed repository failed
@@ -108,6 +111,25 @@ class WorkflowNotFound(TreadleError):
         if close:
             hint = f"; did you mean '{close[0]}'?"
         super().__init__(f"no workflow named '{name}'{hint}")
+
+
+class VersionNotFound(TreadleError):
+    cli_exit_code = 2
+    error_code = "VERSION_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, name: str, version: str):
+        super().__init__(f"workflow '{name}' has no recorded version '{version}'; its versions are listed on its "
+                         f"page and by GET /api/workflows/{name}/versions")
+
+
+class BackfillNotFound(TreadleError):
+    cli_exit_code = 2
+    error_code = "BACKFILL_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, backfill_id: str):
+        super().__init__(f"no backfill '{backfill_id}'; GET /api/backfills lists them")
 
 
 class WorkflowInvalid(TreadleError):
@@ -289,6 +311,18 @@ class MalformedBody(TreadleError):
     error_code, http_status = "MALFORMED_BODY", 400
 
 
+class BadRequest(TreadleError):
+    """A request asks for something outside what Treadle allows (a `wait` past its cap,
+    a backfill of too many slots); `error_code` names which."""
+
+    cli_exit_code = 2
+    http_status = 400
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.error_code = code
+
+
 class WorkflowPaused(TreadleError):
     error_code, http_status = "WORKFLOW_PAUSED", 409
 
@@ -331,7 +365,8 @@ class RevisionError(TreadleError):
 
 
 class ServerCheckFailed(TreadleError):
-    """`treadle validate --server URL`: the server could not be asked about secrets."""
+    """A command that asks a Treadle server (`validate --server`, `start`, `backfill`,
+    `pin`) could not reach it, or the server refused the request (the message says why)."""
 
     cli_exit_code = 2
     error_code = "SERVER_CHECK_FAILED"

@@ -72,8 +72,21 @@ WIND_UP_TIMEOUT = 7 days
     the main steps, even after a timeout, so they are outside `timeout`; together
     they get at most this long, then what still runs is cancelled (the run's result
     stays what the main steps made it). So no run lasts longer than 37 days.
-MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`), MAX_REPEAT = 10,000 (`repeat.limit`)
+MAX_PARALLEL = 1,024 (`max_parallel`), MAX_RETRIES = 1,000 (`retry.limit`), MAX_REPEAT = 10,000 (`repeat.limit`),
+MAX_LOCK_LIMIT = 1,000 (`locks[].limit`)
     Ranges of those fields, checked at load.
+MAX_WAIT_SECONDS = 5 minutes a request may wait for a run to end (`wait=`)
+    `POST /api/workflows/{name}/runs?wait=` and `GET /api/runs/{id}?wait=` hold an
+    HTTP request (a connection, and a slot of the proxy in front) while they wait.
+    Proxies and load balancers commonly cut idle requests after 60 s to 10 minutes;
+    5 minutes stays under most of them. Longer runs: wait again on the `Location`
+    (each call up to 5 minutes), or follow `/events`. Over it: 400 WAIT_TOO_LONG.
+MAX_BACKFILL_SLOTS = 1,000 slots per backfill, MAX_BACKFILL_PARALLEL = 100 runs of one at once
+    A backfill is checked before anything starts: a range of `* * * * *` over a year
+    is half a million runs, a mistake nobody means (a month of a daily schedule is 31,
+    of an hourly one 744). Over it: 400 BACKFILL_TOO_LARGE with the count; split the
+    range. The parallelism is bounded like `max_parallel`, and the workflow's
+    `concurrency` still applies on top.
 MAX_PROBLEMS = 1,000 problems reported per file
     The first 1,000 in file order, then one line saying how many more there are. A
     generated file with an error in every step would otherwise print (and send to
@@ -114,9 +127,13 @@ MAX_STEPS = 10_000
 MAX_YAML_VALUES = 100_000
 MAX_YAML_DEPTH = 200
 MAX_PARALLEL = 1024
+MAX_LOCK_LIMIT = 1000
 MAX_RETRIES = 1000
 MAX_REPEAT = 10_000
 MAX_PROBLEMS = 1000
+MAX_WAIT_SECONDS = 300.0
+MAX_BACKFILL_SLOTS = 1000
+MAX_BACKFILL_PARALLEL = 100
 
 # runs
 MAX_FOREACH_ITEMS = 10_000

@@ -9,6 +9,8 @@ Routes (every request is counted in `server.hits[path]` and kept in `server.requ
                           requests of <key> in flight at once is kept in `server.most[key]`
     /status/<code>        answers <code> with a short text body
     /slow?s=SECONDS       sleeps, then 200 "late"
+    /hold/<key>?s=SECONDS holds the request, then 200 {"at_once": n}; `server.at_once[key]`
+                          is how many requests of <key> were held together at most
     /json                 200 {"status": "ok", "items": [1, 2, 3]}
     /echo                 200 JSON: method, path, query, headers, body (text)
     /bytes?n=N            200 text/plain body of exactly N bytes ("x" repeated)
@@ -87,6 +89,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts[0] == "slow":
             time.sleep(float(query.get("s", "2")))
             self._answer(200, "late", "text/plain")
+        elif parts[0] == "hold":  # concurrency observed from outside Treadle
+            key = parts[1] if len(parts) > 1 else ""
+            with self.server.lock:
+                self.server.holding[key] += 1
+                now = self.server.holding[key]
+                self.server.at_once[key] = max(self.server.at_once[key], now)
+            try:
+                time.sleep(float(query.get("s", "0.2")))
+            finally:
+                with self.server.lock:
+                    self.server.holding[key] -= 1
+            self._answer(200, {"at_once": now})
         elif parts[0] == "json":
             self._answer(200, {"status": "ok", "items": [1, 2, 3]})
         elif parts[0] == "echo":
@@ -111,6 +125,8 @@ class LoopbackServer(ThreadingHTTPServer):
         self.polls: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()  # /busy: requests being answered now, per key
         self.most: Counter[str] = Counter()  # /busy: the most in flight at once, per key
+        self.holding: Counter[str] = Counter()  # /hold requests of each key held now
+        self.at_once: Counter[str] = Counter()  # ... and the most held together
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that gave up (a timeout test) is expected, not worth a traceback

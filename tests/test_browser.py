@@ -243,3 +243,44 @@ def test_html_printed_by_a_step_is_shown_as_text_and_never_runs(page: Any, serve
     assert dialogs == []
     assert page.locator("img[src=x]").count() == 0 and page.locator("svg[onload]").count() == 0
     assert page.errors == []
+
+
+def test_backfill_from_the_workflow_page_and_watch_it_end(page: Any, server: SimpleNamespace) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(server.base + "/workflows/ticker")
+    page.locator("#backfill summary").click()
+    form = page.locator("#backfill form")
+    form.locator("input[name=from]").fill("2026-11-01")
+    form.locator("input[name=to]").fill("2026-11-03")
+    form.locator("input[name=parallel]").fill("2")
+    form.get_by_role("button", name="Start backfill").click()
+    page.wait_for_url(re.compile(r"/backfills/bf-"))
+    expect(page.locator("h1")).to_contain_text("Backfill")
+    expect(page.locator("#progress")).to_contain_text("3 slots")
+    # the page follows its runs live until the backfill is done
+    expect(page.locator("h1 .badge")).to_have_text("done")
+    expect(page.locator("#runs table.runs tbody tr")).to_have_count(3)
+    expect(page.locator("#runs")).to_contain_text("2026-11-03")
+    assert page.errors == []
+
+
+def test_pin_from_a_version_page_is_said_loudly_until_unpinned(page: Any, server: SimpleNamespace) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    version = httpx.get(server.base + "/api/workflows/ticker").json()["version"]
+    page.goto(f"{server.base}/workflows/ticker/versions/{version}")
+    page.locator("#pin input[name=reason]").fill("INC-9 <b>bad merge</b>")
+    page.get_by_role("button", name="Pin to this version").click()
+    page.wait_for_url(re.compile(r"/workflows/ticker$"))
+    banner = page.locator("section.pinned")
+    expect(banner).to_contain_text(f"Pinned to version {version}")
+    expect(banner).to_contain_text("INC-9 <b>bad merge</b>")  # shown as text
+    page.goto(server.base + "/")
+    expect(page.locator("#pins-alert")).to_contain_text("ticker")
+    page.goto(server.base + "/workflows/ticker")
+    page.locator("section.pinned").get_by_role("button", name="Unpin").click()
+    expect(page.locator("section.pinned")).to_have_count(0)
+    assert httpx.get(server.base + "/api/workflows/ticker").json()["pinned"] is None
+    assert page.errors == []

@@ -422,3 +422,58 @@ async def test_a_cancelled_trial_frees_its_slot(engine, tmp_path, http_server):
     exe.cancel()
     await asyncio.wait_for(exe.wait(), 10)
     assert breaker.current_state() == CircuitState.HALF_OPEN and breaker.snapshot()["trials_in_flight"] == 0
+
+
+async def test_a_key_shares_one_breaker_across_hosts(engine, tmp_path, http_server):
+    up, down = f"{http_server.url}/status/503", f"http://127.0.0.1:{closed_port()}/orders"  # two hosts of one service
+    exe, doc = await run_yaml(engine, tmp_path, f"""
+        defaults:
+          circuit_breaker: {{key: billing-api, failures: 2, reset_after: 60s}}
+        steps:
+          - id: one
+            http: {{url: "{up}"}}
+            continue_on_failure: true
+          - id: two
+            http: {{url: "{down}"}}
+            continue_on_failure: true
+          - id: three
+            http: {{url: "{up}"}}
+    """)
+    assert exe.status == "failed"
+    steps = by_id(doc)
+    assert not refused(attempts(doc, "one")[0]) and not refused(attempts(doc, "two")[0])
+    # two failures on two hosts opened the one breaker they share: the third call never left
+    assert steps["three"]["error"].startswith("circuit open for billing-api after 2 failures")
+    assert http_server.hits["/status/503"] == 1
+    [breaker] = engine.breakers.all()
+    assert (breaker.key, breaker.host, breaker.failures, breaker.rejected) == ("billing-api", "billing-api", 2, 1)
+    assert engine.breakers.find("billing-api") == [breaker]
+
+
+def test_get_one_breaker_by_key_or_host(tmp_path: Path, http_server: LoopbackServer):
+    defs = tmp_path / "definitions"
+    defs.mkdir()
+    (defs / "bill.yaml").write_text(textwrap.dedent(f"""
+        steps:
+          - id: call
+            http: {{url: "{http_server.url}/status/503"}}
+            circuit_breaker: {{key: billing-api, failures: 1, reset_after: 60s}}
+          - id: plain
+            needs: []
+            http: {{url: "http://127.0.0.1:{closed_port()}/x"}}
+            circuit_breaker: {{failures: 1}}
+    """).lstrip())
+    with running_server(defs, f"sqlite:///{tmp_path / 'treadle.db'}", watch=False) as base, \
+            httpx.Client(base_url=base, timeout=10) as client:
+        assert client.get("/api/circuit-breakers/billing-api").status_code == 404
+        assert client.post("/api/workflows/bill/runs?wait=20s").json()["status"] == "failed"
+        one = client.get("/api/circuit-breakers/billing-api")
+        assert one.status_code == 200, one.text
+        assert (one.json()["key"], one.json()["host"], one.json()["state"]) == ("billing-api", "billing-api", "open")
+        hosts = [b["host"] for b in client.get("/api/circuit-breakers").json()["items"] if b["key"] is None]
+        assert len(hosts) == 1
+        by_host = client.get(f"/api/circuit-breakers/{quote(hosts[0], safe='')}")
+        assert by_host.status_code == 200 and by_host.json()["key"] is None
+        assert client.get("/api/circuit-breakers/no-such-key").json()["error_code"] == "NOT_FOUND"
+        r = client.post("/api/circuit-breakers/billing-api/reset")
+        assert r.status_code == 200 and r.json()["state"] == "closed"

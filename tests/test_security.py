@@ -76,6 +76,7 @@ ROUTES = [
     ("POST", "/api/runs/{run}/retry", "run", True, False),
     ("POST", "/api/workflows/{wf}/pause", "admin", True, False),
     ("POST", "/api/workflows/{wf}/resume", "admin", True, False),
+    ("POST", "/api/workflows/{wf}/unpin", "admin", True, False),
     ("GET", "/api/workflows", "read", False, False),
     ("GET", "/api/runs", "read", False, False),
     ("GET", "/api/approvals", "read", False, False),

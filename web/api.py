@@ -23,20 +23,29 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from runner import __version__
 from runner.dsl.casefile import test_file_beside
+from runner.dsl.durations import parse_duration
 from runner.dsl.loader import Definition
 from runner.engine.leases import LEASE_SECONDS
 from runner.engine.plan import plan_run
 from runner.engine.rehearsal import rehearsal_mocks, rehearse
 from runner.engine.report import iso, run_document, run_summary
 from runner.engine.run import raw_inputs
-from runner.errors import RunNotFound, WorkflowInvalid, WorkflowNotFound
+from runner.errors import (
+    BadRequest,
+    RunNotFound,
+    VersionNotFound,
+    WorkflowInvalid,
+    WorkflowNotFound,
+)
+from runner.limits import MAX_WAIT_SECONDS, duration_text
+from runner.security.tokens import namespace_of
 from runner.storage.models import RunStatus
 from runner.triggers.notify import redact_url
 
-from .auth import visible, visible_names
+from .auth import identity_of, visible, visible_names
 from .filters import RUN_TRIGGERS, WORKFLOW_STATES, run_window, workflow_matches
 from .run_view import definition_of
-from .services import Services, cancel_conflict, cancel_run, retry_run, start_run
+from .services import Services, cancel_conflict, cancel_run, retry_run, start_run, wait_for_end
 from .sse import broker_messages, sse_response
 
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="1-based page number")]
@@ -67,6 +76,32 @@ class RunRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /api/workflows/{name}/runs."""
 
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    # the params are text as typed on a command line (`treadle start -p n=5`): each is
+    # converted to its declared type, as the dashboard's form does
+    params_as_text: bool = False
+    # run this recorded version of the workflow (a rollback) instead of the one in force
+    version: str | None = msgspec.field(default=None)
+
+
+Wait = Annotated[str | None, QueryParameter(
+    max_length=32, description="wait up to this long for the run to end (`30s`, `2m`; at most 5m): 200 with the "
+                               "finished run, else 202 with Location and Retry-After")]
+RETRY_AFTER_SECONDS = 5  # past a wait: when to ask again (GET Location?wait=... answers as soon as it ends)
+
+
+def wait_seconds(text: str | None) -> float | None:
+    """The `wait` query value in seconds (None: do not wait). Raises BadRequest."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise BadRequest(f"wait={text}: {exc}", "INVALID_WAIT") from None
+    if seconds > MAX_WAIT_SECONDS:
+        raise BadRequest(f"wait={text} is longer than the {duration_text(MAX_WAIT_SECONDS)} a request may wait; "
+                         f"wait again on the run's URL (GET /api/runs/ID?wait=5m) or follow its /events",
+                         "WAIT_TOO_LONG")
+    return seconds
 
 
 class DryRunRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,7 +141,7 @@ class RunSummary(TypedDict):
     commit: str | None  # git revision of the definition the run ran (`abc..`, `abc..+dirty`), if in git
     status: str
     params: dict[str, Any]
-    trigger: str  # manual | api | dashboard | retry | workflow | schedule | webhook | event | file | after
+    trigger: str  # manual | api | dashboard | retry | workflow | schedule | backfill | webhook | event | file | after
     trigger_ref: NotRequired[str | None]  # what exactly started it: the slot, upstream run, file, event id
     reason: NotRequired[str | None]  # why it is `queued`
     error: str | None
@@ -116,6 +151,7 @@ class RunSummary(TypedDict):
     retry_of: str | None
     retry_from: str | None
     compensated: NotRequired[str | None]  # after a failure with `compensate:` steps: "true" or "partial"
+    backfill_id: NotRequired[str | None]  # the backfill that made it (GET /api/backfills/{id})
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -160,6 +196,13 @@ class RunPage(TypedDict):
     limit: int
 
 
+class PinInfo(TypedDict):
+    version: str  # every start runs this version until unpinned
+    pinned_at: str | None
+    pinned_by: str | None
+    reason: str | None
+
+
 class WorkflowItem(TypedDict):
     name: str
     path: str
@@ -174,6 +217,7 @@ class WorkflowItem(TypedDict):
     last_run: RunSummary | None
     paused: bool  # no trigger starts it until resumed (POST .../resume)
     enabled: bool  # false: `enabled: false` in its file; nothing starts it
+    pinned: PinInfo | None  # pinned to a version: every start runs that one, not `version`
 
 
 class WorkflowPage(TypedDict):
@@ -218,6 +262,14 @@ class Health(TypedDict):
     components: dict[str, Any]  # database ok|error, scheduler leader|standby, watcher watching|off, git ok|error|null
 
 
+async def version_of_namespace(services: Services, name: str, version: str, namespace: str | None) -> None:
+    """Raise VersionNotFound unless `version` of `name` was recorded from a file of
+    `namespace` (what a tenant may not see does not exist for it)."""
+    row = await services.store.get_version(version, name)
+    if row is None or (namespace is not None and namespace_of(row["path"]) != namespace):
+        raise VersionNotFound(name, version)
+
+
 def _services(request: Request) -> Services:
     return request.app.state.services
 
@@ -225,7 +277,14 @@ def _services(request: Request) -> Services:
 # -- workflows -------------------------------------------------------------------
 
 
-def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: bool = False) -> WorkflowItem:
+def pin_info(pin: dict[str, Any] | None) -> PinInfo | None:
+    if pin is None:
+        return None
+    return {"version": pin["version"], "pinned_at": iso(pin["at"]), "pinned_by": pin["by"], "reason": pin["reason"]}
+
+
+def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: bool = False,
+                   pin: dict[str, Any] | None = None) -> WorkflowItem:
     spec = definition.spec
     return {
         "name": definition.name, "path": definition.path, "version": definition.version,
@@ -234,6 +293,7 @@ def _workflow_item(definition: Definition, last: dict[str, Any] | None, paused: 
         "file_version": (definition.broken or definition).version, "in_force": definition.valid,
         "commit": definition.revision, "last_run": run_summary(last) if last else None, "paused": paused,
         "enabled": spec.enabled if spec else True,
+        "pinned": pin_info(pin),
     }
 
 
@@ -250,11 +310,11 @@ async def list_workflows(
     """
     services = _services(request)
     last = await services.store.last_runs()
-    paused = await services.state.paused()
+    paused, pins = await services.state.paused(), await services.state.pins()
     found = [d for d in visible(request, services.catalog.entries())
              if workflow_matches(d, tag=tag, q=q, state=state_q, last=last.get(d.name), paused=d.name in paused)]
     start = (page - 1) * limit
-    items = [_workflow_item(d, last.get(d.name), d.name in paused) for d in found[start:start + limit]]
+    items = [_workflow_item(d, last.get(d.name), d.name in paused, pins.get(d.name)) for d in found[start:start + limit]]
     return {"items": items, "total": len(found), "page": page, "limit": limit}
 
 
@@ -286,7 +346,8 @@ async def get_workflow(request: Request, name: FromPath[str]) -> WorkflowDetail:
     spec = definition.spec
     last = (await services.store.list_runs(workflow=name, limit=1))[0]
     return {
-        **_workflow_item(definition, last[0] if last else None, await services.state.is_paused(definition.name)),
+        **_workflow_item(definition, last[0] if last else None, await services.state.is_paused(definition.name),
+                         await services.state.pin(definition.name)),
         "source": (definition.broken or definition).source,  # the text on disk: errors point into it
         "params": {k: p.model_dump() for k, p in spec.params.items()} if spec else {},
         "env": dict(spec.env) if spec else {}, "secrets": list(spec.secrets) if spec else [],
@@ -307,18 +368,40 @@ def _graph(definition: Definition) -> dict[str, list[dict[str, Any]]]:
     return {"nodes": nodes, "edges": [{"from": u, "to": v} for u, v in dag.graph.edges]}
 
 
-@post("/api/workflows/{name:str}/runs", status_code=202, opt={"audit": "run.start"}, tags=["runs"], responses=_errors(400, 404, 409))
-async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> Response[RunAccepted]:
-    """Start a run of the workflow's current version; returns once the run is recorded."""
-    launch = await start_run(_services(request), name, data.params if data else {})
+@post("/api/workflows/{name:str}/runs", status_code=202, opt={"audit": "run.start"}, tags=["runs"], responses={
+    **_errors(400, 404, 409), 200: ResponseSpec(RunDoc, description="with `wait`: the run ended within it")})
+async def create_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None,
+                     wait: Wait = None) -> Response[RunAccepted]:
+    """Start a run of the workflow's current version; returns once the run is recorded.
+
+    With `wait` (e.g. `30s`, at most `5m`): answers 200 with the finished run when it
+    ends within the wait, else 202 (the run goes on) with `Location` and `Retry-After`.
+    """
+    seconds = wait_seconds(wait)  # a bad wait starts nothing
+    services = _services(request)
+    version = data.version if data else None
+    if version is not None and identity_of(request).namespace is not None:
+        await version_of_namespace(services, name, version, identity_of(request).namespace)
+    launch = await start_run(services, name, data.params if data else {}, from_text=bool(data and data.params_as_text),
+                             version=version)
+    if seconds is not None and launch.run_id:
+        if await wait_for_end(services, launch.run_id, seconds) is not None:
+            return Response(await run_document(services.store, launch.run_id), status_code=200)  # type: ignore[arg-type]
+        run = await services.store.get_run(launch.run_id)
+        status = run["status"] if run else launch.status
+        extra = {"reason": run["reason"]} if run and run.get("reason") else {}
+        return _accepted(launch.run_id, status, name, retry_after=True, **extra)
     extra = {"reason": launch.reason} if launch.reason else {}
     return _accepted(launch.run_id or "", "running" if launch.status == "started" else launch.status, name, **extra)
 
 
-def _accepted(run_id: str, status: str, workflow: str, **extra: Any) -> Response[RunAccepted]:
+def _accepted(run_id: str, status: str, workflow: str, *, retry_after: bool = False, **extra: Any) -> Response[RunAccepted]:
     body: RunAccepted = {"run_id": run_id, "status": status, "workflow": workflow,
                          "url": f"/api/runs/{run_id}", **extra}  # type: ignore[typeddict-item]
-    return Response(body, status_code=202, headers={"Location": body["url"]})
+    headers = {"Location": body["url"]}
+    if retry_after:  # a wait ran out: the run is still going (not a gateway failure, so not 504)
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return Response(body, status_code=202, headers=headers)
 
 
 @post("/api/workflows/{name:str}/dry-run", status_code=200, opt={"scope": "read"}, tags=["workflows"],
@@ -348,9 +431,11 @@ async def dry_run(request: Request, name: FromPath[str], data: JSONBody[DryRunRe
 async def list_runs(
     request: Request, workflow: FromQuery[str | None] = None, status: FromQuery[RunStatus | None] = None,
     parent: FromQuery[str | None] = None, trigger: TriggerQuery = None, since: SinceQuery = None,
-    until: UntilQuery = None, q: RunSearchQuery = None, page: Page = 1, limit: Limit = 50,
+    until: UntilQuery = None, q: RunSearchQuery = None, backfill: FromQuery[str | None] = None,
+    page: Page = 1, limit: Limit = 50,
 ) -> RunPage:
-    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps.
+    """Runs, newest first; `parent` lists the child runs started by a run's `workflow` steps,
+    `backfill` the runs a backfill started.
 
     `trigger` keeps runs started that way; `since`/`until` bound the start time (ISO 8601,
     or a duration ago such as `24h`); `q` searches run ids and params.
@@ -358,17 +443,25 @@ async def list_runs(
     start, end = run_window(since, until)
     rows, total = await _services(request).store.list_runs(
         workflow=workflow, status=status.value if status else None, parent=parent, trigger=trigger,
-        since=start, until=end, search=q, offset=(page - 1) * limit, limit=limit, workflows=visible_names(request))
+        since=start, until=end, search=q, backfill=backfill, offset=(page - 1) * limit, limit=limit,
+        workflows=visible_names(request))
     return {"items": [run_summary(r) for r in rows], "total": total, "page": page, "limit": limit}
 
 
 @get("/api/runs/{run_id:str}", tags=["runs"], responses=_errors(404))
-async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[bool] = True) -> RunDoc:
+async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[bool] = True,
+                  wait: Wait = None) -> RunDoc:
     """The run and its steps in DAG order (steps that have not started are `pending`).
 
     Each step carries `attempt_list` (and `items` for a foreach) unless `attempts=false`.
+    With `wait` (at most `5m`), answers once the run has ended or the wait is over,
+    whichever comes first (read `status` to know which).
     """
-    doc = await run_document(_services(request).store, run_id, with_attempts=attempts)
+    seconds = wait_seconds(wait)
+    services = _services(request)
+    if seconds is not None:
+        await wait_for_end(services, run_id, seconds)  # RunNotFound: 404
+    doc = await run_document(services.store, run_id, with_attempts=attempts)
     if doc is None:
         raise RunNotFound(run_id)
     return doc  # type: ignore[return-value]

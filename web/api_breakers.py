@@ -22,7 +22,8 @@ class BreakerSettingsDoc(TypedDict):
 
 
 class BreakerDoc(TypedDict):
-    host: str  # scheme://host:port
+    host: str  # scheme://host:port, or the key of a keyed breaker
+    key: str | None  # `circuit_breaker.key`: every step naming it shares this breaker, whatever its host
     state: str  # closed | open | half_open
     consecutive_failures: int
     failures: int  # totals since the server started
@@ -71,6 +72,17 @@ async def list_breakers(request: Request, page: Page = 1, limit: Limit = 50) -> 
     return {"items": [breaker_doc(b) for b in shown], "total": len(breakers), "page": page, "limit": limit}
 
 
+@get("/api/circuit-breakers/{target:path}", tags=["circuit-breakers"], responses=_errors(404))
+async def get_breaker(request: Request, target: FromPath[str]) -> BreakerDoc:
+    """One breaker: by its key (`billing-api`), or by its host (`scheme://host:port`
+    URL-encoded, or a plain `host:port`)."""
+    name = _rejoin_scheme(target.strip("/"))
+    found = _services(request).engine.breakers.find(name, identity_of(request).namespace)
+    if not found:
+        raise NotFoundException(f"no circuit breaker '{name}' (a key or host gets one on its first call)")
+    return breaker_doc(found[0])
+
+
 # the host is URL-encoded (`http%3A%2F%2F127.0.0.1%3A9000`) and servers decode the path
 # before routing, so its slashes come back as segments: take everything up to `/reset`
 @post("/api/circuit-breakers/{target:path}", status_code=200, opt={"audit": "breaker.reset", "scope": "admin"},
@@ -100,4 +112,4 @@ def _rejoin_scheme(name: str) -> str:
     return name
 
 
-BREAKER_ROUTES = [list_breakers, reset_breaker]
+BREAKER_ROUTES = [list_breakers, get_breaker, reset_breaker]

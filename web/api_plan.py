@@ -34,6 +34,9 @@ async def plan_for(request: Request, base: str | None, head: str | None) -> dict
     visible = None if identity.namespace is None else (lambda d: identity.sees(namespace_of(d.path)))
     doc = await asyncio.to_thread(plan_between, services.catalog.root, base or "HEAD",
                                   head if head else default_head(services), visible=visible)
+    # a pinned workflow keeps running its pinned version whatever the change says
+    doc["pinned"] = {name: pin["version"] for name, pin in sorted((await services.state.pins()).items())
+                     if (d := services.catalog.get(name)) is None or visible is None or visible(d)}
     return doc
 
 

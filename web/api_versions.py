@@ -1,17 +1,27 @@
-"""JSON API for the GitOps loop: the versions of a workflow, diffs, and git sync."""
+"""JSON API for the GitOps loop: the versions of a workflow, diffs, pins, and git sync."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Annotated, Any, TypedDict
 
+import msgspec
 from litestar import Request, get, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from runner.errors import WorkflowNotFound
 from runner.security.tokens import namespace_of
 
-from .api import Limit, Page, _errors, _git_status, _services
+from .api import (
+    Limit,
+    Page,
+    PinInfo,
+    _errors,
+    _git_status,
+    _services,
+    pin_info,
+    version_of_namespace,
+)
 from .auth import identity_of
 from .services import RunConflict, Services
 
@@ -44,17 +54,21 @@ class VersionDiff(TypedDict):
     diff: str  # unified diff, empty when the texts are equal
 
 
-def _in_force(services: Services, name: str) -> str | None:
+async def in_force(services: Services, name: str) -> str | None:
+    """The version starts use now: the pinned one, else the file's last good one."""
+    pinned = await services.state.pin(name)
+    if pinned is not None:
+        return pinned["version"]
     definition = services.catalog.get(name)
     return definition.version if definition is not None and definition.valid else None
 
 
-def _item(row: dict[str, Any], in_force: str | None) -> VersionItem:
+def _item(row: dict[str, Any], current: str | None) -> VersionItem:
     from runner.engine.report import iso
 
     return {"version": row["version"], "workflow": row["workflow"], "path": row["path"],
             "created_at": iso(row["created_at"]) or "", "commit": row["commit"], "valid": bool(row["valid"]),
-            "in_force": row["version"] == in_force}
+            "in_force": row["version"] == current}
 
 
 async def version_source(services: Services, name: str, version: str, namespace: str | None = None) -> dict[str, Any]:
@@ -82,8 +96,8 @@ async def list_versions(request: Request, name: FromPath[str], page: Page = 1, l
     rows, total = await services.store.versions(name, offset=(page - 1) * limit, limit=limit)
     if total == 0 and services.catalog.get(name) is None:
         raise WorkflowNotFound(name, services.catalog.names())
-    in_force = _in_force(services, name)
-    return {"items": [_item(r, in_force) for r in rows], "total": total, "page": page, "limit": limit}
+    current = await in_force(services, name)
+    return {"items": [_item(r, current) for r in rows], "total": total, "page": page, "limit": limit}
 
 
 @get("/api/workflows/{name:str}/versions/{version:str}", tags=["workflows"], responses=_errors(404))
@@ -91,7 +105,7 @@ async def get_version(request: Request, name: FromPath[str], version: FromPath[s
     """One version with its exact source (what a run of that version ran)."""
     services = _services(request)
     row = await version_source(services, name, version, identity_of(request).namespace)
-    return {**_item(row, _in_force(services, name)), "source": row["source"]}
+    return {**_item(row, await in_force(services, name)), "source": row["source"]}
 
 
 @get("/api/workflows/{name:str}/diff", tags=["workflows"], responses=_errors(400, 404))
@@ -111,6 +125,50 @@ async def diff(
             "diff": await diff_versions(services, name, from_, to, identity_of(request).namespace)}
 
 
+class PinRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/workflows/{name}/pin."""
+
+    version: str = msgspec.field()
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class PinDoc(TypedDict):
+    workflow: str
+    pinned: PinInfo | None  # null: not pinned (starts use the file's version in force)
+    changed: bool  # false when it already was in that state
+
+
+async def set_pin(services: Services, name: str, version: str | None, *, by: str | None = None,
+                  reason: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """Pin `name` to `version` (None: unpin), shared with the dashboard. Raises
+    WorkflowNotFound, VersionNotFound, WorkflowInvalid (that version had problems)."""
+    definition = services.catalog.get(name)
+    if definition is None:
+        raise WorkflowNotFound(name, services.catalog.names())
+    if version is not None:
+        await version_of_namespace(services, name, version, namespace)
+        await services.engine.definition_at(name, version)  # it must be able to run
+    changed = await services.state.set_pin(name, version, by, reason)
+    return {"workflow": name, "pinned": pin_info(await services.state.pin(name)), "changed": changed}
+
+
+@post("/api/workflows/{name:str}/pin", status_code=200, opt={"scope": "admin", "audit": "workflow.pin"},
+      tags=["workflows"], responses=_errors(404, 409))
+async def pin(request: Request, name: FromPath[str], data: JSONBody[PinRequest]) -> PinDoc:
+    """Every start of the workflow (people, API, triggers, retries) runs `version` until
+    unpinned, whatever the file says; for the minutes between a bad merge and its revert."""
+    identity = identity_of(request)
+    return await set_pin(_services(request), name, data.version, by=identity.name, reason=data.reason,  # type: ignore[return-value]
+                         namespace=identity.namespace)
+
+
+@post("/api/workflows/{name:str}/unpin", status_code=200, opt={"scope": "admin", "audit": "workflow.unpin"},
+      tags=["workflows"], responses=_errors(404))
+async def unpin(request: Request, name: FromPath[str]) -> PinDoc:
+    """Starts use the file's version in force again."""
+    return await set_pin(_services(request), name, None, by=identity_of(request).name)  # type: ignore[return-value]
+
+
 @post("/api/sync", status_code=200, opt={"scope": "admin", "global": True, "audit": "git.sync"}, tags=["health"], responses=_errors(409))
 async def sync(request: Request) -> dict[str, Any]:
     """Pull the followed repository now (`serve --git`); 409 when not following one."""
@@ -121,4 +179,4 @@ async def sync(request: Request) -> dict[str, Any]:
     return {"changed": changed, **(_git_status(services) or {})}
 
 
-VERSION_ROUTES = [list_versions, get_version, diff, sync]
+VERSION_ROUTES = [list_versions, get_version, diff, pin, unpin, sync]

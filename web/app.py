@@ -31,6 +31,7 @@ from .allow import options_handlers
 from .api import API_ROUTES
 from .api_admin import ADMIN_ROUTES
 from .api_approvals import APPROVAL_ROUTES
+from .api_backfills import BACKFILL_ROUTES
 from .api_breakers import BREAKER_ROUTES
 from .api_metrics import METRICS_ROUTES
 from .api_notifications import NOTIFICATION_ROUTES
@@ -46,6 +47,7 @@ from .openapi_conform import conform
 from .pages import PAGE_ROUTES, register_template_helpers
 from .pages_audit import AUDIT_PAGES
 from .pages_auth import AUTH_PAGES
+from .pages_backfills import BACKFILL_PAGES
 from .pages_plan import PLAN_PAGES
 from .pages_triggers import TRIGGER_PAGES
 from .pages_versions import VERSION_PAGES
@@ -139,7 +141,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     env = SandboxedEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     register_template_helpers(env)
-    handlers = [*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES]
+    handlers = [*API_ROUTES, *ADMIN_ROUTES, *TRIGGER_ROUTES, *VERSION_ROUTES, *PLAN_ROUTES, *METRICS_ROUTES, *NOTIFICATION_ROUTES, *SECRET_ROUTES, *BREAKER_ROUTES, *APPROVAL_ROUTES, *PAGE_ROUTES, *VERSION_PAGES, *BACKFILL_ROUTES, *BACKFILL_PAGES, *PLAN_PAGES, *TRIGGER_PAGES, *AUTH_PAGES, *AUDIT_PAGES]
     app = Litestar(
         # explicit OPTIONS first: Litestar 2's own lists one handler's methods only (web/allow.py)
         route_handlers=[*options_handlers(handlers), *handlers,

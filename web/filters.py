@@ -14,7 +14,7 @@ from runner.dsl.loader import Definition
 # a workflow's state as the list shows it: its file broken, its triggers paused, its
 # last run failed, or none of these
 WORKFLOW_STATES = ("ok", "failing", "broken", "paused")
-RUN_TRIGGERS = ("manual", "api", "dashboard", "cli", "retry", "workflow", "schedule", "webhook", "event", "file",
+RUN_TRIGGERS = ("manual", "api", "dashboard", "cli", "retry", "workflow", "schedule", "webhook", "event", "file", "backfill",
                 "after", "replay")  # as docs/api.md lists them (`trigger` of a run)
 
 

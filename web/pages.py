@@ -26,7 +26,7 @@ from runner.dsl.loader import Definition
 from runner.errors import ParamError, RunNotFound, SecretMissing, TreadleError, WorkflowInvalid
 
 from . import live
-from .api import _git_status
+from .api import _git_status, pin_info
 from .api_approvals import decide, decided_by
 from .api_breakers import reset_breakers, shown_breakers
 from .api_metrics import workflow_stats
@@ -120,6 +120,8 @@ async def workflows_page(request: Request, q: FromQuery[str | None] = None, tag:
                                                "paused": paused, "total": len(entries), "tags": tags,
                                                "filters": {"q": q or "", "tag": tag or "", "state": state or ""},
                                                "workflow_states": WORKFLOW_STATES,
+                                               "pins": {n: pin_info(p) for n, p in (await services.state.pins()).items()
+                                                        if n in {d.name for d in entries}},
                                                "breakers": breakers, "approvals": waiting,
                                                "approvals_total": waiting_total})
 
@@ -155,6 +157,8 @@ async def _workflow_context(request: Request, definition: Definition, page: int)
         "fields": form_fields(definition.spec.params) if definition.spec is not None else [],
         "form_error": None, "triggers": await trigger_summary(services, definition),
         "test_file": test_file_beside(services.catalog.root, definition.path),
+        "pin": pin_info(await services.state.pin(definition.name)),
+        "backfills": (await services.store.backfills.list(workflow=definition.name, limit=5))[0],
         **await _stats(services, definition.name),
     }
 

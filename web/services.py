@@ -33,6 +33,7 @@ from runner.security.tokens import Tokens
 from runner.storage.events import Broker
 from runner.storage.models import RunStatus
 from runner.storage.store import DEFAULT_DB, Store
+from runner.triggers.backfill import Backfills
 from runner.triggers.file_triggers import FileTriggers
 from runner.triggers.launcher import Launch, Launcher
 from runner.triggers.notify import Notifier
@@ -84,6 +85,7 @@ class Services:
     scheduler: Scheduler | None = None
     files: FileTriggers | None = None
     notifier: Notifier | None = None
+    backfills: Backfills | None = None
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # ends open SSE streams
@@ -122,6 +124,8 @@ class Services:
             gate = Gate(bind_host=settings.host, allowed_hosts=settings.allowed_hosts, insecure=settings.insecure)
             services = cls(settings, catalog, store, engine, broker, follower, state, launcher, tokens, gate,
                            notifier=notifier, files=files, scheduler=scheduler)
+            services.backfills = Backfills(launcher, catalog.get, leading=lambda: services.leader_since is not None,
+                                           cancel=lambda run_id: cancel_run(services, run_id, by="backfill"))
             services.metrics.attach(services)
             tracing = Tracing.from_environment()  # OTEL_EXPORTER_OTLP_ENDPOINT: traces (docs/observability.md)
             if tracing is not None:
@@ -138,6 +142,8 @@ class Services:
             loops = [asyncio.create_task(_every(RECOVER_SECONDS, stopping, engine.recover, "recovery"),
                                          name="treadle-recovery"),
                      asyncio.create_task(_every(PUMP_SECONDS, stopping, launcher.pump, "queue"), name="treadle-queue"),
+                     asyncio.create_task(_every(PUMP_SECONDS, stopping, services.backfills.pump, "backfills"),
+                                         name="treadle-backfills"),
                      asyncio.create_task(_every(LEADER_POLL_SECONDS, stopping, services.lead_once, "leadership"),
                                          name="treadle-leader")]
             async def wind_down() -> None:
@@ -146,6 +152,7 @@ class Services:
                 await follower.stop()
                 await _graceful_shutdown(engine, settings.grace)
                 await launcher.close()
+                await services.backfills.close()
                 await notifier.close()
                 if tracing is not None:
                     await asyncio.to_thread(tracing.shutdown)
@@ -193,6 +200,8 @@ class Services:
             await self.files.start()
         if self.scheduler is not None:
             self._schedules = asyncio.create_task(self.scheduler.run_forever(), name="treadle-schedules")
+        if self.backfills is not None:
+            self.backfills.poke()  # the backfills the last leader was driving go on
 
     async def step_down(self) -> None:
         """Stop what only the leader runs, and let another server lead."""
@@ -284,19 +293,54 @@ async def _follow_repository(settings: Settings) -> tuple[GitSync | None, Path]:
 
 
 async def start_run(services: Services, name: str, params: dict | None, *, from_text: bool = False,
-                    trigger: str = "api") -> Launch:
-    """Start (or queue) a run of the current version of `name` for a person or an API
-    client; raises TreadleError subclasses, RunConflict when the concurrency policy
-    skips it. Returns once the run row is committed, so a client that reads it next
-    finds it."""
+                    trigger: str = "api", version: str | None = None) -> Launch:
+    """Start (or queue) a run of `name` for a person or an API client: of `version` when
+    given (a rollback), else of the version it is pinned to, else of its current one.
+    Raises TreadleError subclasses, RunConflict when the concurrency policy skips it.
+    Returns once the run row is committed, so a client that reads it next finds it."""
     definition = services.catalog.get(name)
     if definition is None:
         raise WorkflowNotFound(name, services.catalog.names())
-    launch = await services.launcher.launch(definition, params, from_text=from_text, trigger=trigger, manual=True)
+    launch = await services.launcher.launch(definition, params, from_text=from_text, trigger=trigger, manual=True,
+                                            version=version)
     if launch.status == "skipped":
         raise RunConflict(f"workflow '{name}': {launch.reason}; try again when a run has ended", "CONCURRENCY_LIMIT")
     await services.store.flush()
     return launch
+
+
+WAIT_RECHECK_SECONDS = 1.0  # a wait also reads the run this often: events of a run another server drives may be late
+
+
+async def wait_for_end(services: Services, run_id: str, seconds: float) -> dict[str, Any] | None:
+    """The run's row once it has ended, waiting at most `seconds`; None when it has not
+    ended by then (or the server is stopping). Raises RunNotFound.
+
+    Woken by the run's committed changes (this server's, and other servers' through
+    the database feed), and reads the run every WAIT_RECHECK_SECONDS in case an event
+    was missed: the database says when it has ended, never the event alone."""
+    deadline = time.monotonic() + seconds
+    async with services.broker.subscribe(f"run:{run_id}") as events:  # before reading: no end is missed
+        while True:
+            run = await services.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            if RunStatus(run["status"]).finished:
+                return run
+            left = deadline - time.monotonic()
+            if left <= 0 or services.stopping.is_set():
+                return None
+            await _next_run_change(events, min(left, WAIT_RECHECK_SECONDS))
+
+
+async def _next_run_change(events: asyncio.Queue, seconds: float) -> None:
+    """Wait until a run-level event arrives (steps and logs do not end a run), at most `seconds`."""
+    end = time.monotonic() + seconds
+    with contextlib.suppress(TimeoutError):
+        while (left := end - time.monotonic()) > 0:
+            event = await asyncio.wait_for(events.get(), left)
+            if event.get("type") == "run":
+                return
 
 
 async def cancel_run(services: Services, run_id: str, *, compensate: bool = False, by: str = "api") -> bool:
@@ -333,7 +377,8 @@ async def retry_run(services: Services, run_id: str, from_step: str | None) -> R
     limits = definition.spec.concurrency if definition and definition.spec else None
     if limits is not None and limits.policy == "cancel_previous":
         await services.launcher.make_room(definition.name, limits.limit)
-    new, reuse = await services.engine.prepare_retry(run_id, from_step)
+    pin = await services.state.pin(run["workflow"]) if run else None
+    new, reuse = await services.engine.prepare_retry(run_id, from_step, version=pin["version"] if pin else "current")
     if limits is None:
         services.store.put_run(new.row, (services.engine.owner, 1))
     else:

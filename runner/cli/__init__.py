@@ -81,14 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
     p.set_defaults(func=cmd_show)
 
+    from .backfill import register as register_backfill
     from .db import register as register_db
     from .notify import register as register_notify
+    from .pin import register as register_pin
     from .plan import register as register_plan
     from .replay import register as register_replay
+    from .start import register as register_start
     from .testing import register as register_test
     from .tokens import register as register_tokens
     from .worker import register as register_worker
 
+    register_start(sub, d)
+    register_pin(sub, d)
+    register_backfill(sub, d)
     register_tokens(sub, d)
     register_db(sub, d)
     register_plan(sub, d)

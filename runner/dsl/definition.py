@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from ..limits import (
     DEFAULT_RUN_TIMEOUT,
+    MAX_LOCK_LIMIT,
     MAX_PARALLEL,
     MAX_REPEAT,
     MAX_RETRIES,
@@ -167,6 +168,9 @@ _F = {"json": "json_body", "body": "body", "form": "form"}
 
 
 class CircuitBreakerSpec(_Model):
+    key: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                            description="share one breaker among every step with this key (several hosts or "
+                                        "paths of one service); default: one per host")
     failures: int = Field(5, ge=1, le=10_000, description="failures in a row that open the circuit")
     reset_after: Duration = Field(30.0, description="how long the circuit stays open before a trial call")
     half_open_max: int = Field(1, ge=1, le=1000, description="trial calls let through at once while half-open")
@@ -231,6 +235,31 @@ class RepeatSpec(_Model):
 CLUSTER_KINDS = ("run", "python", "http")  # the kinds a cluster worker may execute
 
 
+class LockSpec(_Model):
+    """A shared lock (a mutex, or a semaphore of `limit` holders) across workflows and
+    servers: `locks: [warehouse]` or `locks: [{name: warehouse, limit: 2}]`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$",
+                      description="the lock's name, shared by every workflow that names it")
+    limit: int = Field(1, ge=1, le=MAX_LOCK_LIMIT, description="holders at once (1: a mutex)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+def _unique_locks(locks: list[LockSpec]) -> list[LockSpec]:
+    names = [lock.name for lock in locks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"lock '{twice[0]}' is listed twice; name each lock once")
+    return locks
+
+
+Locks = Annotated[list[LockSpec], AfterValidator(_unique_locks)]
+
+
 class StepSpec(_Model):
     id: str = Field(pattern=STEP_ID_PATTERN)
     needs: list[str] | None = Field(
@@ -250,6 +279,7 @@ class StepSpec(_Model):
     repeat: RepeatSpec | None = Field(None, description="poll until a condition holds, each poll an attempt")
     env: dict[str, Any] = Field(default_factory=dict)
     cwd: str | None = None
+    locks: Locks = Field(default_factory=list, description="shared locks the step holds (waits for) while it runs")
     circuit_breaker: CircuitBreakerSpec | None = Field(
         None, description="http steps: per-host circuit breaker; default: defaults.circuit_breaker"
     )
@@ -403,6 +433,8 @@ class WorkflowSpec(_Model):
     env: dict[str, Any] = Field(default_factory=dict)
     secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(default_factory=list)
     max_parallel: int = Field(16, ge=1, le=MAX_PARALLEL)
+    locks: Locks = Field(default_factory=list, description="shared locks the whole run holds (waits for) "
+                                                            "from its first step to its end")
     timeout: Duration | None = Field(
         None, description=f"the whole run, counted from its start (default {duration_text(DEFAULT_RUN_TIMEOUT)}, "
                           f"at most {duration_text(MAX_RUN_TIMEOUT)})"

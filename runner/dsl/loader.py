@@ -687,6 +687,8 @@ class _TemplateChecker:
             declared = self.declared.get(kind)
             if declared is None or not segments or not isinstance(segments[0], str) or segments[0] in declared:
                 continue
+            if root == "trigger" and segments[0] == "scheduled_at":  # the slot of a schedule's (or backfill's) run
+                continue
             name = segments[0]
             if kind == "env" and path[0] == "env":
                 message = "but `env` is rendered before itself; use the value, or a param"

@@ -1,4 +1,5 @@
-"""Circuit breakers for `http` steps: one per target host, shared by every run of an engine.
+"""Circuit breakers for `http` steps: one per target host (or per `key`: several hosts or
+paths of one service share it), shared by every run of an engine.
 
     closed --(`failures` failures in a row)--> open --(`reset_after`)--> half_open
     half_open --(a trial call succeeds)--> closed
@@ -94,8 +95,9 @@ class Permit:
 
 @dataclass
 class Breaker:
-    host: str
+    host: str  # `scheme://host:port`, or the key of a keyed breaker
     settings: BreakerSettings
+    key: str | None = None  # `circuit_breaker.key`: the steps naming it share this breaker, whatever their host
     state: CircuitState = CircuitState.CLOSED
     consecutive_failures: int = 0
     failures: int = 0
@@ -190,7 +192,7 @@ class Breaker:
         """The breaker as data (times are wall-clock seconds)."""
         wait = self.next_trial_in()
         return {
-            "host": self.label or self.host, "state": self.current_state().value,
+            "host": self.label or self.host, "key": self.key, "state": self.current_state().value,
             "consecutive_failures": self.consecutive_failures, "failures": self.failures,
             "successes": self.successes, "rejected": self.rejected, "trials_in_flight": self._trials,
             "opened_at": self.opened_at, "next_trial_at": time.time() + wait if wait is not None else None,
@@ -207,23 +209,26 @@ class Breakers:
         self._by_host: dict[str, Breaker] = {}
 
     def for_host(self, host: str, settings: BreakerSettings, *, mask: Callable[[str], str] = str,
-                 namespace: str | None = None) -> Breaker:
-        breaker = self._by_host.get(host)
+                 namespace: str | None = None, key: str | None = None) -> Breaker:
+        """The breaker of `host`, or the one of `key` (kept apart from hosts: a key never
+        has `://`)."""
+        name = key if key is not None else host
+        breaker = self._by_host.get(name)
         if breaker is None:
-            breaker = self._by_host[host] = Breaker(host, settings, label=mask(host))
+            breaker = self._by_host[name] = Breaker(name, settings, key=key, label=name if key else mask(host))
         if namespace is not None:
             breaker.namespaces.add(namespace)
         return breaker
 
     def admit(self, url: str | httpx.URL, settings: BreakerSettings, *, mask: Callable[[str], str] = str,
-              namespace: str | None = None) -> Permit | None:
+              namespace: str | None = None, key: str | None = None) -> Permit | None:
         """A permit for a call to `url`, None when the URL has no http(s) host (the call
         then fails on its own); raises CircuitOpen while the host's circuit is open.
         `mask`: the calling run's masker; `namespace`: that of its workflow."""
         host = host_of(url)
         if host is None:
             return None
-        permit = self.for_host(host, settings, mask=mask, namespace=namespace).admit(settings)
+        permit = self.for_host(host, settings, mask=mask, namespace=namespace, key=key).admit(settings)
         permit.mask = mask
         return permit
 
@@ -233,10 +238,14 @@ class Breakers:
                       key=lambda b: b.host)
 
     def find(self, name: str, namespace: str | None = None) -> list[Breaker]:
-        """Breakers named by `scheme://host:port`, a URL on that host, or a plain `host:port`;
-        with `namespace`, only those its workflows called."""
+        """Breakers named by their key, `scheme://host:port`, a URL on that host, or a plain
+        `host:port`; with `namespace`, only those its workflows called."""
         name = name.strip()
         shown = self.all(namespace)
+        keyed = [b for b in shown if b.key is not None and b.key == name]
+        if keyed:
+            return keyed
+        shown = [b for b in shown if b.key is None]
         if "://" in name:
             host = host_of(name)
             return [b for b in shown if b.host == host]
@@ -255,7 +264,8 @@ def admit_call(breakers: Breakers, inp: dict[str, Any], *, mask: Callable[[str],
     if not settings or not isinstance(http, dict):
         return None
     url = str(http.get("url", ""))
-    permit = breakers.admit(url, BreakerSettings.of(settings), mask=mask, namespace=namespace)
+    permit = breakers.admit(url, BreakerSettings.of(settings), mask=mask, namespace=namespace,
+                            key=settings.get("key"))
     if permit is not None:
         permit.call = f"{http.get('method', 'GET')} {url}"
     return permit

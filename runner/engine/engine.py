@@ -33,6 +33,7 @@ from ..errors import (
     SecretMissing,
     ShuttingDown,
     TreadleError,
+    VersionNotFound,
     WorkflowDisabled,
     WorkflowInvalid,
     WorkflowNotFound,
@@ -45,6 +46,7 @@ from .approvals import Approvals
 from .circuit import Breakers
 from .journal import Journal
 from .leases import LEASE_SECONDS, LeaseKeeper, pid_namespace, process_is_gone
+from .locks import SharedLocks
 from .mocks import Mocks
 from .recovery import plan_resumes, reused_result
 from .replay import Replay
@@ -53,6 +55,7 @@ from .run import RunExecution
 log = logging.getLogger("treadle.engine")
 MAX_CHILD_DEPTH = 10
 SWEEP_SECONDS = 5.0  # how often `recover` also looks for step processes whose server is gone
+VERSIONS_KEPT = 64  # earlier versions kept loaded for rollbacks and pins (each is one parsed file)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Engine:
         self.breakers = Breakers()  # per-host circuit breakers of http steps, shared by all runs
         self.approvals = Approvals(store, on_waiting=self._waiting)  # approval steps' requests and decisions
         self._versions_written: set[tuple[str, str]] = set()
+        self._at_versions: dict[tuple[str, str], Definition] = {}  # earlier versions loaded (see definition_at)
         # this process's name on the runs it drives (see leases in models.Run)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{pysecrets.token_hex(3)}"
         self.draining = False
@@ -144,6 +148,7 @@ class Engine:
         # process drives (notifications); quick, never raising
         self.step_events: list[Callable[[str, RunExecution, dict[str, Any]], None]] = []
         self.leases = LeaseKeeper(self, role)
+        self.locks = SharedLocks(store, self.owner)  # `locks:` of runs and steps, held in the database
         self.dispatcher = dispatcher or LocalDispatcher()  # where run, python and http steps execute
         self._swept_at = 0.0
         self._ending: set[asyncio.Task] = set()  # announcements of ended runs (see run_finished)
@@ -285,6 +290,7 @@ class Engine:
             exe = RunExecution(self, run["id"], plan.definition, run["params"] or {}, plan.secrets, {},
                                resumed=plan.state, epoch=run["lease_epoch"])
             exe.trigger, exe.started_at = run["trigger"], run["started_at"] or run["created_at"]
+            exe.trigger_ref = run["trigger_ref"]
             exe.parent_run_id = run["parent_run_id"]
             self._register(exe)
             resumed.append(exe)
@@ -346,6 +352,7 @@ class Engine:
         trigger: str = "manual", parent_run_id: str | None = None, parent_step_id: str | None = None,
         retry_of: str | None = None, retry_from: str | None = None,
         reuse: dict[str, dict[str, Any]] | None = None, depth: int = 0, ref: str | None = None,
+        backfill_id: str | None = None,
     ) -> RunExecution:
         """Validate and start a run; returns at once with the running execution.
 
@@ -353,7 +360,7 @@ class Engine:
         """
         new = self.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
                            parent_run_id=parent_run_id, parent_step_id=parent_step_id, retry_of=retry_of,
-                           retry_from=retry_from)
+                           retry_from=retry_from, backfill_id=backfill_id)
         self.store.put_run(new.row, (self.owner, 1))
         return self.launch(new, reuse=reuse, depth=depth)
 
@@ -361,7 +368,7 @@ class Engine:
         self, definition: Definition, params: dict[str, Any] | None = None, *, from_text: bool = False,
         trigger: str = "manual", ref: str | None = None, queued_reason: str | None = None,
         parent_run_id: str | None = None, parent_step_id: str | None = None,
-        retry_of: str | None = None, retry_from: str | None = None,
+        retry_of: str | None = None, retry_from: str | None = None, backfill_id: str | None = None,
     ) -> NewRun:
         """A checked run, not recorded yet: its row (running under this process's lease,
         epoch 1; or `queued` when `queued_reason` is given, with no owner). The caller
@@ -382,6 +389,8 @@ class Engine:
             "parent_run_id": parent_run_id, "parent_step_id": parent_step_id,
             "retry_of": retry_of, "retry_from": retry_from, "created_at": now,
         }
+        if backfill_id is not None:
+            row["backfill_id"] = backfill_id
         if queued_reason is not None:
             row.update(status=RunStatus.QUEUED.value, reason=queued_reason, lease_epoch=0)
         else:
@@ -399,6 +408,7 @@ class Engine:
         exe = RunExecution(self, row["id"], new.definition, new.params, new.secrets, reuse or {}, depth=depth,
                            parent=self.runs.get(parent_run_id) if parent_run_id else None, epoch=epoch)
         exe.trigger, exe.started_at = row["trigger"], row.get("started_at") or time.time()
+        exe.trigger_ref = row.get("trigger_ref")
         exe.lease_seen = epoch > 1  # a claimed row is committed already
         exe.replay = replay
         exe.mocks = mocks  # `treadle test`: steps answered without executing
@@ -499,6 +509,26 @@ class Engine:
         base = (self.definitions_dir / stored["path"]).parent if self.definitions_dir else Path.cwd()
         return load_text(stored["source"], stored["path"], name=run["workflow"], base_dir=base)
 
+    async def definition_at(self, name: str, version: str) -> Definition:
+        """The definition of `name` as it was at `version` (a recorded text of its file),
+        to start a run of an earlier version (rollback, pins). Raises VersionNotFound,
+        WorkflowInvalid when that text had problems."""
+        key = (name, version)
+        found = self._at_versions.get(key)
+        if found is None:
+            stored = await self.store.get_version(version, name)
+            if stored is None:
+                raise VersionNotFound(name, version)
+            found = await self.stored_definition({"version": version, "workflow": name})
+            assert found is not None
+            found.commit = stored["commit"]  # as recorded (`abc..+dirty` stays as it was)
+            if len(self._at_versions) >= VERSIONS_KEPT:
+                self._at_versions.pop(next(iter(self._at_versions)))
+            self._at_versions[key] = found
+        if not found.valid:
+            raise WorkflowInvalid(f"{name} (version {version})", found.problems)
+        return found
+
     async def _child_of(self, parent_run_id: str, parent_step_id: str) -> RunExecution | FinishedRun | None:
         rows, _ = await self.store.list_runs(parent=parent_run_id, limit=500)
         for row in rows:
@@ -516,7 +546,8 @@ class Engine:
         `from_step`: run this step and everything after it again; without it, the
         steps that did not succeed and everything after them. `version`: "current"
         runs the workflow's current definition when it is valid (so a fix just saved
-        is used), "same" the exact version the old run used.
+        is used), "same" the exact version the old run used; any other value is a
+        version of the workflow to run (a pin).
         """
         new, reuse = await self.prepare_retry(run_id, from_step, version=version)
         self.store.put_run(new.row, (self.owner, 1))
@@ -529,7 +560,9 @@ class Engine:
         if run is None:
             raise RunNotFound(run_id)
         definition = self.lookup(run["workflow"]) if version == "current" else None
-        if definition is None or not definition.valid:
+        if version not in ("current", "same"):  # an explicit version (the workflow's pin)
+            definition = await self.definition_at(run["workflow"], version)
+        elif definition is None or not definition.valid:
             definition = await self.stored_definition(run)
             if definition is None:  # pragma: no cover - versions are written with runs
                 raise RunNotFound(run_id)

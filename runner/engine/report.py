@@ -34,6 +34,7 @@ def run_summary(run: dict[str, Any]) -> dict[str, Any]:
         "reason": run.get("reason"), "error": run["error"], "outputs": run["outputs"],
         "parent_run_id": run["parent_run_id"], "parent_step_id": run["parent_step_id"],
         "retry_of": run["retry_of"], "compensated": run.get("compensated"), "retry_from": run["retry_from"],
+        "backfill_id": run.get("backfill_id"),
         "created_at": iso(run["created_at"]), "started_at": iso(run["started_at"]),
         "finished_at": iso(run["finished_at"]), "duration_ms": duration_ms(run["started_at"], run["finished_at"]),
     }

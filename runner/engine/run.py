@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import limits
 from ..dispatch.job import StepJob, hide_placeholders, placeholders, resources_of
@@ -29,6 +31,7 @@ from .logsink import LogSink
 if TYPE_CHECKING:
     from ..dsl.loader import Definition
     from .journal import Journal
+    from .locks import SharedLocks
     from .mocks import Mocks
     from .replay import Recorded, Replay
 
@@ -109,6 +112,7 @@ class RunHost(StepServices, Protocol):
     owner: str  # this process's name on the runs it drives
     leases: LeaseCheck
     dispatcher: Dispatcher  # where run, python and http steps execute
+    locks: SharedLocks  # shared locks (`locks:`) of runs and steps
 
     def journal(self, run_id: str, epoch: int) -> Journal:
         """Where the run's writes go, fenced by its lease (this process, `epoch`)."""
@@ -150,6 +154,7 @@ class RunExecution:
         self.mask = Masker(self.mask_values)
         self.status = RunStatus.RUNNING
         self.trigger, self.started_at = "manual", time.time()  # set by Engine.start
+        self.trigger_ref: str | None = None  # what exactly started it (a schedule slot: `cron zone @ utc`)
         self.finished_at: float | None = None  # set by _finish
         self.parent_run_id = parent.id if parent else None
         self.error: str | None = None
@@ -241,6 +246,32 @@ class RunExecution:
         finally:
             if not self._done.is_set():  # _drive was interrupted: never leave the run `running`
                 self._finish(RunStatus.FAILED, "internal error: the run was interrupted while stopping", None)
+            if self._uses_locks and not self.journal.closed and self.status.finished:
+                # an end _drive did not reach: what it held is free anyway (claims count
+                # only while a run is driven); this lets this process's waiters go at once
+                with contextlib.suppress(Exception):
+                    await self.engine.locks.release(self.id, self.epoch)
+
+    @property
+    def _uses_locks(self) -> bool:
+        return bool(self.spec.locks) or any(s.locks for s in self.steps.values())
+
+    def _waiting_for(self, message: str | None) -> None:
+        """Show (None: clear) what a lock keeps the run waiting for, as its `reason`."""
+        self.journal.run(reason=self.mask.text(message) if message else None)
+
+    @contextlib.asynccontextmanager
+    async def _step_locks(self, step: StepSpec) -> AsyncIterator[None]:
+        """Hold the step's `locks:` while it runs (every attempt and item)."""
+        if not step.locks or self.replay is not None:
+            yield
+            return
+        try:
+            await self.engine.locks.take(self.id, self.epoch, step.id, step.locks, self._waiting_for)
+            yield
+        finally:
+            if not self.journal.closed:
+                await self.engine.locks.release(self.id, self.epoch, step.id)
 
     async def _drive(self) -> None:
         status, error = RunStatus.SUCCEEDED, None
@@ -259,6 +290,8 @@ class RunExecution:
                 return
             deadline, timed_out = self._deadline()
             async with asyncio.timeout_at(deadline):
+                if self.spec.locks and self.replay is None:  # held from the first step to the run's end
+                    await self.engine.locks.take(self.id, self.epoch, "", self.spec.locks, self._waiting_for)
                 await self._execute_graph()
         except TimeoutError:
             status, error = RunStatus.FAILED, timed_out
@@ -291,6 +324,9 @@ class RunExecution:
                 raise
             await self._suspend_steps()  # the run resumes later and winds up again
             return
+        if self._uses_locks and not self.journal.closed:  # before it says it ended: its waiters may go
+            with contextlib.suppress(Exception):
+                await self.engine.locks.release(self.id, self.epoch)
         self._finish(status, error, outputs, compensated)
 
     def _preconditions(self) -> tuple[RunStatus, str] | None:
@@ -447,8 +483,21 @@ class RunExecution:
 
     def _plain_context(self) -> dict[str, Any]:
         run = {"id": self.id, "workflow": self.definition.name, "version": self.definition.version}
-        return {"params": self.params, "trigger": self.params, "secrets": self.secrets, "run": run,
+        return {"params": self.params, "trigger": self._trigger_context(), "secrets": self.secrets, "run": run,
                 "steps": self.results, "env": {}}
+
+    def _trigger_context(self) -> dict[str, Any]:
+        """`trigger`: the params, and for a run of a schedule slot (by the schedule or a
+        backfill) `scheduled_at`, the slot in the schedule's zone (a param of that name wins)."""
+        ref = self.trigger_ref
+        if self.trigger not in ("schedule", "backfill") or not ref or " @ " not in ref:
+            return self.params
+        spec, _, utc = ref.rpartition(" @ ")
+        try:
+            slot = datetime.fromisoformat(utc).astimezone(ZoneInfo(spec.rpartition(" ")[2]))
+        except (ValueError, KeyError, ZoneInfoNotFoundError):
+            return self.params
+        return {"scheduled_at": slot.isoformat(), **self.params}
 
     def _base_context(self) -> dict[str, Any]:
         ctx = self._plain_context()
@@ -611,10 +660,12 @@ class RunExecution:
                 self._record_not_run(sid, StepStatus.SKIPPED)
                 status, result = StepStatus.SKIPPED, {}
             elif step.foreach is not None:
-                output = await self._foreach(step)
+                async with self._step_locks(step):
+                    output = await self._foreach(step)
                 status, result = StepStatus.SUCCEEDED, {"output": output}
             else:
-                outcome = await self._attempts(step, self.context, item=-1)
+                async with self._step_locks(step):
+                    outcome = await self._attempts(step, self.context, item=-1)
                 if outcome.size is not None:
                     self._sizes[sid] = outcome.size
                 status = StepStatus.SUCCEEDED

@@ -1,4 +1,4 @@
-"""Trigger marks and pause flags (the `trigger_mark` and `workflow_state` tables).
+"""Trigger marks, pause flags and pins (the `trigger_mark` and `workflow_state` tables).
 
 Both are written in their own committed transaction, not through the writer: a mark
 must be durable *before* the run it leads to starts. A mark moves by compare-and-set,
@@ -70,4 +70,27 @@ class MarkStore:
                 workflow=workflow, paused=paused, changed_at=now, changed_by=by)
             await conn.execute(stmt.on_conflict_do_update(
                 index_elements=["workflow"], set_={"paused": paused, "changed_at": now, "changed_by": by}))
+        return True
+
+    async def pins(self) -> dict[str, dict[str, Any]]:
+        """Pinned workflows: name -> {version, at, by, reason}."""
+        query = select(WorkflowState).where(WorkflowState.pinned_version.is_not(None))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings()
+            return {r["workflow"]: {"version": r["pinned_version"], "at": r["pinned_at"], "by": r["pinned_by"],
+                                    "reason": r["pinned_reason"]} for r in rows}
+
+    async def set_pin(self, workflow: str, version: str | None, by: str | None, reason: str | None,
+                      now: float) -> bool:
+        """Pin `workflow` to `version` (None: unpin); False when it already was so."""
+        values = {"pinned_version": version, "pinned_at": now if version else None,
+                  "pinned_by": by if version else None, "pinned_reason": reason if version else None}
+        async with self.engine.begin() as conn:
+            current = (await conn.execute(select(WorkflowState.pinned_version).where(
+                WorkflowState.workflow == workflow))).first()
+            if (current[0] if current else None) == version:
+                return False
+            stmt = self.dialect.insert(WorkflowState).values(workflow=workflow, paused=False, changed_at=now,
+                                                            **values)
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["workflow"], set_=values))
         return True

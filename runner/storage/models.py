@@ -95,6 +95,7 @@ class Run(SQLModel, table=True):
     retry_of: str | None = None
     retry_from: str | None = None
     compensated: str | None = None  # after a failure: "true" (every undo worked) or "partial"
+    backfill_id: str | None = Field(default=None, index=True)  # the backfill that made it, if one did
     created_at: float = Field(index=True)
     started_at: float | None = None
     finished_at: float | None = None
@@ -139,13 +140,18 @@ class LogChunk(SQLModel, table=True):
 
 
 class WorkflowState(SQLModel, table=True):
-    """What a person set on a workflow that must survive restarts (pause)."""
+    """What a person set on a workflow that must survive restarts: pause, and a pin
+    (every start uses `pinned_version` instead of the file's current one until unpinned)."""
 
     __tablename__ = "workflow_state"
     workflow: str = Field(primary_key=True)
     paused: bool = False
     changed_at: float
     changed_by: str | None = None
+    pinned_version: str | None = None
+    pinned_at: float | None = None
+    pinned_by: str | None = None
+    pinned_reason: str | None = None
 
 
 class TriggerMark(SQLModel, table=True):
@@ -284,3 +290,43 @@ class WorkflowLock(SQLModel, table=True):
     __tablename__ = "workflow_lock"
     name: str = Field(primary_key=True)
     taken: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class Backfill(SQLModel, table=True):
+    """The runs a schedule would have made for each slot of a past range, started as a
+    group (runner/triggers/backfill.py). `cursor` is the newest slot started or skipped,
+    moved (compare-and-set) before the slot's run starts."""
+
+    __tablename__ = "backfill"
+    id: str = Field(primary_key=True)
+    workflow: str = Field(index=True)
+    cron: str
+    timezone: str
+    range_from: float  # slots in [range_from, range_to], epoch seconds
+    range_to: float
+    slots: int  # how many the range holds
+    parallel: int
+    rerun: bool = False  # also the slots that already have a run that succeeded or goes on
+    status: str = Field(index=True)  # running | paused | cancelled | done
+    cursor: float | None = None
+    started: int = 0
+    skipped: int = 0
+    created_at: float
+    created_by: str | None = None
+    finished_at: float | None = None
+
+
+class SharedLock(SQLModel, table=True):
+    """A run's (or a step's) claim on a shared lock (`locks:`): held, or waiting in line
+    (`id` orders the waiters). A claim counts only while its run is driven under a live
+    lease: a run that ended, or whose server died, holds nothing (the rows are cleanup)."""
+
+    __tablename__ = "shared_lock"
+    __table_args__ = (Index("ux_shared_lock_claim", "name", "run_id", "step_id", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    run_id: str = Field(index=True)
+    step_id: str = ""  # "" for the run's own `locks:`
+    epoch: int  # the run's lease epoch when asked: a claim of an earlier driver counts for nothing
+    held: bool = False
+    since: float  # when it was asked for (waiting) or taken (held)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .database import Dialect
 
-HEAD = "0005_notification_deliveries"  # the newest revision; tests/test_storage_schema.py checks it against the scripts
+HEAD = "0008_shared_lock"  # the newest revision; tests/test_storage_schema.py checks it against the scripts
 BASELINE = "0001_baseline"
 MIGRATIONS = Path(__file__).parent / "migrations"
 _RELEASE_0_1_TABLES = {"run", "step_attempt", "log_chunk", "workflow_version", "workflow_state", "trigger_mark",

@@ -9,7 +9,7 @@ its schema to the current revision, and offers:
 - the reads of runs, attempts, logs and definition versions (below);
 - its parts, each in a module of its own: `leases` (leases, claims, live servers,
   cancel requests), `approvals`, `tokens` (and sessions), `audit`, `marks` (trigger
-  marks, pause flags), `deliveries` (signed webhook calls already taken), `run_pages`
+  marks, pause flags, pins), `backfills`, `locks` (shared locks), `deliveries` (signed webhook calls already taken), `run_pages`
   (the run page's queries), `stats` (metrics, statistics), `notifications` (deliveries of notifications);
 - `broker`: the event feed, published after each commit.
 
@@ -31,12 +31,14 @@ from ..errors import DatabaseError
 from .admission import AdmissionStore
 from .approvals import ApprovalStore
 from .audit import AuditStore
+from .backfills import BackfillStore
 from .database import SQLite, dialect_for
 from .deliveries import DeliveryStore
 from .events import Broker
 from .feed import Feed
 from .leadership import Leadership
 from .leases import LeaseStore
+from .locks import LockStore
 from .marks import MarkStore
 from .models import UNFINISHED_RUN_STATES, LogChunk, Run, StepAttempt, WorkflowVersion
 from .notifications import NotificationStore
@@ -72,12 +74,14 @@ class Store:
         self.tokens = TokenStore(self.engine, self.dialect)
         self.audit = AuditStore(self.engine, self.writer)
         self.marks = MarkStore(self.engine, self.dialect)
+        self.backfills = BackfillStore(self.engine, self.dialect)
         self.deliveries = DeliveryStore(self.engine, self.dialect)
         self.run_pages = RunPages(self.engine, self.dialect)
         self.stats = StatsStore(self.engine)
         self.notifications = NotificationStore(self.engine)
         self.leases = LeaseStore(self.engine, self.dialect)
         self.admission = AdmissionStore(self.engine, self.dialect)
+        self.locks = LockStore(self.engine, self.dialect)
         self.leadership = Leadership(self.engine, self.dialect)
         self.feed = Feed(self, sender=f"{os.getpid()}:{secrets.token_hex(4)}")
         if self.feed.enabled:
@@ -193,9 +197,11 @@ class Store:
         self, *, workflow: str | None = None, status: str | None = None,
         parent: str | None = None, offset: int = 0, limit: int = 50, workflows: list[str] | None = None,
         trigger: str | None = None, since: float | None = None, until: float | None = None, search: str | None = None,
+        backfill: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         """Newest first. `workflows`: only runs of these (a namespace's); None: all.
-        `since`/`until`: created in [since, until); `search`: text in the run's id or params."""
+        `since`/`until`: created in [since, until); `search`: text in the run's id or params;
+        `backfill`: only the runs that backfill made."""
         query = select(Run)
         count = select(func.count()).select_from(Run)
         for cond in (
@@ -207,6 +213,7 @@ class Store:
             Run.created_at >= since if since is not None else None,
             Run.created_at < until if until is not None else None,
             _contains(search) if search else None,
+            Run.backfill_id == backfill if backfill else None,
         ):
             if cond is not None:
                 query, count = query.where(cond), count.where(cond)

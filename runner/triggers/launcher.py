@@ -89,20 +89,26 @@ class Launcher:
     # -- starting ------------------------------------------------------------------
 
     async def launch(self, definition: Definition, params: dict[str, Any] | None, *, trigger: str,
-                     ref: str | None = None, from_text: bool = False, manual: bool = False) -> Launch:
+                     ref: str | None = None, from_text: bool = False, manual: bool = False,
+                     version: str | None = None, backfill_id: str | None = None) -> Launch:
         """Start, queue or skip a run of `definition` as its concurrency says.
 
+        `version`: run that recorded version of the workflow instead (a rollback);
+        without it, a workflow pinned to a version runs that one.
         Raises the engine's errors for bad params, an invalid workflow or missing
         secrets (a caller answering a person shows them).
         """
         name = definition.name
         if not manual and await self.state.is_paused(name):
             return Launch(name, "paused", reason=f"workflow '{name}' is paused; resume it to let triggers start it")
+        definition = await self.version_to_run(definition, version)
         limits = definition.spec.concurrency if definition.spec else None
         if limits is None:
-            exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref)
+            exe = await self.engine.start(definition, params, from_text=from_text, trigger=trigger, ref=ref,
+                                          backfill_id=backfill_id)
             return Launch(name, "started", exe.id)
-        new = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref)  # bad params raise
+        new = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,  # bad params raise
+                                  backfill_id=backfill_id)
         for _ in range(3):  # cancel_previous: the cancelled runs may lose their slot to another start meanwhile
             async with self.store.admission.admit(name) as adm:
                 going, waiting = await adm.running(), await adm.queued()
@@ -118,7 +124,7 @@ class Launcher:
                     if limits.policy == "queue":
                         reason = f"waiting for a free slot: {busy}"
                         queued = self.engine.new_run(definition, params, from_text=from_text, trigger=trigger, ref=ref,
-                                                     queued_reason=reason)
+                                                     queued_reason=reason, backfill_id=backfill_id)
                         await adm.insert(queued.row)
                         launch = Launch(name, "queued", queued.row["id"], reason)
                         break
@@ -136,8 +142,19 @@ class Launcher:
         await self.store.changed(launch.run_id)
         return launch
 
+    async def version_to_run(self, definition: Definition, version: str | None = None) -> Definition:
+        """The definition a start uses: `version` when asked for, else the version the
+        workflow is pinned to, else `definition` (the file's version in force)."""
+        if version is None:
+            pin = await self.state.pin(definition.name)
+            version = pin["version"] if pin else None
+        if version is None or version == definition.version:
+            return definition
+        return await self.engine.definition_at(definition.name, version)
+
     async def fire(self, definition: Definition, *, trigger: str, ref: str | None, mapping: dict[str, Any] | None,
-                   context: dict[str, Any], default: dict[str, Any] | None) -> Launch:
+                   context: dict[str, Any], default: dict[str, Any] | None, manual: bool = False,
+                   backfill_id: str | None = None) -> Launch:
         """Start a run for a trigger: params from the trigger's `params:` templates
         rendered over `context`, else from `default`. Never raises for a bad start:
         the Launch says `rejected` and why."""
@@ -149,7 +166,8 @@ class Launcher:
                 params = dict(default or {})
                 if trigger not in STRICT_TRIGGERS and definition.spec is not None:
                     params = {k: v for k, v in params.items() if k in definition.spec.params}
-            return await self.launch(definition, params, trigger=trigger, ref=ref)
+            return await self.launch(definition, params, trigger=trigger, ref=ref, manual=manual,
+                                     backfill_id=backfill_id)
         except TemplateFailed as exc:
             return Launch(name, "rejected", reason=f"the trigger's params: {exc}", errors={"triggers": str(exc)})
         except ParamError as exc:

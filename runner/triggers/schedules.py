@@ -286,6 +286,18 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
+def slot_ref(spec: ScheduleSpec, slot: datetime) -> str:
+    """What a run of a schedule slot records as its `trigger_ref` (schedules and
+    backfills alike: a backfill finds the slots already run by it)."""
+    return f"{spec.cron} {spec.timezone} @ {_iso(slot)}"
+
+
+def slot_context(spec: ScheduleSpec, slot: datetime) -> dict[str, Any]:
+    """What the schedule's `params:` templates see for `slot`."""
+    return {"scheduled_at": slot.astimezone(ZoneInfo(spec.timezone)).isoformat(), "cron": spec.cron,
+            "timezone": spec.timezone}
+
+
 def _read_mark(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -382,10 +394,8 @@ class Scheduler:
                 try:
                     launches.append(await self.launcher.fire(
                         definition, trigger="schedule",
-                        ref=f"{spec.cron} {spec.timezone} @ {_iso(slot)}",
-                        mapping=spec.params, default={},
-                        context={"scheduled_at": slot.isoformat(), "cron": spec.cron,
-                                 "timezone": spec.timezone},
+                        ref=slot_ref(spec, slot), mapping=spec.params, default={},
+                        context=slot_context(spec, slot),
                     ))
                 except Exception:
                     # the mark has moved: this slot is lost, which beats firing it twice

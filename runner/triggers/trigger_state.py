@@ -1,4 +1,4 @@
-"""Trigger state that must survive restarts: paused workflows and trigger marks.
+"""Trigger state that must survive restarts: paused and pinned workflows, and trigger marks.
 
 Both are written straight to the database in their own committed transaction (not
 through the store's batching writer): a mark must be durable *before* the run it
@@ -26,6 +26,8 @@ class TriggerState:
         # may pause or resume, and this one follows within a second
         self._paused: dict[str, dict[str, Any]] | None = None
         self._read_at = 0.0
+        self._pins: dict[str, dict[str, Any]] | None = None  # the same for pins
+        self._pins_read_at = 0.0
 
     # -- marks -------------------------------------------------------------------
 
@@ -63,4 +65,30 @@ class TriggerState:
             current[workflow] = {"changed_at": now, "changed_by": by}
         else:
             current.pop(workflow, None)
+        return True
+
+    # -- pins ----------------------------------------------------------------------
+
+    async def pins(self) -> dict[str, dict[str, Any]]:
+        """Pinned workflows: name -> {version, at, by, reason}; at most PAUSE_TTL old."""
+        if self._pins is None or time.monotonic() - self._pins_read_at > PAUSE_TTL:
+            self._pins = await self.store.marks.pins()
+            self._pins_read_at = time.monotonic()
+        return self._pins
+
+    async def pin(self, workflow: str) -> dict[str, Any] | None:
+        return (await self.pins()).get(workflow)
+
+    async def set_pin(self, workflow: str, version: str | None, by: str | None = None,
+                      reason: str | None = None) -> bool:
+        """Pin to `version` (None: unpin); False when it already was so. Trusted at once
+        here; other servers follow within PAUSE_TTL."""
+        current = await self.pins()
+        now = time.time()
+        if not await self.store.marks.set_pin(workflow, version, by, reason, now):
+            return False
+        if version is None:
+            current.pop(workflow, None)
+        else:
+            current[workflow] = {"version": version, "at": now, "by": by, "reason": reason}
         return True
