@@ -57,6 +57,7 @@ TriggerQuery = Annotated[Literal[RUN_TRIGGERS] | None, QueryParameter(descriptio
 SinceQuery = Annotated[str | None, QueryParameter(
     description="started at or after: ISO 8601 (2026-11-01, 2026-11-01T08:00Z) or a duration ago (24h)")]
 UntilQuery = Annotated[str | None, QueryParameter(description="started before: same forms as `since`")]
+LogCursor = Annotated[int, QueryParameter(ge=0, le=2**62, description="only the lines after this X-Log-Cursor")]
 RunSearchQuery = Annotated[str | None, QueryParameter(max_length=200, description="text in the run id or its params")]
 _ERROR_TEXT = {400: "bad request: parameters, body or step", 404: "no such workflow, run or step",
                409: "the workflow or run does not allow this now",
@@ -469,24 +470,29 @@ async def get_run(request: Request, run_id: FromPath[str], attempts: FromQuery[b
 
 @get("/api/runs/{run_id:str}/steps/{step_id:str}/logs", media_type=MediaType.TEXT, tags=["runs"],
      responses=_errors(404))
-async def step_logs(request: Request, run_id: FromPath[str], step_id: FromPath[str]) -> str:
+async def step_logs(request: Request, run_id: FromPath[str], step_id: FromPath[str],
+                    after: LogCursor = 0) -> Response[str]:
     """The step's log as text: stdout, stderr and Treadle's notes, every attempt and item.
 
     When there is more than one attempt (or foreach item), each starts with a
-    `--- attempt N ---` (or `--- item I, attempt N ---`) line.
+    `--- attempt N ---` (or `--- item I, attempt N ---`) line. The `X-Log-Cursor` header
+    names the last line sent: `?after=CURSOR` answers only what came since, in the order
+    it was written (`treadle logs -f` follows a log so).
     """
     services = _services(request)
     store = services.store
     run = await store.get_run(run_id)
     if run is None:
         raise RunNotFound(run_id)
-    chunks = await store.logs(run_id, step_id)
-    if not chunks and not any(r["step_id"] == step_id for r in await store.step_states(run_id)):
+    chunks = await store.logs(run_id, step_id, after_id=after)
+    if not after and not chunks and not any(r["step_id"] == step_id for r in await store.step_states(run_id)):
         # not started yet, or no such step: the run's own version of the file decides
         definition = await definition_of(services, run)
         if definition is None or definition.dag is None or step_id not in definition.dag.deps:
             raise NotFoundException(f"run '{run_id}' has no step '{step_id}'")
-    chunks.sort(key=lambda c: (c["item"], c["attempt"], c["id"]))
+    cursor = max((c["id"] for c in chunks), default=after)
+    if not after:
+        chunks.sort(key=lambda c: (c["item"], c["attempt"], c["id"]))  # grouped by attempt; `after`: as written
     groups = {(c["item"], c["attempt"]) for c in chunks}
     out: list[str] = []
     current = None
@@ -499,7 +505,7 @@ async def step_logs(request: Request, run_id: FromPath[str], step_id: FromPath[s
             out.append(f"--- {label} ---\n")
             current = key
         out.append(chunk["text"])
-    return "".join(out)
+    return Response("".join(out), media_type=MediaType.TEXT, headers={"X-Log-Cursor": str(cursor)})
 
 
 _TIMES = ("created_at", "started_at", "finished_at", "at")

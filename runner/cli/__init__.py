@@ -38,6 +38,7 @@ def _defaults() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .remote import remote_options
     d = _defaults()
     parser = argparse.ArgumentParser(prog="treadle", description="Declarative workflow runner.")
     parser.add_argument("--version", action="version", version=f"treadle {__version__}")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
+    remote_options(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("show", help="one run and its step traces")
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", action="store_true", help="also print every step's log")
     p.add_argument("--json", action="store_true")
     p.add_argument("--db", default=d["db"], help=f"database URL (default {d['db']}; env TREADLE_DB)")
+    remote_options(p)
     p.set_defaults(func=cmd_show)
 
     from .backfill import register as register_backfill
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .notify import register as register_notify
     from .pin import register as register_pin
     from .plan import register as register_plan
+    from .remote import register as register_remote
     from .replay import register as register_replay
     from .start import register as register_start
     from .testing import register as register_test
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .worker import register as register_worker
 
     register_start(sub, d)
+    register_remote(sub, d)
     register_pin(sub, d)
     register_backfill(sub, d)
     register_tokens(sub, d)
@@ -418,17 +423,13 @@ async def _print_progress(events: asyncio.Queue, run_id: str, quiet: bool) -> No
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ..storage.store import Store
+    if args.server:  # the same list, from a server's API (runner/cli/remote.py)
+        from .remote import server_runs
 
-    async def go() -> list[dict[str, Any]]:
-        async with Store(args.db, must_exist=True) as store:
-            rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
-            return rows
-
-    from ..engine.report import run_summary
-
-    raw = asyncio.run(go())
-    rows = [run_summary(r) for r in raw]
+        rows = server_runs(args)
+        raw = [{"status": r["status"], "lease_until": float("inf")} for r in rows]  # the server drives them
+    else:
+        raw, rows = _local_runs(args)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -445,6 +446,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
     return 0
+
+
+def _local_runs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from ..engine.report import run_summary
+    from ..storage.store import Store
+
+    async def go() -> list[dict[str, Any]]:
+        async with Store(args.db, must_exist=True) as store:
+            rows, _ = await store.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
+            return rows
+
+    raw = asyncio.run(go())
+    return raw, [run_summary(r) for r in raw]
 
 
 def shown_status(run: dict[str, Any], now: float) -> str:
@@ -469,7 +483,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             row = await store.get_run(args.run_id) if doc else None
             return doc, logs, shown_status(row, time.time()) if row else ""
 
-    doc, logs, status = asyncio.run(go())
+    if args.server:  # the same document, from a server's API (runner/cli/remote.py)
+        from .remote import server_show
+
+        doc, logs, status = server_show(args)
+    else:
+        doc, logs, status = asyncio.run(go())
     if doc is None:
         from ..errors import RunNotFound
 

@@ -133,7 +133,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             run_id = answer["run_id"]
             _, doc, _ = api.call("GET", headers.get("location") or f"/api/runs/{run_id}",
                                  params={"wait": f"{min(left, WAIT_STEP_SECONDS):.3f}s", "attempts": "false"})
-            if doc["status"] in ("succeeded", "failed", "cancelled"):
+            if doc["status"] in ("succeeded", "failed", "cancelled", "skipped"):
                 answer, status = doc, 200
         return _finished(answer, args.json)
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .database import Dialect
 
 DRIVEN = [RunStatus.RUNNING.value, RunStatus.WAITING.value]
-MANUAL_TRIGGERS = ("manual", "api", "retry", "cli", "backfill")  # asked by a person: not held back by a pause
+MANUAL_TRIGGERS = ("manual", "api", "dashboard", "retry", "cli", "backfill")  # asked by a person: not held back by a pause
 
 
 class Admission:
