@@ -384,8 +384,12 @@ def _accepted(run_id: str, status: str, workflow: str, *, retry_after: bool = Fa
       sync_to_thread=True)  # rendering thousands of templates must not stall the event loop
 def dry_run(request: Request, name: FromPath[str], data: JSONBody[RunRequest | None] = None) -> dict[str, Any]:
     """The plan of a run without running anything: order, inputs rendered where known, problems."""
+    if data is not None and data.version is not None:
+        raise BadRequest("a dry run plans the version in force; `version` is for starting a run "
+                         "(GET /api/workflows/{name}/versions/{version} shows an earlier one)", "VERSION_NOT_PLANNED")
     definition = _definition(_services(request), name)
-    return plan_run(definition, data.params if data else {}, _services(request).engine.environ)  # --secrets-file too
+    return plan_run(definition, data.params if data else {}, _services(request).engine.environ,  # --secrets-file too
+                    from_text=bool(data and data.params_as_text))
 
 
 # -- runs --------------------------------------------------------------------------
