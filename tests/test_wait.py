@@ -141,3 +141,12 @@ def test_start_without_wait_prints_the_run_id_and_errors_clearly(server: str, cl
     assert "no workflow named 'qiuck'" in unknown.stderr
     bad = _treadle("start", "quick", "-p", "times=many", server=server)
     assert bad.returncode == 2 and "times" in bad.stderr
+
+
+def test_dry_run_takes_text_params_and_refuses_a_version(client: httpx.Client) -> None:
+    plan = client.post("/api/workflows/quick/dry-run", json={"params": {"times": "3"}, "params_as_text": True})
+    assert plan.status_code == 200 and plan.json()["params"] == {"times": 3}
+    typed = client.post("/api/workflows/quick/dry-run", json={"params": {"times": "3"}})
+    assert typed.json()["param_errors"]  # JSON params are typed: "3" is not an integer
+    refused = client.post("/api/workflows/quick/dry-run", json={"version": "0123456789ab"})
+    assert refused.status_code == 400 and refused.json()["error_code"] == "VERSION_NOT_PLANNED"

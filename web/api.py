@@ -110,6 +110,8 @@ class DryRunRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     mock: dict[str, Any] | None = None  # step id -> answer, or a list of answers (one per attempt)
+    params_as_text: bool = False  # as in RunRequest
+    version: str | None = None  # refused with a reason: a dry run plans the version in force
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -413,12 +415,16 @@ async def dry_run(request: Request, name: FromPath[str], data: JSONBody[DryRunRe
     With `mock` (step id -> answer, as in a test file): the run is executed by the real
     engine in a throwaway database, every step but `set` and `log` answered by its mock
     (each must have one), and the answer is that run's document."""
+    if data is not None and data.version is not None:
+        raise BadRequest("a dry run plans the version in force; `version` is for starting a run "
+                         "(GET /api/workflows/{name}/versions/{version} shows an earlier one)", "VERSION_NOT_PLANNED")
     services = _services(request)
     definition = _definition(services, name)
     params = data.params if data else {}
     if data is None or data.mock is None:
         # rendering thousands of templates must not stall the event loop
-        return await asyncio.to_thread(plan_run, definition, params, services.engine.environ)  # --secrets-file too
+        return await asyncio.to_thread(plan_run, definition, params, services.engine.environ,  # --secrets-file too
+                                       from_text=bool(data and data.params_as_text))
     if not definition.valid:
         raise WorkflowInvalid(definition.name, definition.current_problems)
     mocks = rehearsal_mocks(definition, data.mock)

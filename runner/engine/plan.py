@@ -62,7 +62,8 @@ class _Renderer:
             return value
 
 
-def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Mapping[str, str]) -> dict[str, Any]:
+def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Mapping[str, str], *,
+             from_text: bool = False) -> dict[str, Any]:
     """What a run of `definition` with `params` would do, without doing any of it.
 
     Steps come in the order the engine would start them on one worker. Inputs are
@@ -78,7 +79,7 @@ def plan_run(definition: Definition, params: dict[str, Any] | None, environ: Map
         return plan
     unknown = set(_NEVER_KNOWN)
     try:
-        plan["params"] = validate_params(spec.params, params)
+        plan["params"] = validate_params(spec.params, params, from_text=from_text)
     except ParamError as exc:
         plan["param_errors"] = exc.errors
         plan["problems"] += [f"param '{k}': {v}" for k, v in exc.errors.items()]
