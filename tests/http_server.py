@@ -5,11 +5,9 @@ Routes (every request is counted in `server.hits[path]` and kept in `server.requ
     /flaky/<key>?fail=N   503 for the first N hits of <key>, then 200 {"hits": n}
     /poll/<key>?pending=N 200 {"status": "pending", "hits": n} for the first N hits of <key>, then
                           200 {"status": "done", "hits": n}
-    /busy/<key>?s=SECONDS holds the request SECONDS (default 0.2), then 200 {"in_flight": n}; the most
-                          requests of <key> in flight at once is kept in `server.most[key]`
     /status/<code>        answers <code> with a short text body
     /slow?s=SECONDS       sleeps, then 200 "late"
-    /hold/<key>?s=SECONDS holds the request, then 200 {"at_once": n}; `server.at_once[key]`
+    /hold/<key>?s=SECONDS holds the request SECONDS (default 0.2), then 200 {"at_once": n}; `server.at_once[key]`
                           is how many requests of <key> were held together at most
     /json                 200 {"status": "ok", "items": [1, 2, 3]}
     /echo                 200 JSON: method, path, query, headers, body (text)
@@ -72,18 +70,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.polls[key] += 1
                 n = self.server.polls[key]
             self._answer(200, {"status": "pending" if n <= int(query.get("pending", "1")) else "done", "hits": n})
-        elif parts[0] == "busy":
-            key = parts[1]
-            with self.server.lock:
-                self.server.in_flight[key] += 1
-                self.server.most[key] = max(self.server.most[key], self.server.in_flight[key])
-                now = self.server.in_flight[key]
-            try:
-                time.sleep(float(query.get("s", "0.2")))
-            finally:
-                with self.server.lock:
-                    self.server.in_flight[key] -= 1
-            self._answer(200, {"in_flight": now})
         elif parts[0] == "status":
             self._answer(int(parts[1]), f"status {parts[1]}", "text/plain")
         elif parts[0] == "slow":
@@ -123,8 +109,6 @@ class LoopbackServer(ThreadingHTTPServer):
         self.hits: Counter[str] = Counter()
         self.requests: list[dict] = []
         self.polls: Counter[str] = Counter()
-        self.in_flight: Counter[str] = Counter()  # /busy: requests being answered now, per key
-        self.most: Counter[str] = Counter()  # /busy: the most in flight at once, per key
         self.holding: Counter[str] = Counter()  # /hold requests of each key held now
         self.at_once: Counter[str] = Counter()  # ... and the most held together
 

@@ -13,11 +13,11 @@ FOREACH = """
     steps:
       - id: fan
         foreach: {items: [1, 2, 3, 4, 5, 6, 7, 8], max_parallel: STEP}
-        http: {url: "BASE/busy/KEY?s=0.15"}
+        http: {url: "BASE/hold/KEY?s=0.15"}
       - id: other
         needs: []
         foreach: [1, 2, 3, 4]
-        http: {url: "BASE/busy/OTHER?s=0.15"}
+        http: {url: "BASE/hold/OTHER?s=0.15"}
 """
 
 
@@ -29,12 +29,12 @@ def foreach(base: str, run: int, step: int, key: str) -> str:
 async def test_a_foreach_step_keeps_to_its_own_limit_within_the_runs(engine, tmp_path, http_server) -> None:  # noqa: F811
     exe, doc = await run_yaml(engine, tmp_path, foreach(http_server.url, 16, 2, "a"))
     assert doc["status"] == "succeeded", doc["error"]
-    assert http_server.hits["/busy/a"] == 8 and len(by_id(doc)["fan"]["output"]) == 8
-    assert http_server.most["a"] == 2  # its own limit, reached
-    assert http_server.most["a-other"] == 4  # the other foreach is not held by it
+    assert http_server.hits["/hold/a"] == 8 and len(by_id(doc)["fan"]["output"]) == 8
+    assert http_server.at_once["a"] == 2  # its own limit, reached
+    assert http_server.at_once["a-other"] == 4  # the other foreach is not held by it
     # the run's limit is lower: it wins
     exe, doc = await run_yaml(engine, tmp_path, foreach(http_server.url, 1, 3, "b"))
-    assert doc["status"] == "succeeded" and http_server.most["b"] == 1
+    assert doc["status"] == "succeeded" and http_server.at_once["b"] == 1
 
 
 def test_foreach_mapping_is_checked_with_positions() -> None:
