@@ -86,14 +86,15 @@ async def test_an_input_over_the_limit_is_not_retried(engine, tmp_path):
 
 
 async def test_an_unexpected_exception_in_a_step_kind_fails_the_attempt_once(engine, tmp_path):
-    # httpx cannot encode a header value that is not ASCII: the http kind lets the
-    # UnicodeEncodeError through. The engine records the attempt as failed, does not
-    # retry it (it would fail the same way), and the run goes on to its end.
+    # a body that is a lone UTF-16 surrogate (made by a template's string escape) cannot
+    # be encoded: the http kind lets the UnicodeEncodeError through. The engine records
+    # the attempt as failed, does not retry it (it would fail the same way), and the run
+    # goes on to its end.
     exe, doc = await run_yaml(engine, tmp_path, f"""
         steps:
           - id: a
             retry: {{limit: 3, delay: 0}}
-            http: {{url: "http://127.0.0.1:{closed_port()}/x", headers: {{X-Name: "caf\\u00e9"}}}}
+            http: {{url: "http://127.0.0.1:{closed_port()}/x", method: POST, body: "{{{{ '\\\\ud800' }}}}"}}
           - {{id: after, log: never}}
           - {{id: other, needs: [], log: hi}}
     """)
@@ -101,7 +102,7 @@ async def test_an_unexpected_exception_in_a_step_kind_fails_the_attempt_once(eng
     assert exe.status == "failed"
     assert _attempts(doc, "a") == [(1, "failed")]
     error = steps["a"]["attempt_list"][0]["error"]
-    assert error.startswith("UnicodeEncodeError: 'ascii' codec can't encode character") and error == steps["a"]["error"]
+    assert error.startswith("UnicodeEncodeError: 'utf-8' codec can't encode character") and error == steps["a"]["error"]
     assert steps["after"]["status"] == "upstream_failed" and steps["other"]["status"] == "succeeded"
 
 

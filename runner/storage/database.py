@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,23 @@ from .models import Run
 
 URL_HELP = "use sqlite:///PATH (the default, embedded) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 _SCHEMA_LOCK_ID = 0x7472_6561_646C_65  # "treadle": the advisory lock held while the schema changes
+
+
+
+def dump_json(value: Any) -> str:
+    """JSON for the database (SQLAlchemy's JSON columns); see json_for_database."""
+    return json_for_database(json.dumps(value), value)
+
+
+def json_for_database(text: str, value: Any) -> str:
+    """`text` (the JSON of `value`), unless it holds a lone UTF-16 surrogate (a template
+    can make one: `{{ '\\ud800' }}`): then the JSON again with U+FFFD in its place, as
+    PostgreSQL refuses the whole row otherwise, and a record must not be lost over one
+    character. Pairs (emoji) are kept."""
+    if "\\ud" not in text:  # the ASCII JSON of a surrogate, lone or paired, is `\udXXX`
+        return text
+    whole = json.dumps(value, ensure_ascii=False, default=str)
+    return whole.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class Dialect:
@@ -78,7 +96,7 @@ class SQLite(Dialect):
         self.path = path
 
     def engine(self) -> AsyncEngine:
-        engine = create_async_engine("sqlite+aiosqlite:///" + self.path)
+        engine = create_async_engine("sqlite+aiosqlite:///" + self.path, json_serializer=dump_json)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
 
@@ -131,7 +149,7 @@ class Postgres(Dialect):
     def engine(self) -> AsyncEngine:
         url = make_url(self.url).set(drivername="postgresql+asyncpg")
         # pool_pre_ping: a server restarted under us costs one failed checkout, not a crash
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, json_serializer=dump_json,
                                    connect_args={"timeout": 10, "server_settings": {"application_name": "treadle"}})
 
     def insert(self, table: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from .database import json_for_database
 from .models import LogChunk, Run, StepAttempt, WorkflowVersion
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ def _json(value: Any) -> str:
     """JSON of a step's input or output; a value JSON cannot hold (an integer of more
     than 4,300 digits) is stored as a note instead of stopping the writer."""
     try:
-        text = json.dumps(value, default=str)
+        text = json_for_database(json.dumps(value, default=str), value)
     except (ValueError, TypeError, RecursionError) as exc:
         return json.dumps({"unstorable": f"{type(exc).__name__}: {str(exc)[:200]}"})
     if "\\u0000" in text:  # a NUL inside a string (not an escaped backslash before `u0000`)
