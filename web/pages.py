@@ -88,7 +88,7 @@ def namespace(definition: Definition) -> str:
 HISTORY_STRIP = 14  # recent runs per workflow in the list's strip
 
 
-def _next_fire(services: Services, definition: Definition) -> float | None:
+def next_fire(services: Services, definition: Definition) -> float | None:
     """When a schedule of `definition` next starts it (the soonest of its schedules)."""
     if services.scheduler is None or not definition.spec or not definition.spec.triggers.schedule:
         return None
@@ -108,7 +108,7 @@ async def workflows_page(request: Request, q: FromQuery[str | None] = None, tag:
     shown = [d for d in entries if workflow_matches(d, tag=tag, q=q, state=state, last=last.get(d.name),
                                                     paused=d.name in paused)]
     history = await services.store.recent_runs(HISTORY_STRIP)
-    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name), "next": _next_fire(services, d),
+    rows = [{"d": d, "ns": namespace(d), "last": last.get(d.name), "next": next_fire(services, d),
              "history": history.get(d.name, [])[::-1]} for d in shown]  # oldest to newest, left to right
     broken = [d for d in entries if not d.healthy]
     tags = sorted({t for d in entries if d.spec for t in d.spec.tags})

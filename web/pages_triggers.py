@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from urllib.parse import quote
 
 from litestar import Request, get, post
@@ -14,7 +13,7 @@ from runner.errors import WorkflowNotFound
 from .api import _services
 from .api_triggers import set_paused, trigger_summary
 from .auth import visible
-from .pages import no_workflow
+from .pages import next_fire, no_workflow
 
 
 @get("/triggers", name="page-triggers", include_in_schema=False)
@@ -30,8 +29,7 @@ async def triggers_page(request: Request) -> Template:
         automatic = summary["schedules"] or summary["webhook"] or summary["events"] or summary["files"] \
             or summary["after"]
         if automatic:
-            slots = [datetime.fromisoformat(s["next"]).timestamp() for s in summary["schedules"] if s["next"]]
-            rows.append({"t": summary, "next": min(slots, default=None)})
+            rows.append({"t": summary, "next": next_fire(services, definition)})
     rows.sort(key=lambda r: (r["next"] is None, r["next"] or 0, r["t"]["workflow"]))
     return Template("triggers.html", context={"rows": rows, "nav": "triggers"})
 
